@@ -1,0 +1,27 @@
+"""bnbench: Numba batch-norm kernels and a benchmark of test-time batch-norm statistics."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .functional import (
+    BackwardResult,
+    TrainResult,
+    batch_norm_backward,
+    batch_norm_eval,
+    batch_norm_train,
+    update_running_stats,
+)
+
+try:
+    __version__ = version("bnbench")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BackwardResult",
+    "TrainResult",
+    "__version__",
+    "batch_norm_backward",
+    "batch_norm_eval",
+    "batch_norm_train",
+    "update_running_stats",
+]

@@ -1,0 +1,208 @@
+"""The public batch-norm functions: validate input, pick a backend, shape the results.
+
+Tensors are channel-first like PyTorch: ``x`` has shape ``(N, C)`` or
+``(N, C, *spatial)``; statistics are per channel over every other axis
+(``M = N * prod(spatial)`` values per channel). float32 and float64 are supported; every
+per-channel array must have the input's dtype. Non-contiguous ``x`` or ``dy`` is copied
+to C order first (a documented cost); ``out`` must already be C-contiguous.
+
+Errors name the argument, what was expected and what was given: ``TypeError`` for a
+wrong type or dtype, ``ValueError`` for a wrong shape or value.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import registry
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class TrainResult(NamedTuple):
+    """Output of :func:`batch_norm_train`: ``y`` like ``x``; the rest ``(C,)``."""
+
+    y: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray  # biased (divides by M)
+    invstd: np.ndarray  # 1 / sqrt(var + eps)
+
+
+class BackwardResult(NamedTuple):
+    """Output of :func:`batch_norm_backward`: ``dx`` like ``x``; ``dweight``, ``dbias`` ``(C,)``."""
+
+    dx: np.ndarray
+    dweight: np.ndarray
+    dbias: np.ndarray
+
+
+def _check_tensor(a, name):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in _DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, C) or (N, C, *spatial), got {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _check_like(a, name, x):
+    a = _check_tensor(a, name)
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x {x.shape}, got {a.shape}")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}")
+    return a
+
+
+def _check_channel(a, name, x, default=None):
+    """A per-channel ``(C,)`` array of x's dtype; ``None`` becomes ``default`` if given."""
+    C = x.shape[1]
+    if a is None and default is not None:
+        return np.full(C, default, dtype=x.dtype)
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of shape ({C},), got {type(a).__name__}")
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) (one value per channel), got {a.shape}")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}")
+    return a
+
+
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"eps must be a positive float, got {type(eps).__name__}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite float, got {eps!r}")
+    return float(eps)
+
+
+def _check_out(out, x):
+    if out is None:
+        return np.empty_like(x)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(
+            f"out must have the shape {x.shape} and dtype {x.dtype} of x, "
+            f"got {out.shape} {out.dtype}"
+        )
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable C-contiguous array")
+    return out
+
+
+def _per_channel_count(x):
+    return x.size // x.shape[1]
+
+
+def _as3d(a):
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend="cpu", out=None):
+    """Batch norm in training mode: normalise ``x`` with its own per-channel statistics.
+
+    ``x``: ``(N, C, *spatial)``; ``weight``, ``bias``: ``(C,)`` or ``None`` (no affine
+    transform); ``out``: optional preallocated result. Returns
+    ``TrainResult(y, mean, var, invstd)`` with ``var`` biased.
+    """
+    impl = registry.get_backend(backend)
+    x = _check_tensor(x, "x")
+    weight = _check_channel(weight, "weight", x, default=1.0)
+    bias = _check_channel(bias, "bias", x, default=0.0)
+    eps = _check_eps(eps)
+    if _per_channel_count(x) < 2:
+        raise ValueError(
+            "x must have more than one value per channel in training mode "
+            f"(N * prod(spatial) >= 2), got shape {x.shape}"
+        )
+    out = _check_out(out, x)
+    stats = impl.forward_train(_as3d(x), weight, bias, eps, _as3d(out))
+    return TrainResult(out, *(np.asarray(s, dtype=x.dtype) for s in stats))
+
+
+def batch_norm_eval(x, weight=None, bias=None, mean=None, var=None, eps=1e-5, *, backend="cpu", out=None):
+    """Batch norm in inference mode: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``mean`` and ``var`` ``(C,)`` are required (population estimates); ``weight`` and
+    ``bias`` may be ``None``. Returns ``y`` with the shape and dtype of ``x``.
+    """
+    impl = registry.get_backend(backend)
+    x = _check_tensor(x, "x")
+    weight = _check_channel(weight, "weight", x, default=1.0)
+    bias = _check_channel(bias, "bias", x, default=0.0)
+    mean = _check_channel(mean, "mean", x)
+    var = _check_channel(var, "var", x)
+    if np.any(var < 0):
+        raise ValueError(f"var must be non-negative, got minimum {var.min()!r}")
+    eps = _check_eps(eps)
+    out = _check_out(out, x)
+    impl.forward_eval(_as3d(x), weight, bias, mean, var, eps, _as3d(out))
+    return out
+
+
+def batch_norm_backward(dy, x, weight, mean, invstd, *, backend="cpu", out=None):
+    """Gradients of :func:`batch_norm_train` given ``dy = dL/dy``.
+
+    ``mean`` and ``invstd`` are those returned by the forward pass; ``weight`` may be
+    ``None`` (no affine transform). Returns ``BackwardResult(dx, dweight, dbias)``;
+    ``dweight`` and ``dbias`` are what an affine weight and bias would receive.
+    """
+    impl = registry.get_backend(backend)
+    x = _check_tensor(x, "x")
+    dy = _check_like(dy, "dy", x)
+    weight = _check_channel(weight, "weight", x, default=1.0)
+    mean = _check_channel(mean, "mean", x)
+    invstd = _check_channel(invstd, "invstd", x)
+    if _per_channel_count(x) < 2:
+        raise ValueError(
+            f"x must have more than one value per channel (training mode), got shape {x.shape}"
+        )
+    out = _check_out(out, x)
+    dweight, dbias = impl.backward(_as3d(dy), _as3d(x), weight, mean, invstd, _as3d(out))
+    return BackwardResult(out, np.asarray(dweight, x.dtype), np.asarray(dbias, x.dtype))
+
+
+def update_running_stats(
+    running_mean, running_var, mean, var, count, momenta, *, unbiased=True, backend="cpu"
+):
+    """Advance running estimates for K momenta at once, in place (PyTorch convention).
+
+    ``running_mean``, ``running_var``: ``(K, C)`` float arrays, one row per momentum;
+    ``mean``, ``var``: the batch's ``(C,)`` statistics with ``var`` biased, as returned
+    by :func:`batch_norm_train`; ``count``: values per channel in the batch (M);
+    ``momenta``: ``(K,)`` values in ``(0, 1]``. Each row becomes
+    ``(1 - m) * r + m * stat``, where the variance fed in is ``var * M / (M - 1)``
+    (Bessel-corrected, as PyTorch) unless ``unbiased=False``.
+    """
+    impl = registry.get_backend(backend)
+    momenta = np.atleast_1d(np.asarray(momenta, dtype=np.float64))
+    if momenta.ndim != 1 or not np.all((momenta > 0) & (momenta <= 1)):
+        raise ValueError(f"momenta must be values in (0, 1], got {momenta!r}")
+    for name, arr in (("running_mean", running_mean), ("running_var", running_var)):
+        if not isinstance(arr, np.ndarray) or arr.dtype not in _DTYPES:
+            raise TypeError(f"{name} must be a float32 or float64 numpy.ndarray")
+        if arr.ndim != 2 or arr.shape[0] != momenta.size or not arr.flags.c_contiguous:
+            raise ValueError(
+                f"{name} must be C-contiguous with shape (K={momenta.size}, C), got {arr.shape}"
+            )
+    if running_var.shape != running_mean.shape:
+        raise ValueError(
+            f"running_var must have the shape of running_mean {running_mean.shape}, "
+            f"got {running_var.shape}"
+        )
+    C = running_mean.shape[1]
+    mean, var = (np.asarray(a, dtype=np.float64) for a in (mean, var))
+    for name, arr in (("mean", mean), ("var", var)):
+        if arr.shape != (C,):
+            raise ValueError(f"{name} must have shape ({C},), got {arr.shape}")
+    if isinstance(count, bool) or int(count) != count or count < (2 if unbiased else 1):
+        need = "an integer >= 2 (unbiased variance)" if unbiased else "an integer >= 1"
+        raise ValueError(f"count must be {need}, got {count!r}")
+    if unbiased:
+        var = var * (count / (count - 1))
+    impl.update_running(running_mean, running_var, mean, var, momenta)

@@ -1,0 +1,234 @@
+"""Numba CPU kernels (parallel, cached).
+
+Every array arrives as ``(N, C, L)``, C-contiguous, ``L = prod(spatial)`` (``L = 1`` for
+``(N, C)`` input). Two loop orders cover the layouts:
+
+* *spatial* (``L > 1``): the ``N * C`` rows of ``L`` contiguous values are split into
+  ``nchunks`` ranges, one per thread; each row is reduced in one pass and merged into
+  per-chunk, per-channel partials.
+* *dense* (``L == 1``): rows of ``C`` values are streamed, per-thread partials are
+  vectors over C (a prange over channels would stride through memory and is 15-50x
+  slower than PyTorch here).
+
+Statistics are one pass of float64 sums shifted by a value of the data
+(:func:`~bnbench.kernels.scalar.shifted_moments`), merged with Chan's formula: one read
+of ``x`` instead of two (the two-pass version took 6.4 ms against 5.9 ms on
+``(16, 64, 224, 224)`` float32, 2 threads) and no ``E[x^2] - E[x]^2`` cancellation.
+
+Per-chunk partials are merged in a fixed order, so results are bitwise deterministic for a
+fixed input and thread count. Elementwise passes compute in float64 (``x * a + b`` with
+per-channel float64 ``a``, ``b``) and round once on store.
+"""
+
+import numba
+import numpy as np
+from numba import prange
+
+from .. import config
+from .scalar import chan_merge, ema_step, shifted_moments
+
+_JIT = {"cache": config.CACHE, "fastmath": config.FASTMATH}
+_PJIT = {"parallel": True, **_JIT}
+
+
+@numba.njit(inline="always")
+def _chunk(k, nchunks, total):
+    return k * total // nchunks, (k + 1) * total // nchunks
+
+
+@numba.njit(**_PJIT)
+def _spatial_moments(x, nchunks):
+    n_rows, C, L = x.shape[0] * x.shape[1], x.shape[1], x.shape[2]
+    count = np.zeros((nchunks, C))
+    mean = np.zeros((nchunks, C))
+    m2 = np.zeros((nchunks, C))
+    for k in prange(nchunks):
+        lo, hi = _chunk(k, nchunks, n_rows)
+        for r in range(lo, hi):
+            n, c = r // C, r % C
+            row = x[n, c]
+            shift = np.float64(row[0])
+            s = 0.0
+            q = 0.0
+            for i in range(L):
+                d = row[i] - shift
+                s += d
+                q += d * d
+            row_mean, row_m2 = shifted_moments(shift, s, q, L)
+            count[k, c], mean[k, c], m2[k, c] = chan_merge(
+                count[k, c], mean[k, c], m2[k, c], L, row_mean, row_m2
+            )
+    return count, mean, m2
+
+
+@numba.njit(**_PJIT)
+def _dense_moments(x, nchunks):
+    N, C = x.shape[0], x.shape[1]
+    count = np.zeros((nchunks, C))
+    mean = np.zeros((nchunks, C))
+    m2 = np.zeros((nchunks, C))
+    for k in prange(nchunks):
+        lo, hi = _chunk(k, nchunks, N)
+        shift = x[lo, :, 0].astype(np.float64)
+        s = np.zeros(C)
+        q = np.zeros(C)
+        for n in range(lo, hi):
+            for c in range(C):
+                d = x[n, c, 0] - shift[c]
+                s[c] += d
+                q[c] += d * d
+        for c in range(C):
+            count[k, c] = hi - lo
+            mean[k, c], m2[k, c] = shifted_moments(shift[c], s[c], q[c], hi - lo)
+    return count, mean, m2
+
+
+@numba.njit(**_JIT)
+def _merge_chunks(count, mean, m2):
+    """Merge per-chunk partials ``(nchunks, C)`` in order; returns mean and biased var."""
+    C = count.shape[1]
+    out_mean = np.empty(C)
+    out_var = np.empty(C)
+    for c in range(C):
+        n, mu, q = 0.0, 0.0, 0.0
+        for k in range(count.shape[0]):
+            n, mu, q = chan_merge(n, mu, q, count[k, c], mean[k, c], m2[k, c])
+        out_mean[c] = mu
+        out_var[c] = q / n
+    return out_mean, out_var
+
+
+@numba.njit(**_PJIT)
+def _spatial_affine(x, a, b, out):
+    C = x.shape[1]
+    for r in prange(x.shape[0] * C):
+        n, c = r // C, r % C
+        ac, bc = a[c], b[c]
+        src, dst = x[n, c], out[n, c]
+        for i in range(x.shape[2]):
+            dst[i] = src[i] * ac + bc
+
+
+@numba.njit(**_PJIT)
+def _dense_affine(x, a, b, out):
+    for n in prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[n, c, 0] = x[n, c, 0] * a[c] + b[c]
+
+
+@numba.njit(**_PJIT)
+def _spatial_grad_sums(dy, x, mean, nchunks):
+    n_rows, C, L = dy.shape[0] * dy.shape[1], dy.shape[1], dy.shape[2]
+    sum_dy = np.zeros((nchunks, C))
+    sum_dy_xc = np.zeros((nchunks, C))
+    for k in prange(nchunks):
+        lo, hi = _chunk(k, nchunks, n_rows)
+        for r in range(lo, hi):
+            n, c = r // C, r % C
+            g, v, mu = dy[n, c], x[n, c], mean[c]
+            s = 0.0
+            q = 0.0
+            for i in range(L):
+                s += g[i]
+                q += g[i] * (v[i] - mu)
+            sum_dy[k, c] += s
+            sum_dy_xc[k, c] += q
+    return sum_dy, sum_dy_xc
+
+
+@numba.njit(**_PJIT)
+def _dense_grad_sums(dy, x, mean, nchunks):
+    N, C = dy.shape[0], dy.shape[1]
+    sum_dy = np.zeros((nchunks, C))
+    sum_dy_xc = np.zeros((nchunks, C))
+    for k in prange(nchunks):
+        lo, hi = _chunk(k, nchunks, N)
+        for n in range(lo, hi):
+            for c in range(C):
+                g = dy[n, c, 0]
+                sum_dy[k, c] += g
+                sum_dy_xc[k, c] += g * (x[n, c, 0] - mean[c])
+    return sum_dy, sum_dy_xc
+
+
+@numba.njit(**_PJIT)
+def _spatial_grad_input(dy, x, a, b, d, out):
+    C = x.shape[1]
+    for r in prange(x.shape[0] * C):
+        n, c = r // C, r % C
+        ac, bc, dc = a[c], b[c], d[c]
+        g, v, dst = dy[n, c], x[n, c], out[n, c]
+        for i in range(x.shape[2]):
+            dst[i] = g[i] * ac + v[i] * bc + dc
+
+
+@numba.njit(**_PJIT)
+def _dense_grad_input(dy, x, a, b, d, out):
+    for n in prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[n, c, 0] = dy[n, c, 0] * a[c] + x[n, c, 0] * b[c] + d[c]
+
+
+@numba.njit(**_JIT)
+def _ema_update(running_mean, running_var, mean, var, momenta):
+    for k in range(momenta.shape[0]):
+        m = momenta[k]
+        for c in range(mean.shape[0]):
+            running_mean[k, c] = ema_step(running_mean[k, c], mean[c], m)
+            running_var[k, c] = ema_step(running_var[k, c], var[c], m)
+
+
+def _dense(x):
+    return x.shape[2] == 1
+
+
+def _nchunks(x):
+    """One chunk per thread, never more chunks than rows in the layout's loop order."""
+    rows = x.shape[0] if _dense(x) else x.shape[0] * x.shape[1]
+    return max(1, min(numba.get_num_threads(), rows))
+
+
+def moments(x):
+    """Per-channel mean and biased variance of ``x`` ``(N, C, L)``, both float64 ``(C,)``."""
+    if _dense(x):
+        parts = _dense_moments(x, _nchunks(x))
+    else:
+        parts = _spatial_moments(x, _nchunks(x))
+    return _merge_chunks(*parts)
+
+
+def affine(x, a, b, out):
+    """``out = x * a[c] + b[c]`` elementwise; ``a``, ``b`` float64 ``(C,)``."""
+    (_dense_affine if _dense(x) else _spatial_affine)(x, a, b, out)
+
+
+def forward_train(x, weight, bias, eps, out):
+    mean, var = moments(x)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd * weight
+    affine(x, scale, bias - mean * scale, out)
+    return mean, var, invstd
+
+
+def forward_eval(x, weight, bias, mean, var, eps, out):
+    scale = weight / np.sqrt(var.astype(np.float64) + eps)
+    affine(x, scale, bias - mean * scale, out)
+
+
+def backward(dy, x, weight, mean, invstd, out):
+    # dx = w*invstd*(dy - sum(dy)/M - xc*invstd^2*sum(dy*xc)/M), xc = x - mean, written
+    # as dx = a*dy + b*x + d with per-channel float64 coefficients.
+    M = x.shape[0] * x.shape[2]
+    mean = mean.astype(np.float64)
+    invstd = invstd.astype(np.float64)
+    grad_sums = _dense_grad_sums if _dense(x) else _spatial_grad_sums
+    sum_dy, sum_dy_xc = (s.sum(axis=0) for s in grad_sums(dy, x, mean, _nchunks(x)))
+    a = weight * invstd
+    b = -a * invstd * invstd * sum_dy_xc / M
+    d = -a * sum_dy / M - b * mean
+    (_dense_grad_input if _dense(x) else _spatial_grad_input)(dy, x, a, b, d, out)
+    return sum_dy_xc * invstd, sum_dy
+
+
+def update_running(running_mean, running_var, mean, var, momenta):
+    _ema_update(running_mean, running_var, mean, var, momenta)
