@@ -138,7 +138,7 @@ def batch_norm_eval(x, weight=None, bias=None, mean=None, var=None, eps=1e-5, *,
     mean = _check_channel(mean, "mean", x)
     var = _check_channel(var, "var", x)
     if np.any(var < 0):
-        raise ValueError(f"var must be non-negative, got minimum {var.min()!r}")
+        raise ValueError(f"var must be non-negative, got minimum {float(var.min())!r}")
     eps = _check_eps(eps)
     out = _check_out(out, x)
     impl.forward_eval(_as3d(x), weight, bias, mean, var, eps, _as3d(out))

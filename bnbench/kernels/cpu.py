@@ -223,9 +223,10 @@ def backward(dy, x, weight, mean, invstd, out):
     invstd = invstd.astype(np.float64)
     grad_sums = _dense_grad_sums if _dense(x) else _spatial_grad_sums
     sum_dy, sum_dy_xc = (s.sum(axis=0) for s in grad_sums(dy, x, mean, _nchunks(x)))
-    a = weight * invstd
-    b = -a * invstd * invstd * sum_dy_xc / M
-    d = -a * sum_dy / M - b * mean
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate on purpose
+        a = weight * invstd
+        b = -a * invstd * invstd * sum_dy_xc / M
+        d = -a * sum_dy / M - b * mean
     (_dense_grad_input if _dense(x) else _spatial_grad_input)(dy, x, a, b, d, out)
     return sum_dy_xc * invstd, sum_dy
 

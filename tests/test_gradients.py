@@ -1,0 +1,40 @@
+"""Backward pass against central finite differences of the forward pass (float64)."""
+
+import numpy as np
+import pytest
+from conftest import OWN, make_inputs
+
+import bnbench as bn
+
+
+def loss(x, weight, bias, g, backend):
+    return float(np.sum(bn.batch_norm_train(x, weight, bias, backend=backend).y * g))
+
+
+def numeric_grad(f, a, h=1e-6):
+    grad = np.empty_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + h
+        up = f()
+        a[i] = old - h
+        down = f()
+        a[i] = old
+        grad[i] = (up - down) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("backend", ["reference", *OWN])
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 2, 2, 3)], ids=str)
+def test_backward_matches_finite_differences(backend, shape, rng):
+    x, weight, bias = make_inputs(rng, shape, np.float64, loc=1.0, scale=2.0)
+    g = rng.standard_normal(shape)  # dL/dy for L = sum(y * g)
+    res = bn.batch_norm_train(x, weight, bias, backend=backend)
+    grads = bn.batch_norm_backward(g, x, weight, res.mean, res.invstd, backend=backend)
+
+    def f():
+        return loss(x, weight, bias, g, backend)
+
+    np.testing.assert_allclose(grads.dx, numeric_grad(f, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grads.dweight, numeric_grad(f, weight), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grads.dbias, numeric_grad(f, bias), rtol=1e-6, atol=1e-7)
