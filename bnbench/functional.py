@@ -125,7 +125,9 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend="cpu", out=
     return TrainResult(out, *(np.asarray(s, dtype=x.dtype) for s in stats))
 
 
-def batch_norm_eval(x, weight=None, bias=None, mean=None, var=None, eps=1e-5, *, backend="cpu", out=None):
+def batch_norm_eval(
+    x, weight=None, bias=None, mean=None, var=None, eps=1e-5, *, backend="cpu", out=None
+):
     """Batch norm in inference mode: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
 
     ``mean`` and ``var`` ``(C,)`` are required (population estimates); ``weight`` and

@@ -133,7 +133,9 @@ def test_non_contiguous_input_is_copied(backend, rng):
     np.testing.assert_allclose(got.y, ref.y, *tol(np.float32))
     xt = np.ascontiguousarray(base[:, :, 0]).T.copy().T  # Fortran order (N, C)
     got = bn.batch_norm_train(xt, weight, bias, backend=backend)
-    np.testing.assert_allclose(got.y, bn.batch_norm_train(np.ascontiguousarray(xt), weight, bias).y)
+    np.testing.assert_allclose(
+        got.y, bn.batch_norm_train(np.ascontiguousarray(xt), weight, bias).y
+    )
 
 
 @pytest.mark.parametrize("backend", OWN)

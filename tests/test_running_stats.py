@@ -24,7 +24,9 @@ def test_update_matches_closed_form(backend, unbiased, dtype, rng):
     means = [rng.standard_normal(C) for _ in range(6)]
     variances = [rng.uniform(0.1, 3.0, C) for _ in range(6)]
     for mu, var in zip(means, variances, strict=True):
-        bn.update_running_stats(rm, rv, mu, var, count, momenta, unbiased=unbiased, backend=backend)
+        bn.update_running_stats(
+            rm, rv, mu, var, count, momenta, unbiased=unbiased, backend=backend
+        )
     fed = [v * count / (count - 1) for v in variances] if unbiased else variances
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     for k, m in enumerate(momenta):

@@ -43,7 +43,11 @@ def backward(dy, x, weight, mean, invstd, out):
     out[...] = (
         _per_channel(invstd)
         / M
-        * (M * dxhat - _per_channel(dxhat.sum(axis=_AXES)) - xhat * _per_channel((dxhat * xhat).sum(axis=_AXES)))
+        * (
+            M * dxhat
+            - _per_channel(dxhat.sum(axis=_AXES))
+            - xhat * _per_channel((dxhat * xhat).sum(axis=_AXES))
+        )
     )
     return dweight, dbias
 
