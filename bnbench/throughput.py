@@ -1,0 +1,250 @@
+"""Kernel throughput: every backend and peer, timed through the public API.
+
+For each shape and operation, every contender is validated against the float64
+reference, warmed up, then timed interleaved (:mod:`bnbench.timing`). Effective
+bandwidth uses a stated byte model: forward-train moves 3x the input's bytes (read for
+the statistics, read and write for ``y``), inference 2x, backward 5x (read ``dy`` and
+``x`` for the reductions, read both again and write ``dx``). The machine's memory
+bandwidth is measured in the same run by a STREAM triad.
+"""
+
+import numba
+import numpy as np
+import pandas as pd
+
+from . import functional as F
+from . import registry
+from .timing import aligned_copy, aligned_empty, interleaved_timings, time_once, triad_bandwidth
+
+SHAPES = [
+    (256, 1024),
+    (4096, 1024),
+    (128, 32, 40),
+    (1024, 64, 40),
+    (32, 64, 56, 56),
+    (64, 256, 14, 14),
+    (16, 64, 224, 224),
+]
+
+#: operation -> bytes moved, in multiples of the input's size
+BYTE_MODEL = {"forward_train": 3, "forward_eval": 2, "backward": 5}
+
+
+def _inputs(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    x = aligned_copy((rng.standard_normal(shape) * 2.0 + 0.5).astype(dtype))
+    dy = aligned_copy(rng.standard_normal(shape).astype(dtype))
+    weight = rng.uniform(0.5, 1.5, C).astype(dtype)
+    bias = rng.standard_normal(C).astype(dtype)
+    ref = F.batch_norm_train(x, weight, bias, backend="reference")
+    return x, dy, weight, bias, ref
+
+
+def _call(op, backend, data, out):
+    """A zero-argument callable running ``op`` on ``backend``; returns y or dx."""
+    x, dy, weight, bias, ref = data
+    if op == "forward_train":
+        return lambda: F.batch_norm_train(x, weight, bias, backend=backend, out=out).y
+    if op == "forward_eval":
+        return lambda: F.batch_norm_eval(
+            x, weight, bias, ref.mean, ref.var, backend=backend, out=out
+        )
+    return lambda: (
+        F.batch_norm_backward(dy, x, weight, ref.mean, ref.invstd, backend=backend, out=out).dx
+    )
+
+
+def _validate(name, got, expected):
+    scale = float(np.abs(expected).max())
+    if not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * scale):
+        err = float(np.abs(got.astype(np.float64) - expected).max())
+        raise AssertionError(f"{name} disagrees with the reference (max abs error {err:.3g})")
+
+
+def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None):
+    """Time every operation x shape x contender; returns the tidy results DataFrame.
+
+    Contenders are every available backend and peer, called with a fresh output
+    (``preallocated_out=False``) and, except the reference, with ``out=``.
+    ``budget_s`` bounds the time spent per (shape, operation) on repeats (at least 5).
+    """
+    backends = registry.available(peers=True)
+    threads = numba.get_num_threads()
+    if "torch" in backends:
+        import torch
+
+        torch.set_num_threads(threads)
+    triad_before = triad_bandwidth()
+    rows = []
+    for shape in shapes:
+        data = _inputs(shape, dtype, seed)
+        nbytes = data[0].nbytes
+        for op, factor in BYTE_MODEL.items():
+            expected = _call(op, "reference", data, None)()
+            contenders = {}
+            for backend in backends:
+                modes = [False] if backend == "reference" else [False, True]
+                for prealloc in modes:
+                    out = aligned_empty(shape, dtype) if prealloc else None
+                    fn = _call(op, backend, data, out)
+                    _validate(f"{backend} {op} {shape}", fn(), expected)
+                    contenders[(backend, prealloc)] = fn
+            # The oracle is 10-50x slower than the rest: it gets its own few repeats so
+            # that the contenders that matter get many within the budget.
+            oracle = {("reference", False): contenders.pop(("reference", False))}
+            cost = sum(time_once(fn) for fn in contenders.values())
+            repeats = int(np.clip(budget_s / cost, 5, 300))
+            times = interleaved_timings(contenders, repeats, warmup=1, seed=seed)
+            times |= interleaved_timings(oracle, 3, warmup=0)
+            for (backend, prealloc), t in times.items():
+                median = float(np.median(t))
+                rows.append(
+                    {
+                        "shape": "x".join(map(str, shape)),
+                        "layout": "(N, C)" if len(shape) == 2 else "(N, C, *spatial)",
+                        "op": op,
+                        "backend": backend,
+                        "preallocated_out": prealloc,
+                        "dtype": np.dtype(dtype).name,
+                        "threads": threads,
+                        "input_mib": nbytes / 2**20,
+                        "repeats": len(t),
+                        "median_ms": median * 1e3,
+                        "q25_ms": float(np.quantile(t, 0.25)) * 1e3,
+                        "q75_ms": float(np.quantile(t, 0.75)) * 1e3,
+                        "gbps": factor * nbytes / median / 1e9,
+                    }
+                )
+            if progress:
+                progress(f"{op:>13} {str(shape):>20}: {repeats} interleaved repeats")
+    df = pd.DataFrame(rows)
+    df["triad_gbps"] = (triad_before + triad_bandwidth()) / 2
+    df["pct_of_triad"] = 100 * df["gbps"] / df["triad_gbps"]
+    return df
+
+
+def speedups(df, baseline="torch"):
+    """Per (op, shape, preallocated_out): ``baseline`` median time / each backend's."""
+    key = ["op", "shape", "preallocated_out"]
+    base = df[df.backend == baseline].set_index(key)["median_ms"].rename("baseline_ms")
+    out = df.join(base, on=key)
+    out["speedup"] = out["baseline_ms"] / out["median_ms"]
+    return out
+
+
+OP_TITLES = {
+    "forward_train": "Forward, training mode",
+    "forward_eval": "Forward, inference mode",
+    "backward": "Backward",
+}
+
+
+def figure(df):
+    """Effective GB/s per shape, one panel per operation, triad bandwidth dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(OP_TITLES), figsize=(16, 5), sharey=True)
+    shapes = list(dict.fromkeys(df["shape"]))
+    series = df[["backend", "preallocated_out"]].drop_duplicates().itertuples(False)
+    series = list(series)
+    width = 0.8 / len(series)
+    for ax, (op, title) in zip(axes, OP_TITLES.items(), strict=True):
+        sub = df[df.op == op]
+        for i, (backend, prealloc) in enumerate(series):
+            s = sub[(sub.backend == backend) & (sub.preallocated_out == prealloc)]
+            s = s.set_index("shape").reindex(shapes)
+            label = backend + (" (out=)" if prealloc else "")
+            ax.bar(np.arange(len(shapes)) + i * width, s["gbps"], width, label=label)
+        ax.axhline(df["triad_gbps"].iloc[0], color="k", ls="--", lw=1, label="triad bandwidth")
+        ax.set_xticks(np.arange(len(shapes)) + 0.4 - width / 2, shapes, rotation=35, ha="right")
+        ax.set_title(f"{title} ({BYTE_MODEL[op]}x input bytes)")
+        ax.set_yscale("log")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0].set_ylabel("effective bandwidth (GB/s, log scale)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle(
+        f"Batch-norm kernel throughput, {df['dtype'].iloc[0]}, {df['threads'].iloc[0]} threads"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def summary_tables(df):
+    """One markdown-ready DataFrame per operation: milliseconds, speedups, bandwidth."""
+    has_torch = "torch" in set(df.backend)
+    tables = {}
+    for op in OP_TITLES:
+        sub = df[df.op == op]
+
+        def ms(backend, prealloc, sub=sub):
+            s = sub[(sub.backend == backend) & (sub.preallocated_out == prealloc)]
+            return s.set_index("shape")["median_ms"]
+
+        t = pd.DataFrame({"reference ms": ms("reference", False), "cpu ms": ms("cpu", False)})
+        t["cpu out= ms"] = ms("cpu", True)
+        if has_torch:
+            t["torch ms"] = ms("torch", False)
+            t["torch out= ms"] = ms("torch", True)
+            t["cpu vs torch"] = t["torch ms"] / t["cpu ms"]
+            t["cpu vs torch (out=)"] = t["torch out= ms"] / t["cpu out= ms"]
+        cpu_out = sub[(sub.backend == "cpu") & sub.preallocated_out].set_index("shape")
+        t["cpu out= GB/s"] = cpu_out["gbps"]
+        t["% of triad"] = cpu_out["pct_of_triad"]
+        t = t.reindex(list(dict.fromkeys(sub["shape"])))
+        tables[op] = t.reset_index()
+    return tables
+
+
+def findings(df):
+    """Sentences computed from the table: speedups against PyTorch and bandwidth."""
+    lines = []
+    if "torch" in set(df.backend):
+        sp = speedups(df[~df.preallocated_out])
+        sp = sp[sp.backend == "cpu"]
+        for op, title in OP_TITLES.items():
+            for layout in ("(N, C, *spatial)", "(N, C)"):
+                s = sp[(sp.op == op) & (sp.layout == layout)]
+                if s.empty:
+                    continue
+                lines.append(
+                    f"- {title}, {layout} shapes: bnbench CPU is "
+                    f"{s.speedup.min():.2f}x to {s.speedup.max():.2f}x the speed of PyTorch "
+                    f"(median {s.speedup.median():.2f}x over {len(s)} shapes)."
+                )
+    else:
+        lines.append("- PyTorch is not installed here, so there is no peer to compare with.")
+    big = df[(df.backend == "cpu") & df.preallocated_out]
+    big = big[big.input_mib == big.input_mib.max()]
+    for row in big.itertuples():
+        lines.append(
+            f"- {OP_TITLES[row.op]} on the largest input ({row.shape}, "
+            f"{row.input_mib:.0f} MiB) with `out=`: {row.gbps:.1f} GB/s, "
+            f"{row.pct_of_triad:.0f}% of the triad bandwidth ({row.triad_gbps:.1f} GB/s)."
+        )
+    return "\n".join(lines)
+
+
+def report_body(df):
+    from .report import markdown_table
+
+    first = df.iloc[0].to_dict()
+    parts = [
+        "## Findings",
+        findings(df),
+        "## Method",
+        f"{first['dtype']}, {first['threads']} threads (Numba and PyTorch alike). Each cell times "
+        "one call of the public API (`bnbench.batch_norm_*`: input checks plus kernel), "
+        "compilation excluded (every contender is validated against the float64 reference "
+        "and warmed up first). Contenders run interleaved in a shuffled order each repeat; "
+        "times are medians (the NumPy reference: 3 repeats of its own). `out=` rows write into a preallocated output; the others "
+        "allocate one per call, as a plain call does. Bandwidth counts "
+        "3x / 2x / 5x the input's bytes for forward-train / inference / backward; the "
+        f"triad bandwidth ({first['triad_gbps']:.1f} GB/s) is the mean of a STREAM triad run "
+        "before and after the measurements. Arrays are 64-byte aligned.",
+        "![throughput](throughput.png)",
+    ]
+    for op, table in summary_tables(df).items():
+        parts += [f"## {OP_TITLES[op]}", markdown_table(table)]
+    return "\n\n".join(parts)

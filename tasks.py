@@ -1,0 +1,82 @@
+"""Set up the environment and run the project's jobs; needs only Python 3.11+.
+
+    python3 tasks.py test    # ruff lint + format check, then the whole test suite
+    python3 tasks.py study   # the headline study, writing a report under reports/
+
+Each task creates ``.venv`` on first use and (re)installs bnbench into it, editable,
+with the extras that task needs, whenever ``pyproject.toml`` has changed since.
+Arguments after the task name go to the tool it runs (pytest, the study script).
+"""
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+
+#: task -> (extras to install, commands; "{args}" takes the extra arguments)
+TASKS = {
+    "test": (
+        "test",
+        [
+            ["ruff", "check", "."],
+            ["ruff", "format", "--check", "."],
+            ["python", "-m", "pytest", "{args}"],
+        ],
+    ),
+    "study": (
+        "",
+        [
+            [
+                "python",
+                "studies/kernel_throughput.py",
+                "--out",
+                "reports/kernel-throughput",
+                "{args}",
+            ]
+        ],
+    ),
+}
+
+
+def run(cmd):
+    print("+", " ".join(map(str, cmd)), flush=True)
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def ensure_env(extras):
+    if not PY.exists():
+        print(f"creating virtual environment in {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    stamp = VENV / f".installed-{extras or 'base'}"
+    if stamp.exists() and stamp.stat().st_mtime >= (ROOT / "pyproject.toml").stat().st_mtime:
+        return
+    for cmd in (
+        [PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+        [PY, "-m", "pip", "install", "--quiet", "--editable", f".[{extras}]" if extras else "."],
+    ):
+        if run(cmd):
+            sys.exit(f"installing bnbench with extras [{extras}] failed")
+    stamp.touch()
+
+
+def main(argv):
+    if not argv or argv[0] not in TASKS:
+        sys.exit(f"usage: python3 tasks.py {{{','.join(TASKS)}}} [ARGS...]")
+    extras, commands = TASKS[argv[0]]
+    ensure_env(extras)
+    for cmd in commands:
+        cmd = [a for part in cmd for a in (argv[1:] if part == "{args}" else [part])]
+        cmd[0] = str(BIN / cmd[0])
+        if code := run(cmd):
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
