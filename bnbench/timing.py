@@ -41,19 +41,25 @@ def _triad(a, b, c, s):
         a[i] = b[i] + s * c[i]
 
 
-def triad_bandwidth(n=50_000_000, repeats=9):
-    """STREAM triad ``a = b + s*c`` on float32 arrays of ``n`` values (200 MB each by
-    default, far beyond cache); returns the median GB/s counting 3 arrays of traffic."""
+def triad(n):
+    """A STREAM triad ``a = b + s*c`` over float32 arrays of ``n`` values.
+
+    Returns ``(fn, nbytes)``: a zero-argument callable and the bytes one call moves
+    (3 arrays, as STREAM counts them).
+    """
     a, b, c = (aligned_empty(n, np.float32) for _ in range(3))
     b[:] = 1.0
     c[:] = 2.0
-    _triad(a, b, c, np.float32(3.0))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _triad(a, b, c, np.float32(3.0))
-        times.append(time.perf_counter() - t0)
-    return 3 * a.nbytes / np.median(times) / 1e9
+    s = np.float32(3.0)
+    return (lambda: _triad(a, b, c, s)), 3 * a.nbytes
+
+
+def triad_bandwidth(n=50_000_000, repeats=9):
+    """Median GB/s of the triad on arrays of ``n`` float32 values (200 MB each by
+    default, far beyond cache)."""
+    fn, nbytes = triad(n)
+    times = interleaved_timings({"triad": fn}, repeats)["triad"]
+    return nbytes / np.median(times) / 1e9
 
 
 def interleaved_timings(contenders, repeats, warmup=1, seed=0):

@@ -126,13 +126,16 @@ def _eval_coefficients(weight, bias, mean, var, eps):
 
 
 @numba.njit(**_JIT)
-def _grad_coefficients(sum_dy, sum_dy_xc, weight, mean, invstd, M):
+def _grad_coefficients(sum_dy, sum_dy_x, weight, mean, invstd, M):
     """``dx = a*dy + b*x + d`` per channel, from the chunk sums; also dweight, dbias.
 
-    dx = w*invstd*(dy - sum(dy)/M - xc*invstd^2*sum(dy*xc)/M) with xc = x - mean.
+    dx = w*invstd*(dy - sum(dy)/M - xc*invstd^2*sum(dy*xc)/M) with xc = x - mean, and
+    sum(dy*xc) = sum(dy*x) - mean*sum(dy): in float64 the cancellation costs
+    log10(|mean|/std) digits of 16, one subtraction per element less (34 -> 31 us on
+    (128, 32, 40), 2 threads).
     """
     dbias = sum_dy.sum(axis=0)
-    s_xc = sum_dy_xc.sum(axis=0)
+    s_xc = sum_dy_x.sum(axis=0) - mean * dbias
     invstd = invstd.astype(np.float64)
     a = weight * invstd
     b = -a * invstd * invstd * s_xc / M
@@ -160,46 +163,46 @@ def _dense_affine(x, a, b, out):
 
 
 @numba.njit(**_PJIT)
-def _spatial_grad_sums(dy, x, mean, nchunks):
+def _spatial_grad_sums(dy, x, nchunks):
     n_rows, C, L = dy.shape[0] * dy.shape[1], dy.shape[1], dy.shape[2]
     sum_dy = np.zeros((nchunks, C))
-    sum_dy_xc = np.zeros((nchunks, C))
+    sum_dy_x = np.zeros((nchunks, C))
     for k in prange(nchunks):
         lo, hi = _chunk(k, nchunks, n_rows)
         for r in range(lo, hi):
             n, c = r // C, r % C
-            g, v, mu = dy[n, c], x[n, c], mean[c]
+            g, v = dy[n, c], x[n, c]
             s = 0.0
             q = 0.0
             for i in range(L):
                 s += g[i]
-                q += g[i] * (v[i] - mu)
+                q += g[i] * np.float64(v[i])
             sum_dy[k, c] += s
-            sum_dy_xc[k, c] += q
-    return sum_dy, sum_dy_xc
+            sum_dy_x[k, c] += q
+    return sum_dy, sum_dy_x
 
 
 @numba.njit(**_PJIT)
-def _dense_grad_sums(dy, x, mean, nchunks):
+def _dense_grad_sums(dy, x, nchunks):
     # Two rows per sweep over C, for the reason given in _dense_moments.
     N, C = dy.shape
     sum_dy = np.zeros((nchunks, C))
-    sum_dy_xc = np.zeros((nchunks, C))
+    sum_dy_x = np.zeros((nchunks, C))
     for k in prange(nchunks):
         lo, hi = _chunk(k, nchunks, N)
-        s, q = sum_dy[k], sum_dy_xc[k]
+        s, q = sum_dy[k], sum_dy_x[k]
         n = lo
         while n + 2 <= hi:
             g0, g1, v0, v1 = dy[n], dy[n + 1], x[n], x[n + 1]
             for c in range(C):
                 s[c] += np.float64(g0[c]) + g1[c]
-                q[c] += g0[c] * (v0[c] - mean[c]) + g1[c] * (v1[c] - mean[c])
+                q[c] += g0[c] * np.float64(v0[c]) + g1[c] * np.float64(v1[c])
             n += 2
         for m in range(n, hi):
             for c in range(C):
                 s[c] += dy[m, c]
-                q[c] += dy[m, c] * (x[m, c] - mean[c])
-    return sum_dy, sum_dy_xc
+                q[c] += dy[m, c] * np.float64(x[m, c])
+    return sum_dy, sum_dy_x
 
 
 @numba.njit(**_PJIT)
@@ -276,7 +279,7 @@ def backward(dy, x, weight, mean, invstd, out):
     mean = mean.astype(np.float64)
     dy2, x2, out2 = _layout(dy, x, out)
     grad_sums = _dense_grad_sums if _dense(x) else _spatial_grad_sums
-    sums = grad_sums(dy2, x2, mean, _nchunks(x))
+    sums = grad_sums(dy2, x2, _nchunks(x))
     a, b, d, dweight, dbias = _grad_coefficients(
         *sums, weight, mean, invstd, x.shape[0] * x.shape[2]
     )
