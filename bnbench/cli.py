@@ -12,6 +12,95 @@ def _info(args):
     return 0
 
 
+def _floats(text):
+    return tuple(float(v) for v in text.split(","))
+
+
+def _ints(text):
+    return tuple(int(v) for v in text.split(","))
+
+
+def _words(text):
+    return tuple(v.strip() for v in text.split(","))
+
+
+def _train(args):
+    import json
+
+    from tqdm import tqdm
+
+    from .train import TrainConfig, run
+
+    fields = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "steps": args.steps,
+        "lr": args.lr,
+        "num_samples": args.num_samples,
+        "bn_momenta": args.momenta,
+        "estimators": args.estimators,
+        "test_batch_sizes": args.test_batch_sizes,
+        "precise_samples": args.precise_samples,
+    }
+    try:
+        config = TrainConfig(**{k: v for k, v in fields.items() if v is not None})
+    except ValueError as err:
+        print(f"bnbench train: {err}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=None, unit="step", disable=not sys.stderr.isatty(), leave=False)
+
+    def progress(step, total, loss):
+        bar.total = total
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    result = run(config, progress)
+    bar.close()
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_result(result))
+    return 0
+
+
+def format_result(result):
+    """A readable table of one training run's evaluations."""
+    t = result["training"]
+    lines = [
+        f"{result['config']['model']} on {result['config']['dataset']}, batch size "
+        f"{result['config']['batch_size']}, seed {result['config']['seed']}: "
+        f"{t['steps']} steps in {t['train_seconds']:.1f} s "
+        f"({t['seconds_per_step'] * 1e3:.2f} ms/step), final train loss {t['final_train_loss']:.3f}",
+        "",
+        f"{'estimator':<14}{'setting':>18}{'test acc':>10}{'test loss':>10}"
+        f"{'mean err':>10}{'var err':>10}",
+    ]
+    for e in result["evaluations"]:
+        if e["momentum"] is not None:
+            setting = f"momentum {e['momentum']:g}"
+        elif e["test_batch_size"] is not None:
+            setting = f"{e['test_order']} batch {e['test_batch_size']}"
+        else:
+            setting = ""
+
+        def num(v, fmt):
+            return format(v, fmt) if v is not None else f"{'-':>10}"
+
+        lines.append(
+            f"{e['estimator']:<14}{setting:>18}{num(e['test_accuracy'], '10.4f')}"
+            f"{num(e['test_loss'], '10.4f')}{num(e['mean_error'], '10.4f')}"
+            f"{num(e['var_error'], '10.4f')}"
+        )
+    lines += ["", "extra seconds per estimator: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in result["costs"].items())]  # fmt: skip
+    return "\n".join(lines)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="bnbench", description="Batch-norm kernels and test-time statistics benchmarks."
@@ -19,6 +108,26 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("info", help="versions, CPU, threads, Numba threading layer, CUDA")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "train",
+        help="train one network and evaluate every test-time statistics estimator",
+        description="Train one configuration; every estimator and EMA momentum rides along.",
+    )
+    p.add_argument("--dataset", default="mnist1d", help="mnist1d or gaussian_mixture")
+    p.add_argument("--model", default="cnn", help="cnn or mlp")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="training epochs (default 40)")
+    p.add_argument("--steps", type=int, help="training steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, help="learning rate at batch size 64 (default 0.05)")
+    p.add_argument("--num-samples", type=int, help="dataset size (MNIST-1D default 5000)")
+    p.add_argument("--momenta", type=_floats, help="EMA momenta, comma-separated")
+    p.add_argument("--estimators", type=_words, help="comma-separated subset of estimators")
+    p.add_argument("--test-batch-sizes", type=_ints, help="comma-separated test batch sizes")
+    p.add_argument("--precise-samples", type=int, help="PreciseBN samples (default: all)")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=_train)
     return parser
 
 

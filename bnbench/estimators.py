@@ -1,0 +1,180 @@
+"""Estimators of the population statistics a BN layer uses at test time.
+
+Every estimator has one interface, after fvcore's PreciseBN:
+
+``update(batch_mean, batch_var, batch_size)``
+    called once per training batch with that batch's per-channel mean and **biased**
+    variance, as :func:`bnbench.batch_norm_train` returns them, and ``batch_size`` the
+    number of values per channel behind them (``N * prod(spatial)``);
+``mean``, ``var``
+    the current estimates, float64 ``(C,)`` (``(K, C)`` for the multi-momentum EMAs).
+
+The two estimators that need extra passes over the data after training (``precise`` and
+``population``) aggregate batch statistics with :class:`BatchAggregate`; the passes
+themselves live in :mod:`bnbench.train`, which knows the network. ``test_batch`` (BN left
+in training mode at test time) has no state and is also an evaluation mode of
+:mod:`bnbench.train`.
+"""
+
+import numpy as np
+
+from . import functional as F
+from .kernels.scalar import chan_merge
+
+#: Estimator names, as used in configurations, results and reports.
+NAMES = ("ema", "ema_debiased", "cumulative", "precise", "population", "test_batch")
+
+
+def check_momenta(momenta):
+    """``momenta`` as a float64 ``(K,)`` array of values in (0, 1], or a clear error."""
+    m = np.atleast_1d(np.asarray(momenta, dtype=np.float64))
+    if m.ndim != 1 or m.size == 0 or not np.all((m > 0) & (m <= 1)):
+        raise ValueError(f"momenta must be one or more values in (0, 1], got {momenta!r}")
+    return m
+
+
+def _bessel(var, batch_size, unbiased):
+    if not unbiased:
+        return var
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 for an unbiased variance, got {batch_size}")
+    return var * (batch_size / (batch_size - 1))
+
+
+class EMA:
+    """Exponential moving average for K momenta at once (PyTorch convention).
+
+    ``r <- (1 - m) r + m * stat`` starting from mean 0 and variance 1, as PyTorch's
+    running statistics; ``mean`` and ``var`` are ``(K, C)``, one row per momentum.
+    Keras writes the same average with ``momentum_keras = 1 - m``: Keras' default 0.99
+    is PyTorch's 0.01. The variance fed in is the unbiased batch variance unless
+    ``unbiased=False``.
+
+    Degrades when ``m`` is large (the estimate is a few noisy batches: small batches make
+    it worse) or when ``m`` is so small that the average still remembers the early,
+    untrained network (and the zero/one initialisation) when training ends.
+    """
+
+    name = "ema"
+    initial_var = 1.0
+
+    def __init__(self, num_channels, momenta=0.1, unbiased=True):
+        self.momenta = check_momenta(momenta)
+        self.unbiased = unbiased
+        shape = (self.momenta.size, num_channels)
+        self.running_mean = np.zeros(shape)
+        self.running_var = np.full(shape, self.initial_var)
+        self.steps = 0
+
+    def update(self, batch_mean, batch_var, batch_size):
+        F.update_running_stats(
+            self.running_mean,
+            self.running_var,
+            batch_mean,
+            batch_var,
+            batch_size,
+            self.momenta,
+            unbiased=self.unbiased,
+        )
+        self.steps += 1
+
+    @property
+    def mean(self):
+        return self.running_mean.copy()
+
+    @property
+    def var(self):
+        return self.running_var.copy()
+
+
+class DebiasedEMA(EMA):
+    """EMA started at zero and divided by ``1 - (1 - m)^t`` after ``t`` updates (Adam's
+    bias correction, Kingma & Ba 2015, section 3).
+
+    Removes the pull of the initial value, so a small momentum no longer means a
+    biased estimate early on; it is still an average over the whole trajectory of a
+    network whose statistics drift as it trains. NaN before the first update.
+    """
+
+    name = "ema_debiased"
+    initial_var = 0.0
+
+    def _debias(self, raw):
+        if self.steps == 0:
+            return np.full_like(raw, np.nan)
+        return raw / (1.0 - (1.0 - self.momenta[:, None]) ** self.steps)
+
+    @property
+    def mean(self):
+        return self._debias(self.running_mean)
+
+    @property
+    def var(self):
+        return self._debias(self.running_var)
+
+
+class CumulativeAverage:
+    """Equal-weight average of every batch's statistics seen (PyTorch ``momentum=None``).
+
+    Unbiased batch variance by default, as PyTorch. Weighs the first, untrained batches
+    as much as the last ones, so it lags a network whose statistics drift.
+    """
+
+    name = "cumulative"
+
+    def __init__(self, num_channels, unbiased=True):
+        self.unbiased = unbiased
+        self.mean = np.zeros(num_channels)
+        self.var = np.zeros(num_channels)
+        self.steps = 0
+
+    def update(self, batch_mean, batch_var, batch_size):
+        self.steps += 1
+        w = 1.0 / self.steps
+        self.mean += w * (np.asarray(batch_mean, np.float64) - self.mean)
+        var = _bessel(np.asarray(batch_var, np.float64), batch_size, self.unbiased)
+        self.var += w * (var - self.var)
+
+
+class BatchAggregate:
+    """Exact statistics of the union of the batches seen: the aggregation behind
+    ``precise`` (PreciseBN) and ``population``.
+
+    Mean = count-weighted mean of batch means; variance = mean of the (biased) batch
+    variances plus the variance of the batch means (law of total variance), merged
+    pairwise with Chan's formula. Bessel's correction is applied once, over the total
+    count, when ``unbiased=True``; never per batch. This follows Wu & Johnson,
+    "Rethinking 'Batch' in BatchNorm" (2021), section 3.1, where fvcore's PreciseBN
+    averages per-batch variances only and so misses the variance of the means.
+
+    Fed with batches from a network in training mode with frozen weights, this is
+    PreciseBN: it degrades when few samples are used (noisy) and, unlike the
+    ``population`` target, upstream layers normalise with batch statistics, so the
+    estimate inherits the train/test inconsistency of small batches.
+    """
+
+    name = "precise"
+
+    def __init__(self, num_channels, unbiased=True):
+        self.unbiased = unbiased
+        self.count = 0.0
+        self._mean = np.zeros(num_channels)
+        self._m2 = np.zeros(num_channels)
+
+    def update(self, batch_mean, batch_var, batch_size):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = float(batch_size)
+        bm = np.asarray(batch_mean, np.float64)
+        m2 = np.asarray(batch_var, np.float64) * n
+        self.count, self._mean, self._m2 = chan_merge(self.count, self._mean, self._m2, n, bm, m2)
+
+    @property
+    def mean(self):
+        return self._mean.copy()
+
+    @property
+    def var(self):
+        if self.count == 0:
+            return np.full_like(self._m2, np.nan)
+        return self._m2 / (self.count - 1 if self.unbiased else self.count)

@@ -1,0 +1,96 @@
+"""Estimator math against closed forms."""
+
+import numpy as np
+import pytest
+
+from bnbench import estimators as est
+from bnbench import train
+from bnbench.nn import BatchNorm, Linear, Sequential
+
+
+def batches(rng, sizes, C=3, loc=2.0, scale=1.5):
+    return [rng.normal(loc, scale, (n, C)) for n in sizes]
+
+
+def test_ema_matches_closed_form_for_many_momenta(rng):
+    momenta = [0.01, 0.1, 0.9]
+    e = est.EMA(3, momenta)
+    data = batches(rng, [8] * 10)
+    for b in data:
+        e.update(b.mean(0), b.var(0), len(b))
+    for k, m in enumerate(momenta):
+        w = [(1 - m) ** 10] + [m * (1 - m) ** (10 - t) for t in range(1, 11)]
+        mean = w[0] * 0 + sum(wt * b.mean(0) for wt, b in zip(w[1:], data, strict=True))
+        var = w[0] * 1 + sum(wt * b.var(0, ddof=1) for wt, b in zip(w[1:], data, strict=True))
+        np.testing.assert_allclose(e.mean[k], mean, rtol=1e-12)
+        np.testing.assert_allclose(e.var[k], var, rtol=1e-12)
+
+
+def test_ema_biased_variance_option(rng):
+    e = est.EMA(3, 1.0, unbiased=False)
+    (b,) = batches(rng, [5])
+    e.update(b.mean(0), b.var(0), 5)
+    np.testing.assert_allclose(e.var[0], b.var(0))
+
+
+def test_debiased_ema_recovers_a_constant_exactly(rng):
+    e = est.DebiasedEMA(3, [0.001, 0.1, 0.5])
+    assert np.isnan(e.mean).all()
+    mean, var = rng.normal(size=3), rng.uniform(1, 2, 3)
+    for _ in range(7):
+        e.update(mean, var * 9 / 10, 10)  # biased var that Bessel turns back into var
+        np.testing.assert_allclose(e.mean, np.broadcast_to(mean, (3, 3)), rtol=1e-12)
+        np.testing.assert_allclose(e.var, np.broadcast_to(var, (3, 3)), rtol=1e-12)
+
+
+def test_cumulative_is_the_arithmetic_mean(rng):
+    e = est.CumulativeAverage(3)
+    data = batches(rng, [4, 9, 6, 2])
+    for b in data:
+        e.update(b.mean(0), b.var(0), len(b))
+    np.testing.assert_allclose(e.mean, np.mean([b.mean(0) for b in data], axis=0))
+    np.testing.assert_allclose(e.var, np.mean([b.var(0, ddof=1) for b in data], axis=0))
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_batch_aggregate_is_exact_statistics_of_the_union(rng, unbiased):
+    data = batches(rng, [7, 1, 30, 12], loc=1e4, scale=0.5)  # uneven sizes, large mean
+    agg = est.BatchAggregate(3, unbiased)
+    for b in data:
+        agg.update(b.mean(0), b.var(0), len(b))
+    union = np.concatenate(data)
+    np.testing.assert_allclose(agg.mean, union.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(agg.var, union.var(0, ddof=int(unbiased)), rtol=1e-9)
+    assert agg.count == len(union)
+
+
+def test_mean_of_batch_variances_alone_underestimates(rng):
+    """What the 'variance of means' term adds: batches drawn from shifted clusters."""
+    data = [rng.normal(c, 1.0, (50, 1)) for c in (-3.0, 0.0, 3.0)]
+    agg = est.BatchAggregate(1, unbiased=False)
+    for b in data:
+        agg.update(b.mean(0), b.var(0), len(b))
+    mean_of_vars = np.mean([b.var(0) for b in data])
+    assert agg.var[0] > mean_of_vars + 5  # var of means is 6 here
+
+
+def test_precise_on_a_linear_model_equals_known_population(rng):
+    """BN after a linear map: its population statistics are x_mean @ W.T and diag(W S W.T)."""
+    lin = Linear(4, 3, rng, bias=False, dtype=np.float64)
+    model = Sequential([lin, BatchNorm(3, dtype=np.float64)])
+    x = rng.normal(size=(600, 4)) @ rng.normal(size=(4, 4)) + 5.0
+    W = lin.params["weight"]
+    mean = x.mean(0) @ W.T
+    cov = np.cov(x, rowvar=False, bias=True)
+    var = np.einsum("ij,jk,ik->i", W, cov, W)
+    (got,) = train.precise_statistics(model, x, None, 50, np.random.default_rng(0), False)
+    np.testing.assert_allclose(got[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(got[1], var, rtol=1e-10)
+    (pop,) = train.population_statistics(model, x)
+    np.testing.assert_allclose(pop[1], var, rtol=1e-10)
+
+
+@pytest.mark.parametrize("momenta", [0.0, -0.1, 1.5, [], [0.1, 2.0], np.nan])
+def test_bad_momenta(momenta):
+    with pytest.raises(ValueError, match=r"momenta must be one or more values in \(0, 1\]"):
+        est.EMA(3, momenta)

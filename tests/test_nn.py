@@ -1,0 +1,161 @@
+"""Every layer's backward against central finite differences (float64)."""
+
+import numpy as np
+import pytest
+
+import bnbench as bn
+from bnbench import nn
+
+F64 = np.float64
+
+
+def numeric_grad(f, a, h=1e-6):
+    g = np.empty_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + h
+        up = f()
+        a[i] = old - h
+        down = f()
+        a[i] = old
+        g[i] = (up - down) / (2 * h)
+    return g
+
+
+def check_layer(layer, x, rng, mode="train"):
+    """Loss = sum(forward(x) * G): compare dx and every parameter gradient."""
+    G = rng.normal(size=layer.forward(x, mode).shape)
+
+    def loss():
+        return float(np.sum(layer.forward(x, mode) * G))
+
+    layer.forward(x, mode)
+    dx = layer.backward(G)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    for name, p in layer.params.items():
+        layer.forward(x, mode)
+        layer.backward(G)
+        analytic = layer.grads[name].copy()
+        np.testing.assert_allclose(analytic, numeric_grad(loss, p), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(rng, bias):
+    check_layer(nn.Linear(5, 3, rng, bias=bias, dtype=F64), rng.normal(size=(4, 5)), rng)
+
+
+@pytest.mark.parametrize(
+    ("k", "stride", "padding", "length"),
+    [(5, 2, 1, 40), (3, 2, 1, 19), (3, 1, 0, 7), (3, 2, 1, 10), (2, 3, 2, 9)],
+)
+def test_conv1d(rng, k, stride, padding, length):
+    conv = nn.Conv1d(2, 3, k, rng, stride=stride, padding=padding, dtype=F64)
+    x = rng.normal(size=(2, 2, length))
+    y = conv.forward(x, "train")
+    assert y.shape == (2, 3, (length + 2 * padding - k) // stride + 1)
+    # forward against a direct sum over taps
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding)))
+    W = conv.params["weight"].reshape(3, 2, k)
+    direct = (
+        np.stack(
+            [
+                np.einsum("ncj,ocj->no", xp[:, :, t * stride : t * stride + k], W)
+                for t in range(y.shape[2])
+            ],
+            axis=2,
+        )
+        + conv.params["bias"][None, :, None]
+    )
+    np.testing.assert_allclose(y, direct, rtol=1e-12)
+    check_layer(conv, x, rng)
+
+
+def test_relu_flatten_reshape(rng):
+    x = rng.normal(size=(3, 4, 5))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    check_layer(nn.ReLU(), x, rng)
+    check_layer(nn.Flatten(), x, rng)
+    check_layer(nn.Reshape((2, 10)), x, rng)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5)])
+def test_batchnorm_layer_gradients(rng, shape):
+    layer = nn.BatchNorm(3, dtype=F64)
+    layer.params["weight"][...] = rng.uniform(0.5, 2, 3)
+    layer.params["bias"][...] = rng.normal(size=3)
+    check_layer(layer, rng.normal(1.0, 2.0, shape), rng)
+
+
+def test_batchnorm_layer_matches_public_kernels_in_both_modes(rng):
+    layer = nn.BatchNorm(4)
+    x = rng.normal(3.0, 2.0, (8, 4, 6)).astype(np.float32)
+    seen = []
+    layer.observers.append(type("O", (), {"update": lambda self, *a: seen.append(a)})())
+    ref = bn.batch_norm_train(x, layer.params["weight"], layer.params["bias"])
+    np.testing.assert_array_equal(layer.forward(x, "train"), ref.y)
+    (mean, var, count), = seen  # fmt: skip
+    np.testing.assert_array_equal(mean, ref.mean)
+    assert count == 48
+    layer.eval_stats = (np.full(4, 1.0), np.full(4, 4.0))
+    expected = bn.batch_norm_eval(x, None, None, np.ones(4, np.float32), np.full(4, 4, np.float32))
+    np.testing.assert_array_equal(layer.forward(x, "eval"), expected)
+    with pytest.raises(RuntimeError, match="eval_stats"):
+        nn.BatchNorm(4).forward(x, "eval")
+
+
+def test_cross_entropy_gradient(rng):
+    logits = rng.normal(size=(5, 4))
+    labels = rng.integers(0, 4, 5)
+    loss, grad = nn.cross_entropy(logits, labels)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert loss == pytest.approx(-np.log(p[np.arange(5), labels]).mean())
+    np.testing.assert_allclose(
+        grad, numeric_grad(lambda: nn.cross_entropy(logits, labels)[0], logits), atol=1e-8
+    )
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_whole_model_gradient(rng, name):
+    model = nn.build(name, 12, 3, rng, dtype=F64)
+    x = rng.normal(size=(6, 12))
+    y = rng.integers(0, 3, 6)
+
+    def loss():
+        return nn.cross_entropy(model.forward(x, "train"), y)[0]
+
+    _, g = nn.cross_entropy(model.forward(x, "train"), y)
+    model.backward(g)
+    layer, pname = model.parameters()[0]
+    analytic = layer.grads[pname].copy()
+    np.testing.assert_allclose(
+        analytic, numeric_grad(loss, layer.params[pname]), rtol=1e-5, atol=1e-8
+    )
+
+
+def test_cnn_is_the_mnist1d_baseline_shape(rng):
+    model = nn.cnn(rng=rng)
+    convs = [layer for layer in model.layers if isinstance(layer, nn.Conv1d)]
+    assert [(c.k, c.stride, c.padding) for c in convs] == [(5, 2, 1), (3, 2, 1), (3, 2, 1)]
+    assert [c.params["weight"].shape[0] for c in convs] == [25, 25, 25]
+    assert len(model.bn_layers) == 3
+    assert model.layers[-1].params["weight"].shape == (10, 125)
+    assert model.forward(np.zeros((2, 40), np.float32) + 1, "train").shape == (2, 10)
+
+
+def test_sgd_step_and_schedule(rng):
+    model = nn.Sequential([nn.Linear(2, 1, rng, dtype=F64)])
+    lin = model.layers[0]
+    w0 = lin.params["weight"].copy()
+    lin.grads["weight"][...] = 1.0
+    lin.grads["bias"][...] = 1.0
+    opt = nn.SGD(model, lr=0.1, momentum=0.9, weight_decay=0.5)
+    opt.step()
+    v1 = 1.0 + 0.5 * w0
+    w1 = w0 - 0.1 * v1
+    np.testing.assert_allclose(lin.params["weight"], w1)
+    opt.step()  # velocity: 0.9 v + g
+    np.testing.assert_allclose(lin.params["weight"], w1 - 0.1 * (0.9 * v1 + 1.0 + 0.5 * w1))
+    assert not nn.SGD.decays(lin, "bias") and nn.SGD.decays(lin, "weight")
+    assert nn.cosine_lr(1.0, 0, 100, warmup_steps=10) == pytest.approx(0.1)
+    assert nn.cosine_lr(1.0, 10, 100, warmup_steps=10) == pytest.approx(1.0)
+    assert nn.cosine_lr(1.0, 100, 100, warmup_steps=10) == pytest.approx(0.0)

@@ -1,0 +1,138 @@
+"""Training runs, estimator evaluation, population statistics and bad configurations."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bnbench import cli, data, train
+from bnbench.estimators import NAMES
+
+FAST = dict(
+    dataset="gaussian_mixture", epochs=3, bn_momenta=(0.01, 0.5), test_batch_sizes=(2, 300)
+)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return train.run(train.TrainConfig(model="mlp", batch_size=32, **FAST))
+
+
+def test_short_run_learns_and_reports_every_estimator(result):
+    ev = result["evaluations"]
+    assert {e["estimator"] for e in ev} == set(NAMES)
+    pop = next(e for e in ev if e["estimator"] == "population")
+    assert pop["test_accuracy"] > 0.9  # 4 separable blobs; chance is 0.25
+    assert pop["mean_error"] == 0 and pop["var_error"] == 0
+    ema = [e for e in ev if e["estimator"] == "ema"]
+    assert [e["momentum"] for e in ema] == [0.01, 0.5]
+    tb = [e for e in ev if e["estimator"] == "test_batch"]
+    assert {(e["test_batch_size"], e["test_order"]) for e in tb} == {
+        (2, "iid"),
+        (2, "sorted"),
+        (300, "iid"),
+        (300, "sorted"),
+    }
+    full_iid = next(e for e in tb if e["test_batch_size"] == 300)
+    assert full_iid["test_accuracy"] > 0.9
+    assert set(result["costs"]) == set(NAMES)
+    assert result["training"]["steps"] == 3 * (900 // 32)
+    json.dumps(result)  # JSON-ready
+
+
+def test_same_seed_same_result_bitwise(result):
+    again = train.run(train.TrainConfig(model="mlp", batch_size=32, **FAST))
+    strip = ("costs", "training")
+    assert {k: v for k, v in again.items() if k not in strip} == {
+        k: v for k, v in result.items() if k not in strip
+    }
+    assert again["training"]["final_train_loss"] == result["training"]["final_train_loss"]
+
+
+def test_different_seed_differs(result):
+    other = train.run(train.TrainConfig(model="mlp", batch_size=32, seed=1, **FAST))
+    assert other["training"]["final_train_loss"] != result["training"]["final_train_loss"]
+
+
+def test_population_matches_brute_force(rng):
+    """Layer by layer over the whole training set, upstream BN in inference mode."""
+    d = data.gaussian_mixture(num_samples=400, num_features=12)
+    cfg = train.TrainConfig(model="cnn", batch_size=16, **{**FAST, "epochs": 1})
+    model, _, _ = train.train_network(cfg, d)
+    got = train.population_statistics(model, d.x_train)
+    h = d.x_train.astype(np.float64)
+    expected = []
+    for layer in model.layers:
+        if layer in model.bn_layers:
+            axes = (0, 2) if h.ndim == 3 else (0,)
+            m, v = h.mean(axis=axes), h.var(axis=axes)
+            expected.append((m, v))
+            layer.eval_stats = (m, v)
+            shape = (1, -1, 1) if h.ndim == 3 else (1, -1)
+            w, b = (layer.params[k].astype(np.float64).reshape(shape) for k in ("weight", "bias"))
+            h = (h - m.reshape(shape)) / np.sqrt(v.reshape(shape) + layer.eps) * w + b
+        else:
+            h = layer.forward(h.astype(np.float32), "eval").astype(np.float64)
+    assert len(got) == 3
+    for (gm, gv), (em, ev) in zip(got, expected, strict=True):
+        np.testing.assert_allclose(gm, em, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(gv, ev, rtol=1e-4, atol=1e-6)
+
+
+def test_sorted_test_batches_hurt(result):
+    tb = {(e["test_batch_size"], e["test_order"]): e["test_accuracy"]
+          for e in result["evaluations"] if e["estimator"] == "test_batch"}  # fmt: skip
+    assert tb[(2, "sorted")] < tb[(300, "iid")]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("estimators", ("ema", "magic"), r"estimators must be a non-empty subset of .* 'magic'"),
+        ("estimators", (), r"estimators must be a non-empty subset"),
+        ("model", "resnet", r"model must be one of \['cnn', 'mlp'\], got 'resnet'"),
+        ("dataset", "cifar", r"dataset must be one of .* got 'cifar'"),
+        ("bn_momenta", (0.1, 0.0), r"momenta must be one or more values in \(0, 1\]"),
+        ("bn_momenta", (1.1,), r"momenta must be one or more values in \(0, 1\]"),
+        ("batch_size", 1, r"batch_size must be an integer >= 2, got 1"),
+        ("precise_samples", 0, r"precise_samples must be an integer >= 1, got 0"),
+        ("epochs", 0, r"epochs must be an integer >= 1, got 0"),
+        ("lr", -1.0, r"lr must be > 0"),
+        ("momentum", 1.0, r"momentum \(SGD\) must be in \[0, 1\)"),
+        ("test_batch_sizes", (0,), r"test_batch_sizes must be integers >= 1"),
+        ("test_orders", ("reversed",), r"test_orders must be a subset of"),
+    ],
+)  # fmt: skip
+def test_bad_configuration(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig(**{field: value})
+
+
+def test_precise_samples_fewer_than_a_batch_is_an_error():
+    cfg = train.TrainConfig(model="mlp", batch_size=32, precise_samples=10, **FAST)
+    with pytest.raises(ValueError, match=r"precise_samples \(10\) must be at least"):
+        train.run(cfg)
+
+
+def test_mlp_test_batch_of_one_is_recorded_not_raised():
+    cfg = train.TrainConfig(model="mlp", batch_size=32, **{**FAST, "test_batch_sizes": (1,)})
+    tb = [e for e in train.run(cfg)["evaluations"] if e["estimator"] == "test_batch"]
+    assert all(e["test_accuracy"] is None and "more than one value" in e["error"] for e in tb)
+
+
+def test_cli_train_json(capsys):
+    code = cli.main(["train", "--dataset", "gaussian_mixture", "--model", "mlp", "--epochs", "1",
+                     "--momenta", "0.1", "--test-batch-sizes", "64", "--json"])  # fmt: skip
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {e["estimator"] for e in out["evaluations"]} == set(NAMES)
+    assert out["config"]["bn_momenta"] == [0.1]
+
+
+def test_cli_train_table_and_bad_config(capsys):
+    assert cli.main(["train", "--dataset", "gaussian_mixture", "--model", "cnn", "--epochs", "1",
+                     "--test-batch-sizes", "64"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "population" in out and "test acc" in out and "ms/step" in out
+    assert cli.main(["train", "--model", "nope"]) == 2
+    assert "model must be one of" in capsys.readouterr().err
