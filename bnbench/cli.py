@@ -44,6 +44,7 @@ def _train(args):
         "estimators": args.estimators,
         "test_batch_sizes": args.test_batch_sizes,
         "precise_samples": args.precise_samples,
+        "precise_batch_sizes": args.precise_batch_sizes,
     }
     try:
         config = TrainConfig(**{k: v for k, v in fields.items() if v is not None})
@@ -70,6 +71,8 @@ def _train(args):
 
 def format_result(result):
     """A readable table of one training run's evaluations."""
+    from .train import costs
+
     t = result["training"]
     lines = [
         f"{result['config']['model']} on {result['config']['dataset']}, batch size "
@@ -83,6 +86,10 @@ def format_result(result):
     for e in result["evaluations"]:
         if e["momentum"] is not None:
             setting = f"momentum {e['momentum']:g}"
+        elif e["precise_samples"] is not None:
+            setting = f"{e['precise_samples']} x{e['precise_batch_size']}"
+            if e["aggregation"] != "total_variance":
+                setting += " fvcore"
         elif e["test_batch_size"] is not None:
             setting = f"{e['test_order']} batch {e['test_batch_size']}"
         else:
@@ -97,7 +104,7 @@ def format_result(result):
             f"{num(e['var_error'], '10.4f')}"
         )
     lines += ["", "extra seconds per estimator: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in result["costs"].items())]  # fmt: skip
+        f"{k} {v:.3f}" for k, v in costs(result).items())]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -125,7 +132,10 @@ def build_parser():
     p.add_argument("--momenta", type=_floats, help="EMA momenta, comma-separated")
     p.add_argument("--estimators", type=_words, help="comma-separated subset of estimators")
     p.add_argument("--test-batch-sizes", type=_ints, help="comma-separated test batch sizes")
-    p.add_argument("--precise-samples", type=int, help="PreciseBN samples (default: all)")
+    p.add_argument("--precise-samples", type=_ints, help="PreciseBN sample counts (default: all)")
+    p.add_argument(
+        "--precise-batch-sizes", type=_ints, help="PreciseBN batch sizes (default: training's)"
+    )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=_train)
     return parser

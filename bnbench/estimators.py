@@ -160,14 +160,28 @@ class BatchAggregate:
         self.count = 0.0
         self._mean = np.zeros(num_channels)
         self._m2 = np.zeros(num_channels)
+        self._batch_var_sum = np.zeros(num_channels)
 
     def update(self, batch_mean, batch_var, batch_size):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = float(batch_size)
         bm = np.asarray(batch_mean, np.float64)
-        m2 = np.asarray(batch_var, np.float64) * n
-        self.count, self._mean, self._m2 = chan_merge(self.count, self._mean, self._m2, n, bm, m2)
+        bv = np.asarray(batch_var, np.float64)
+        self.count, self._mean, self._m2 = chan_merge(
+            self.count, self._mean, self._m2, n, bm, bv * n
+        )
+        bessel = (n / (n - 1) if n > 1 else np.nan) if self.unbiased else 1.0
+        self._batch_var_sum += n * bessel * bv
+
+    @property
+    def mean_batch_var(self):
+        """The count-weighted mean of the batch variances alone (Bessel per batch if
+        ``unbiased``, so NaN after a batch of one): what fvcore's PreciseBN reports,
+        missing the variance of the batch means."""
+        if self.count == 0:
+            return np.full_like(self._m2, np.nan)
+        return self._batch_var_sum / self.count
 
     @property
     def mean(self):

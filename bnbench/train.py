@@ -32,6 +32,7 @@ from .nn import MODELS, SGD, build, cosine_lr, cross_entropy
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 ORDERS = ("iid", "sorted")
+AGGREGATIONS = ("total_variance", "mean_of_batch_variances")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +43,10 @@ class TrainConfig:
     (Goyal et al. 2017) up to ``max_lr``; SGD with Nesterov-free momentum ``momentum``,
     ``weight_decay`` on weights, 1 warm-up epoch then cosine decay. ``steps``, if set,
     replaces ``epochs``. ``bn_momenta`` are the EMA momenta tracked at once.
-    ``precise_samples``/``precise_batch_size`` default to the whole training set and the
-    training batch size.
+    PreciseBN runs once per (``precise_samples``, ``precise_batch_sizes``) pair, empty
+    meaning the whole training set and the training batch size, and is reported with each
+    of ``precise_aggregations``: ``"total_variance"`` (mean of batch variances plus
+    variance of batch means) and/or ``"mean_of_batch_variances"`` (fvcore's).
     """
 
     dataset: str = "mnist1d"
@@ -60,14 +63,23 @@ class TrainConfig:
     bn_momenta: tuple = DEFAULT_MOMENTA
     estimators: tuple = est.NAMES
     unbiased: bool = True
-    precise_samples: int | None = None
-    precise_batch_size: int | None = None
+    precise_samples: tuple = ()
+    precise_batch_sizes: tuple = ()
+    precise_aggregations: tuple = ("total_variance",)
     test_batch_sizes: tuple = (2, 8, 32, 128, 1000)
     test_orders: tuple = ORDERS
 
     def __post_init__(self):
         # tuples, so that configurations hash and serialise the same way
-        for name in ("bn_momenta", "estimators", "test_batch_sizes", "test_orders"):
+        for name in (
+            "bn_momenta",
+            "estimators",
+            "test_batch_sizes",
+            "test_orders",
+            "precise_samples",
+            "precise_batch_sizes",
+            "precise_aggregations",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
@@ -90,8 +102,6 @@ class TrainConfig:
         positive_int("steps", optional=True)
         positive_int("seed", 0)
         positive_int("num_samples", 10, optional=True)
-        positive_int("precise_samples", optional=True)
-        positive_int("precise_batch_size", 2, optional=True)
         for name in ("lr", "max_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -105,9 +115,20 @@ class TrainConfig:
             raise ValueError(
                 f"estimators must be a non-empty subset of {est.NAMES}, got {self.estimators!r}"
             )
-        if any(isinstance(b, bool) or int(b) != b or b < 1 for b in self.test_batch_sizes):
+        for name, minimum in (
+            ("test_batch_sizes", 1),
+            ("precise_samples", 1),
+            ("precise_batch_sizes", 2),
+        ):
+            values = getattr(self, name)
+            if any(isinstance(v, bool) or int(v) != v or v < minimum for v in values):
+                raise ValueError(f"{name} must be integers >= {minimum}, got {values!r}")
+        if not self.precise_aggregations or not set(self.precise_aggregations) <= set(
+            AGGREGATIONS
+        ):
             raise ValueError(
-                f"test_batch_sizes must be integers >= 1, got {self.test_batch_sizes!r}"
+                f"precise_aggregations must be a non-empty subset of {AGGREGATIONS}, "
+                f"got {self.precise_aggregations!r}"
             )
         if not set(self.test_orders) <= set(ORDERS):
             raise ValueError(f"test_orders must be a subset of {ORDERS}, got {self.test_orders!r}")
@@ -217,7 +238,11 @@ def population_statistics(model, x_train):
 
 def precise_statistics(model, x_train, samples, batch_size, rng, unbiased=True):
     """PreciseBN: forward ``samples`` training inputs in training mode in batches of
-    ``batch_size`` (frozen weights) and aggregate each BN layer's batch statistics."""
+    ``batch_size`` (frozen weights) and aggregate each BN layer's batch statistics.
+
+    Returns per-layer :class:`~bnbench.estimators.BatchAggregate` objects: ``mean`` and
+    ``var`` are the total-variance estimate, ``mean_batch_var`` fvcore's.
+    """
     n = x_train.shape[0]
     samples = min(samples or n, n)
     if samples < batch_size:
@@ -228,7 +253,7 @@ def precise_statistics(model, x_train, samples, batch_size, rng, unbiased=True):
     with _observers(model, lambda layer: est.BatchAggregate(layer.num_features, unbiased)) as aggs:
         for b in _batches(samples, batch_size):
             model.forward(x_train[idx[b]], "train")
-    return [(a.mean, a.var) for a in aggs]
+    return aggs
 
 
 def evaluate(model, x, y, stats):
@@ -272,9 +297,9 @@ def run(config, progress=None):
     """Train one configuration and evaluate every estimator; returns a JSON-ready dict.
 
     ``result["evaluations"]`` has one entry per (estimator, momentum / test batch size,
-    order) with test accuracy and loss and, where defined, the statistics error against
-    ``population`` (mean over BN layers, and per layer). ``result["costs"]`` holds each
-    estimator's extra seconds; ``result["training"]`` the training time.
+    PreciseBN setting, order) with test accuracy and loss, the statistics error against
+    ``population`` where defined (mean over BN layers, and per layer) and the
+    estimator's extra seconds; ``result["training"]`` has the training time.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig(**config)
@@ -282,6 +307,18 @@ def run(config, progress=None):
     # kernels (a CNN step took 6 ms with OpenBLAS on 2 threads, 1.5 ms on 1).
     with threadpool_limits(1, user_api="blas"):
         return _run(config, progress)
+
+
+_EVALUATION_KEYS = (
+    "estimator", "momentum", "precise_samples", "precise_batch_size", "aggregation",
+    "test_batch_size", "test_order", "test_accuracy", "test_loss", "mean_error",
+    "var_error", "layer_mean_error", "layer_var_error", "estimator_seconds", "error",
+)  # fmt: skip
+
+
+def _evaluation(**fields):
+    """One evaluation entry: every key present, ``None`` where it does not apply."""
+    return dict.fromkeys(_EVALUATION_KEYS) | fields
 
 
 def _run(config, progress):
@@ -292,66 +329,84 @@ def _run(config, progress):
 
     t0 = time.perf_counter()
     population = population_statistics(model, data.x_train)
-    costs = {"population": time.perf_counter() - t0}
-    candidates = []  # (estimator, momentum, per-layer stats)
+    population_seconds = time.perf_counter() - t0
+    candidates = []  # (per-layer stats, evaluation fields)
     for name, per_layer in running.items():
-        costs[name] = sum(t.seconds for t in per_layer)
+        seconds = sum(t.seconds for t in per_layer)
         estimators = [t.estimator for t in per_layer]
         if name == "cumulative":
-            candidates.append((name, None, [(e.mean, e.var) for e in estimators]))
+            stats = [(e.mean, e.var) for e in estimators]
+            candidates.append((stats, {"estimator": name, "estimator_seconds": seconds}))
             continue
         for k, m in enumerate(config.bn_momenta):
-            candidates.append((name, m, [(e.mean[k], e.var[k]) for e in estimators]))
+            stats = [(e.mean[k], e.var[k]) for e in estimators]
+            fields = {"estimator": name, "momentum": m, "estimator_seconds": seconds}
+            candidates.append((stats, fields))
     if "precise" in config.estimators:
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([config.seed, 2])
-        bs = config.precise_batch_size or config.batch_size
-        precise = precise_statistics(
-            model, data.x_train, config.precise_samples, bs, rng, config.unbiased
-        )
-        costs["precise"] = time.perf_counter() - t0
-        candidates.append(("precise", None, precise))
+        n_train = data.x_train.shape[0]
+        for samples in config.precise_samples or (n_train,):
+            for bs in config.precise_batch_sizes or (config.batch_size,):
+                t0 = time.perf_counter()
+                rng = np.random.default_rng([config.seed, 2])
+                aggs = precise_statistics(model, data.x_train, samples, bs, rng, config.unbiased)
+                seconds = time.perf_counter() - t0
+                for aggregation in config.precise_aggregations:
+                    var = "var" if aggregation == "total_variance" else "mean_batch_var"
+                    stats = [(a.mean, getattr(a, var)) for a in aggs]
+                    fields = {"estimator": "precise", "precise_samples": min(samples, n_train),
+                              "precise_batch_size": bs, "aggregation": aggregation,
+                              "estimator_seconds": seconds}  # fmt: skip
+                    candidates.append((stats, fields))
     if "population" in config.estimators:
-        candidates.append(("population", None, population))
+        fields = {"estimator": "population", "estimator_seconds": population_seconds}
+        candidates.append((population, fields))
 
     evaluations = []
-    for name, momentum, stats in candidates:
+    for stats, fields in candidates:
         acc, loss = evaluate(model, x_test, y_test, stats)
-        errs = statistics_error(stats, population, eps)
+        errs = np.array(statistics_error(stats, population, eps))
         evaluations.append(
-            {
-                "estimator": name,
-                "momentum": momentum,
-                "test_batch_size": None,
-                "test_order": None,
-                "test_accuracy": acc,
-                "test_loss": loss,
-                "mean_error": float(np.mean([e[0] for e in errs])),
-                "var_error": float(np.mean([e[1] for e in errs])),
-                "layer_mean_error": [e[0] for e in errs],
-                "layer_var_error": [e[1] for e in errs],
-            }
+            _evaluation(
+                **fields,
+                test_accuracy=acc,
+                test_loss=loss,
+                mean_error=float(errs[:, 0].mean()),
+                var_error=float(errs[:, 1].mean()),
+                layer_mean_error=errs[:, 0].tolist(),
+                layer_var_error=errs[:, 1].tolist(),
+            )
         )
     if "test_batch" in config.estimators:
-        t0 = time.perf_counter()
         rng = np.random.default_rng([config.seed, 3])
         for size in config.test_batch_sizes:
             for order in config.test_orders:
-                row = {"estimator": "test_batch", "momentum": None, "test_batch_size": int(size),
-                       "test_order": order, "mean_error": None, "var_error": None,
-                       "layer_mean_error": None, "layer_var_error": None}  # fmt: skip
+                t0 = time.perf_counter()
+                fields = {
+                    "estimator": "test_batch",
+                    "test_batch_size": int(size),
+                    "test_order": order,
+                }
                 try:
-                    row["test_accuracy"], row["test_loss"] = evaluate_test_batches(
-                        model, x_test, y_test, int(size), order, rng
-                    )
+                    acc, loss = evaluate_test_batches(model, x_test, y_test, int(size), order, rng)
+                    fields |= {"test_accuracy": acc, "test_loss": loss}
                 except ValueError as err:  # e.g. one value per channel (MLP, batch of 1)
-                    row.update(test_accuracy=None, test_loss=None, error=str(err))
-                evaluations.append(row)
-        costs["test_batch"] = time.perf_counter() - t0
+                    fields["error"] = str(err)
+                fields["estimator_seconds"] = time.perf_counter() - t0
+                evaluations.append(_evaluation(**fields))
     return {
         "config": config.to_dict(),
         "dataset": {"train": int(data.x_train.shape[0]), "test": int(x_test.shape[0])},
         "training": timing,
-        "costs": costs,
         "evaluations": evaluations,
     }
+
+
+def costs(result):
+    """Extra seconds per estimator in one run's result (summed over its evaluations,
+    except the running estimators, whose update time is shared by all momenta)."""
+    out = {}
+    for e in result["evaluations"]:
+        name, sec = e["estimator"], e["estimator_seconds"] or 0.0
+        shared = name in ("ema", "ema_debiased")
+        out[name] = sec if shared else out.get(name, 0.0) + sec
+    return out

@@ -84,8 +84,8 @@ def test_precise_on_a_linear_model_equals_known_population(rng):
     cov = np.cov(x, rowvar=False, bias=True)
     var = np.einsum("ij,jk,ik->i", W, cov, W)
     (got,) = train.precise_statistics(model, x, None, 50, np.random.default_rng(0), False)
-    np.testing.assert_allclose(got[0], mean, rtol=1e-12)
-    np.testing.assert_allclose(got[1], var, rtol=1e-10)
+    np.testing.assert_allclose(got.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(got.var, var, rtol=1e-10)
     (pop,) = train.population_statistics(model, x)
     np.testing.assert_allclose(pop[1], var, rtol=1e-10)
 

@@ -35,17 +35,22 @@ def test_short_run_learns_and_reports_every_estimator(result):
     }
     full_iid = next(e for e in tb if e["test_batch_size"] == 300)
     assert full_iid["test_accuracy"] > 0.9
-    assert set(result["costs"]) == set(NAMES)
+    assert set(train.costs(result)) == set(NAMES)
+    assert all(e["estimator_seconds"] >= 0 for e in ev)
     assert result["training"]["steps"] == 3 * (900 // 32)
     json.dumps(result)  # JSON-ready
 
 
 def test_same_seed_same_result_bitwise(result):
     again = train.run(train.TrainConfig(model="mlp", batch_size=32, **FAST))
-    strip = ("costs", "training")
-    assert {k: v for k, v in again.items() if k not in strip} == {
-        k: v for k, v in result.items() if k not in strip
-    }
+
+    def strip(res):
+        evs = [
+            {k: v for k, v in e.items() if k != "estimator_seconds"} for e in res["evaluations"]
+        ]
+        return {**{k: v for k, v in res.items() if k != "training"}, "evaluations": evs}
+
+    assert strip(again) == strip(result)
     assert again["training"]["final_train_loss"] == result["training"]["final_train_loss"]
 
 
@@ -95,7 +100,9 @@ def test_sorted_test_batches_hurt(result):
         ("bn_momenta", (0.1, 0.0), r"momenta must be one or more values in \(0, 1\]"),
         ("bn_momenta", (1.1,), r"momenta must be one or more values in \(0, 1\]"),
         ("batch_size", 1, r"batch_size must be an integer >= 2, got 1"),
-        ("precise_samples", 0, r"precise_samples must be an integer >= 1, got 0"),
+        ("precise_samples", (0,), r"precise_samples must be integers >= 1, got \(0,\)"),
+        ("precise_batch_sizes", (1,), r"precise_batch_sizes must be integers >= 2"),
+        ("precise_aggregations", ("median",), r"precise_aggregations must be a non-empty subset"),
         ("epochs", 0, r"epochs must be an integer >= 1, got 0"),
         ("lr", -1.0, r"lr must be > 0"),
         ("momentum", 1.0, r"momentum \(SGD\) must be in \[0, 1\)"),
@@ -109,7 +116,7 @@ def test_bad_configuration(field, value, match):
 
 
 def test_precise_samples_fewer_than_a_batch_is_an_error():
-    cfg = train.TrainConfig(model="mlp", batch_size=32, precise_samples=10, **FAST)
+    cfg = train.TrainConfig(model="mlp", batch_size=32, precise_samples=(10,), **FAST)
     with pytest.raises(ValueError, match=r"precise_samples \(10\) must be at least"):
         train.run(cfg)
 
@@ -136,3 +143,19 @@ def test_cli_train_table_and_bad_config(capsys):
     assert "population" in out and "test acc" in out and "ms/step" in out
     assert cli.main(["train", "--model", "nope"]) == 2
     assert "model must be one of" in capsys.readouterr().err
+
+
+def test_precise_settings_ride_along_on_one_run():
+    cfg = train.TrainConfig(
+        model="mlp", batch_size=32, precise_samples=(64, 10_000), precise_batch_sizes=(16, 32),
+        precise_aggregations=train.AGGREGATIONS, estimators=("precise", "population"), **FAST,
+    )  # fmt: skip
+    res = train.run(cfg)
+    pre = [e for e in res["evaluations"] if e["estimator"] == "precise"]
+    assert {(e["precise_samples"], e["precise_batch_size"], e["aggregation"]) for e in pre} == {
+        (s, b, a) for s in (64, 900) for b in (16, 32) for a in train.AGGREGATIONS
+    }
+    whole = [e for e in pre if e["precise_samples"] == 900]
+    by_agg = {(e["precise_batch_size"], e["aggregation"]): e["var_error"] for e in whole}
+    # fvcore's mean of batch variances misses the variance of the batch means
+    assert by_agg[(16, "mean_of_batch_variances")] > by_agg[(16, "total_variance")]
