@@ -1,7 +1,7 @@
 """Set up the environment and run the project's jobs; needs only Python 3.11+.
 
     python3 tasks.py test    # ruff lint + format check, then the whole test suite
-    python3 tasks.py study   # the headline study, writing a report under reports/
+    python3 tasks.py study   # the headline study (quick preset): reports/momentum-batch-size/
 
 Each task creates ``.venv`` on first use and (re)installs bnbench into it, editable,
 with the extras that task needs, whenever ``pyproject.toml`` has changed since.

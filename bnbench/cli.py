@@ -108,6 +108,33 @@ def format_result(result):
     return "\n".join(lines)
 
 
+def _study(args):
+    from . import study
+
+    try:
+        chosen = study.load(args.name)
+        return study.run_from_args(chosen, args, command=args.command_line)
+    except ValueError as err:
+        print(f"bnbench study: {err}", file=sys.stderr)
+        return 2
+
+
+def _report(args):
+    import json
+    from pathlib import Path
+
+    from . import study
+
+    try:
+        meta = json.loads((Path(args.folder) / "study.json").read_text())
+        path = study.build_report(study.load(meta["study"]), args.folder, args.command_line)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"bnbench report: cannot build a report from {args.folder}: {err}", file=sys.stderr)
+        return 2
+    print(f"report written to {path / 'report.md'}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="bnbench", description="Batch-norm kernels and test-time statistics benchmarks."
@@ -138,11 +165,30 @@ def build_parser():
     )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=_train)
+
+    from . import study
+
+    names = sorted(study.available())
+    p = sub.add_parser(
+        "study",
+        help="run (or resume) a study and write its report",
+        description="Run or resume a study, then write its report. Studies: "
+        + (", ".join(names) or f"none found in {study.studies_dir()}"),
+    )
+    p.add_argument("name", metavar="NAME", help="one of: " + ", ".join(names))
+    study.add_arguments(p)
+    p.set_defaults(func=_study)
+
+    p = sub.add_parser("report", help="rebuild a study's report from its saved runs")
+    p.add_argument("folder", metavar="DIR", help="a study's output folder")
+    p.set_defaults(func=_report)
     return parser
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["bnbench", *argv])
     return args.func(args)
 
 

@@ -1,4 +1,5 @@
-"""Report folders: ``report.md``, figures as PNG, ``results.csv`` and ``provenance.json``.
+"""Report folders: ``report.md``, a self-contained ``report.html``, figures as PNG,
+``results.csv`` and ``provenance.json``.
 
 A study hands over its tidy results table, the markdown body and its figures; this
 module writes them atomically enough that a reader never sees a half-written file.
@@ -30,6 +31,44 @@ def markdown_table(df, floatfmt="{:.3g}"):
     return "\n".join([header, rule, *rows])
 
 
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
+        padding: 0 1em; line-height: 1.45; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+code {{ background: #f3f3f3; padding: 0 0.2em; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def markdown_to_html(text, folder):
+    """HTML for a report's markdown, with its PNG figures embedded as data URIs."""
+    import base64
+    import html
+    import re
+
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables"])
+
+    def embed(match):
+        path = Path(folder) / html.unescape(match.group(1))
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    title = html.escape(text.splitlines()[0].lstrip("# ").strip())
+    return _HTML.format(title=title, body=body)
+
+
 def _write_text(path, text):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -53,5 +92,42 @@ def write_report(out_dir, title, body, results, figures=(), command=None):
     results.to_csv(csv_tmp, index=False)
     os.replace(csv_tmp, out / "results.csv")
     _write_text(out / "provenance.json", json.dumps(provenance(command), indent=2) + "\n")
-    _write_text(out / "report.md", f"# {title}\n\n{body.strip()}\n")
+    text = f"# {title}\n\n{body.strip()}\n"
+    _write_text(out / "report.md", text)
+    _write_text(out / "report.html", markdown_to_html(text, out))
     return out
+
+
+def mean_and_spread(df, by, value):
+    """Mean, standard deviation and count of ``value`` over the seeds, per ``by``."""
+    g = df.groupby(by, dropna=False)[value]
+    return g.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def heatmap_panel(ax, table, title, fmt="{:.1f}", cmap="viridis", vmin=None, vmax=None):
+    """Draw a pivoted DataFrame (rows -> y, columns -> x) as an annotated heatmap."""
+    im = ax.imshow(table.values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, origin="lower")
+    ax.set_xticks(range(table.shape[1]), [f"{c:g}" for c in table.columns], rotation=45)
+    ax.set_yticks(range(table.shape[0]), [f"{r:g}" for r in table.index])
+    ax.set_title(title, fontsize=10)
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            v = table.values[i, j]
+            if v == v:
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="w")
+    return im
+
+
+def lines_with_spread(ax, df, x, hue, value="mean", spread="std", logx=True):
+    """One line per ``hue`` value against ``x``, with a band of +-``spread``."""
+    for label, sub in df.groupby(hue, sort=False):
+        sub = sub.sort_values(x)
+        ax.plot(sub[x], sub[value], marker="o", ms=3, label=str(label))
+        if spread in sub and sub[spread].notna().any():
+            ax.fill_between(
+                sub[x], sub[value] - sub[spread].fillna(0), sub[value] + sub[spread].fillna(0),
+                alpha=0.15,
+            )  # fmt: skip
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)

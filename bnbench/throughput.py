@@ -272,3 +272,18 @@ def report_body(df):
     for op, table in summary_tables(df).items():
         parts += [f"## {OP_TITLES[op]}", markdown_table(table)]
     return "\n\n".join(parts)
+
+
+def run_job(params):
+    """Sweep entry point (kind ``"kernel"``): one shape, every operation and contender.
+    ``params``: ``shape`` (list), optional ``budget_s`` and ``dtype``."""
+    df = measure(
+        [tuple(params["shape"])],
+        dtype=np.dtype(params.get("dtype", "float32")),
+        budget_s=params.get("budget_s", 1.0),
+    )
+    return {"rows": df.to_dict("records")}
+
+
+def result_rows(result):
+    return result["rows"]

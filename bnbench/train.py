@@ -20,6 +20,7 @@ against ``population`` per BN layer: ``mean_error`` = RMS over channels of
 """
 
 import dataclasses
+import json
 import time
 from contextlib import ExitStack, contextmanager
 
@@ -331,6 +332,7 @@ def _run(config, progress):
     population = population_statistics(model, data.x_train)
     population_seconds = time.perf_counter() - t0
     candidates = []  # (per-layer stats, evaluation fields)
+    evaluations = []
     for name, per_layer in running.items():
         seconds = sum(t.seconds for t in per_layer)
         estimators = [t.estimator for t in per_layer]
@@ -346,6 +348,13 @@ def _run(config, progress):
         n_train = data.x_train.shape[0]
         for samples in config.precise_samples or (n_train,):
             for bs in config.precise_batch_sizes or (config.batch_size,):
+                setting = {"estimator": "precise", "precise_samples": min(samples, n_train),
+                           "precise_batch_size": bs}  # fmt: skip
+                if min(samples, n_train) < bs:  # part of a grid that cannot run: say so
+                    for aggregation in config.precise_aggregations:
+                        evaluations.append(_evaluation(**setting, aggregation=aggregation,
+                            error=f"precise_samples ({samples}) < recompute batch size ({bs})"))  # fmt: skip
+                    continue
                 t0 = time.perf_counter()
                 rng = np.random.default_rng([config.seed, 2])
                 aggs = precise_statistics(model, data.x_train, samples, bs, rng, config.unbiased)
@@ -353,15 +362,12 @@ def _run(config, progress):
                 for aggregation in config.precise_aggregations:
                     var = "var" if aggregation == "total_variance" else "mean_batch_var"
                     stats = [(a.mean, getattr(a, var)) for a in aggs]
-                    fields = {"estimator": "precise", "precise_samples": min(samples, n_train),
-                              "precise_batch_size": bs, "aggregation": aggregation,
-                              "estimator_seconds": seconds}  # fmt: skip
+                    fields = {**setting, "aggregation": aggregation, "estimator_seconds": seconds}
                     candidates.append((stats, fields))
     if "population" in config.estimators:
         fields = {"estimator": "population", "estimator_seconds": population_seconds}
         candidates.append((population, fields))
 
-    evaluations = []
     for stats, fields in candidates:
         acc, loss = evaluate(model, x_test, y_test, stats)
         errs = np.array(statistics_error(stats, population, eps))
@@ -410,3 +416,22 @@ def costs(result):
         shared = name in ("ema", "ema_debiased")
         out[name] = sec if shared else out.get(name, 0.0) + sec
     return out
+
+
+def run_job(params):
+    """Sweep entry point (kind ``"train"``): ``params`` are TrainConfig fields."""
+    return run(TrainConfig(**params))
+
+
+def result_rows(result):
+    """Tidy rows of one run: its scalar configuration and training timings, repeated
+    on each evaluation (per-layer errors as JSON lists)."""
+    config = {k: v for k, v in result["config"].items() if not isinstance(v, (list, tuple))}
+    base = {**config, **result["training"]}
+    rows = []
+    for e in result["evaluations"]:
+        row = {**base, **e}
+        for key in ("layer_mean_error", "layer_var_error"):
+            row[key] = None if e[key] is None else json.dumps(e[key])
+        rows.append(row)
+    return rows

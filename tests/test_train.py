@@ -115,10 +115,17 @@ def test_bad_configuration(field, value, match):
         train.TrainConfig(**{field: value})
 
 
-def test_precise_samples_fewer_than_a_batch_is_an_error():
-    cfg = train.TrainConfig(model="mlp", batch_size=32, precise_samples=(10,), **FAST)
+def test_precise_samples_fewer_than_a_batch_is_recorded():
+    cfg = train.TrainConfig(model="mlp", batch_size=32, precise_samples=(10, 64), **FAST)
+    pre = [e for e in train.run(cfg)["evaluations"] if e["estimator"] == "precise"]
+    small, ok = sorted(pre, key=lambda e: e["precise_samples"])
+    assert (
+        small["test_accuracy"] is None
+        and "precise_samples (10) < recompute batch size (32)" in small["error"]
+    )
+    assert ok["test_accuracy"] > 0.5 and ok["error"] is None
     with pytest.raises(ValueError, match=r"precise_samples \(10\) must be at least"):
-        train.run(cfg)
+        train.precise_statistics(None, np.zeros((100, 2)), 10, 32, np.random.default_rng(0))
 
 
 def test_mlp_test_batch_of_one_is_recorded_not_raised():
