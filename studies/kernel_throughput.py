@@ -8,7 +8,6 @@ installed.
 
 import sys
 
-
 from bnbench import throughput
 from bnbench.study import Study, main
 
