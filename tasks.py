@@ -32,13 +32,7 @@ TASKS = {
     "study": (
         "",
         [
-            [
-                "python",
-                "studies/kernel_throughput.py",
-                "--out",
-                "reports/kernel-throughput",
-                "{args}",
-            ]
+            ["python", "studies/momentum_batch_size.py", "--preset", "quick", "{args}"],
         ],
     ),
 }
