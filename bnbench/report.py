@@ -113,8 +113,9 @@ def heatmap_panel(ax, table, title, fmt="{:.1f}", cmap="viridis", vmin=None, vma
     for i in range(table.shape[0]):
         for j in range(table.shape[1]):
             v = table.values[i, j]
-            if v == v:
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="w")
+            if v == v:  # dark text on the bright end of the colormap, light elsewhere
+                color = "k" if im.norm(v) > 0.6 else "w"
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color=color)
     return im
 
 

@@ -87,7 +87,7 @@ def analyse(df):
         ax.set_title(f"{model}: EMA variance error vs momentum")
         ax.set_xlabel("EMA momentum")
         ax.set_ylabel("RMS |log(var / var_population)|")
-    axes[0, -1].legend(title="batch size", fontsize=8)
+    axes[0, -1].legend(title="batch size", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     figures.append(("ema_error_vs_momentum.png", fig))
 
     # Findings and tables
@@ -176,7 +176,7 @@ def analyse(df):
 STUDY = Study(
     name="momentum-batch-size",
     title="Test-time BN statistics: EMA momentum x training batch size",
-    presets={"quick": lambda: jobs(epochs=10, seeds=3), "full": lambda: jobs(epochs=40, seeds=3)},
+    presets={"quick": lambda: jobs(epochs=10, seeds=3), "full": lambda: jobs(epochs=40, seeds=5)},
     analyse=analyse,
 )
 

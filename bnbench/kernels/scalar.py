@@ -6,8 +6,10 @@ so only the parallel decomposition is written once per backend.
 
 import numba
 
+from .. import config
 
-@numba.njit(inline="always", cache=True)
+
+@numba.njit(inline="always", cache=config.CACHE)
 def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Merge two partial (count, mean, M2) summaries (Chan, Golub & LeVeque 1979).
 
@@ -23,13 +25,13 @@ def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=config.CACHE)
 def ema_step(running, value, momentum):
     """One exponential-moving-average step, PyTorch convention: ``(1 - m) r + m v``."""
     return running + momentum * (value - running)
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=config.CACHE)
 def shifted_moments(shift, s, q, n):
     """Mean and M2 of ``n`` values from the sums ``s = sum(v - shift)``, ``q = sum((v - shift)^2)``.
 

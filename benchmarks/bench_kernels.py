@@ -1,0 +1,128 @@
+"""Batch-norm kernels per backend, dtype and shape: time and effective bandwidth."""
+
+import numpy as np
+
+import bnbench as bn
+from bnbench.throughput import BYTE_MODEL
+
+from .common import BACKENDS, backend_or_skip, channel, synchronize, tensor
+
+SHAPES = [(256, 1024), (128, 32, 40), (32, 64, 56, 56)]
+DTYPES = ["float32", "float64"]
+
+
+class _Kernel:
+    params = (BACKENDS, DTYPES, [str(s) for s in SHAPES])
+    param_names = ["backend", "dtype", "shape"]
+    op = None
+
+    def setup(self, backend, dtype, shape):
+        backend_or_skip(backend)
+        shape = eval(shape)  # a tuple literal from our own params
+        if backend == "reference" and np.prod(shape) > 1e6:
+            raise NotImplementedError("the float64 oracle is too slow for this shape")
+        self.backend = backend
+        self.x = tensor(shape, dtype)
+        self.dy = tensor(shape, dtype, seed=1)
+        self.w = channel(shape[1], dtype)
+        self.b = channel(shape[1], dtype, seed=1)
+        self.out = np.empty_like(self.x)
+        self.stats = bn.batch_norm_train(self.x, self.w, self.b, backend="reference")
+        self.call()  # compile / warm up
+
+    def call(self):
+        raise NotImplementedError
+
+    def _timed(self):
+        self.call()
+        synchronize(self.backend)
+
+    def track_gbps(self, backend, dtype, shape):
+        import time
+
+        t0 = time.perf_counter()
+        for _ in range(3):
+            self._timed()
+        return BYTE_MODEL[self.op] * self.x.nbytes / ((time.perf_counter() - t0) / 3) / 1e9
+
+    track_gbps.unit = "GB/s"
+
+
+class ForwardTrain(_Kernel):
+    op = "forward_train"
+
+    def call(self):
+        bn.batch_norm_train(self.x, self.w, self.b, backend=self.backend, out=self.out)
+
+    def time_forward_train(self, backend, dtype, shape):
+        self._timed()
+
+
+class ForwardEval(_Kernel):
+    op = "forward_eval"
+
+    def call(self):
+        s = self.stats
+        bn.batch_norm_eval(
+            self.x, self.w, self.b, s.mean, s.var, backend=self.backend, out=self.out
+        )
+
+    def time_forward_eval(self, backend, dtype, shape):
+        self._timed()
+
+
+class Backward(_Kernel):
+    op = "backward"
+
+    def call(self):
+        s = self.stats
+        bn.batch_norm_backward(
+            self.dy, self.x, self.w, s.mean, s.invstd, backend=self.backend, out=self.out
+        )
+
+    def time_backward(self, backend, dtype, shape):
+        self._timed()
+
+
+class RunningUpdate:
+    """Running-statistics update for K momenta at once."""
+
+    params = (BACKENDS, [1, 8, 64])
+    param_names = ["backend", "momenta"]
+
+    def setup(self, backend, k):
+        backend_or_skip(backend)
+        self.backend = backend
+        self.rm, self.rv = np.zeros((k, 256)), np.ones((k, 256))
+        self.mean, self.var = channel(256, np.float64), channel(256, np.float64, seed=1)
+        self.momenta = np.geomspace(0.001, 0.9, k)
+        self.call()
+
+    def call(self):
+        bn.update_running_stats(
+            self.rm, self.rv, self.mean, self.var, 64, self.momenta, backend=self.backend
+        )
+
+    def time_update(self, backend, k):
+        self.call()
+        synchronize(self.backend)
+
+
+def timeraw_cold_compile():
+    """First call of every CPU kernel with Numba's cache off: what a fresh install pays."""
+    return """
+import os
+os.environ["BNBENCH_NUMBA_CACHE"] = "0"
+import numpy as np
+import bnbench as bn
+for shape in [(64, 8), (4, 8, 10)]:
+    x = np.ones(shape, np.float32) + np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))
+    r = bn.batch_norm_train(x)
+    bn.batch_norm_eval(x, None, None, r.mean, r.var)
+    bn.batch_norm_backward(x, x, None, r.mean, r.invstd)
+"""
+
+
+timeraw_cold_compile.repeat = 1
+timeraw_cold_compile.number = 1
+timeraw_cold_compile.timeout = 300
