@@ -53,7 +53,7 @@ class Accuracy:
                 model=model, epochs=3, bn_momenta=(0.1,), test_batch_sizes=(1000,)
             )
             for e in train.run(cfg)["evaluations"]:
-                out[(model, e["estimator"])] = 100 * e["test_accuracy"]
+                out[(model, e["estimator"])] = round(100 * e["test_accuracy"], 2)
         return out
 
     def track_test_accuracy(self, results, model, estimator):
