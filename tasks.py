@@ -22,11 +22,25 @@ PY = BIN / "python"
 #: task -> (extras to install, commands; "{args}" takes the extra arguments)
 TASKS = {
     "test": (
-        "test",
+        "test,bench",
         [
             ["ruff", "check", "."],
             ["ruff", "format", "--check", "."],
             ["python", "-m", "pytest", "{args}"],
+            # the asv suite is valid and runs once against this environment (nothing timed)
+            ["asv", "machine", "--yes", "--config", "asv.json"],
+            ["asv", "check", "--config", "asv.json", "-E", "existing:{python}"],
+            [
+                "asv",
+                "run",
+                "--config",
+                "asv.json",
+                "-E",
+                "existing:{python}",
+                "--quick",
+                "--dry-run",
+                "--show-stderr",
+            ],  # fmt: skip
         ],
     ),
     "study": (
@@ -66,6 +80,7 @@ def main(argv):
     ensure_env(extras)
     for cmd in commands:
         cmd = [a for part in cmd for a in (argv[1:] if part == "{args}" else [part])]
+        cmd = [a.replace("{python}", str(PY)) for a in cmd]
         cmd[0] = str(BIN / cmd[0])
         if code := run(cmd):
             return code

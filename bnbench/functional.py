@@ -6,6 +6,10 @@ Tensors are channel-first like PyTorch: ``x`` has shape ``(N, C)`` or
 per-channel array must have the input's dtype. Non-contiguous ``x`` or ``dy`` is copied
 to C order first (a documented cost); ``out`` must already be C-contiguous.
 
+With ``backend="cuda"``, arrays may also be numba CUDA device arrays: results then stay
+on the device (statistics too), and device arrays must be C-contiguous (no implicit
+device copies). Host arrays given to the CUDA backend are copied in and out.
+
 Errors name the argument, what was expected and what was given: ``TypeError`` for a
 wrong type or dtype, ``ValueError`` for a wrong shape or value.
 """
@@ -37,20 +41,48 @@ class BackwardResult(NamedTuple):
     dbias: np.ndarray
 
 
-def _check_tensor(a, name):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+def _is_device(a):
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def _check_kind(a, name, impl, shape_hint=""):
+    """Host (NumPy) or, for a device-capable backend, a CUDA device array."""
+    if isinstance(a, np.ndarray):
+        return
+    device_ok = hasattr(impl, "is_device")
+    if _is_device(a):
+        if not device_ok:
+            raise TypeError(f"{name} is a CUDA device array: use backend='cuda'")
+        return
+    what = "a numpy.ndarray" + (" or a CUDA device array" if device_ok else "")
+    raise TypeError(f"{name} must be {what}{shape_hint}, got {type(a).__name__}")
+
+
+def _c_contiguous(a):
+    if isinstance(a, np.ndarray):
+        return a.flags.c_contiguous
+    if hasattr(a, "is_c_contiguous"):
+        return a.is_c_contiguous()
+    return a.__cuda_array_interface__.get("strides") is None
+
+
+def _check_tensor(a, name, impl):
+    _check_kind(a, name, impl)
     if a.dtype not in _DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
-    if a.ndim < 2:
+    if len(a.shape) < 2:
         raise ValueError(f"{name} must have shape (N, C) or (N, C, *spatial), got {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    if _is_device(a):
+        if not _c_contiguous(a):
+            raise ValueError(f"{name} must be C-contiguous on the device (no implicit copies)")
+        return a
     return np.ascontiguousarray(a)
 
 
-def _check_like(a, name, x):
-    a = _check_tensor(a, name)
+def _check_like(a, name, x, impl):
+    a = _check_tensor(a, name, impl)
     if a.shape != x.shape:
         raise ValueError(f"{name} must have the shape of x {x.shape}, got {a.shape}")
     if a.dtype != x.dtype:
@@ -58,14 +90,13 @@ def _check_like(a, name, x):
     return a
 
 
-def _check_channel(a, name, x, default=None):
+def _check_channel(a, name, x, impl, default=None):
     """A per-channel ``(C,)`` array of x's dtype; ``None`` becomes ``default`` if given."""
     C = x.shape[1]
     if a is None and default is not None:
         return np.full(C, default, dtype=x.dtype)
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of shape ({C},), got {type(a).__name__}")
-    if a.shape != (C,):
+    _check_kind(a, name, impl, f" of shape ({C},)")
+    if tuple(a.shape) != (C,):
         raise ValueError(f"{name} must have shape ({C},) (one value per channel), got {a.shape}")
     if a.dtype != x.dtype:
         raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}")
@@ -80,19 +111,26 @@ def _check_eps(eps):
     return float(eps)
 
 
-def _check_out(out, x):
+def _check_out(out, x, impl):
     if out is None:
-        return np.empty_like(x)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != x.shape or out.dtype != x.dtype:
+        return impl.empty_like(x) if _is_device(x) else np.empty_like(x)
+    _check_kind(out, "out", impl)
+    if _is_device(out) != _is_device(x):
+        raise TypeError("out must live where x lives (both host or both device arrays)")
+    if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
         raise ValueError(
             f"out must have the shape {x.shape} and dtype {x.dtype} of x, "
             f"got {out.shape} {out.dtype}"
         )
-    if not out.flags.c_contiguous or not out.flags.writeable:
+    writeable = _is_device(out) or out.flags.writeable
+    if not _c_contiguous(out) or not writeable:
         raise ValueError("out must be a writeable C-contiguous array")
     return out
+
+
+def _stat(s, x):
+    """A returned statistic in x's dtype, on x's side (host or device)."""
+    return s if _is_device(x) else np.asarray(s, dtype=x.dtype)
 
 
 def _per_channel_count(x):
@@ -100,7 +138,8 @@ def _per_channel_count(x):
 
 
 def _as3d(a):
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    N, C = a.shape[0], a.shape[1]
+    return a.reshape(N, C, a.size // (N * C))
 
 
 def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend="cpu", out=None):
@@ -111,18 +150,18 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend="cpu", out=
     ``TrainResult(y, mean, var, invstd)`` with ``var`` biased.
     """
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x")
-    weight = _check_channel(weight, "weight", x, default=1.0)
-    bias = _check_channel(bias, "bias", x, default=0.0)
+    x = _check_tensor(x, "x", impl)
+    weight = _check_channel(weight, "weight", x, impl, default=1.0)
+    bias = _check_channel(bias, "bias", x, impl, default=0.0)
     eps = _check_eps(eps)
     if _per_channel_count(x) < 2:
         raise ValueError(
             "x must have more than one value per channel in training mode "
             f"(N * prod(spatial) >= 2), got shape {x.shape}"
         )
-    out = _check_out(out, x)
+    out = _check_out(out, x, impl)
     stats = impl.forward_train(_as3d(x), weight, bias, eps, _as3d(out))
-    return TrainResult(out, *(np.asarray(s, dtype=x.dtype) for s in stats))
+    return TrainResult(out, *(_stat(s, x) for s in stats))
 
 
 def batch_norm_eval(
@@ -134,15 +173,15 @@ def batch_norm_eval(
     ``bias`` may be ``None``. Returns ``y`` with the shape and dtype of ``x``.
     """
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x")
-    weight = _check_channel(weight, "weight", x, default=1.0)
-    bias = _check_channel(bias, "bias", x, default=0.0)
-    mean = _check_channel(mean, "mean", x)
-    var = _check_channel(var, "var", x)
-    if np.any(var < 0):
+    x = _check_tensor(x, "x", impl)
+    weight = _check_channel(weight, "weight", x, impl, default=1.0)
+    bias = _check_channel(bias, "bias", x, impl, default=0.0)
+    mean = _check_channel(mean, "mean", x, impl)
+    var = _check_channel(var, "var", x, impl)
+    if isinstance(var, np.ndarray) and np.any(var < 0):  # device arrays: not checked
         raise ValueError(f"var must be non-negative, got minimum {float(var.min())!r}")
     eps = _check_eps(eps)
-    out = _check_out(out, x)
+    out = _check_out(out, x, impl)
     impl.forward_eval(_as3d(x), weight, bias, mean, var, eps, _as3d(out))
     return out
 
@@ -155,18 +194,18 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, backend="cpu", out=None)
     ``dweight`` and ``dbias`` are what an affine weight and bias would receive.
     """
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x")
-    dy = _check_like(dy, "dy", x)
-    weight = _check_channel(weight, "weight", x, default=1.0)
-    mean = _check_channel(mean, "mean", x)
-    invstd = _check_channel(invstd, "invstd", x)
+    x = _check_tensor(x, "x", impl)
+    dy = _check_like(dy, "dy", x, impl)
+    weight = _check_channel(weight, "weight", x, impl, default=1.0)
+    mean = _check_channel(mean, "mean", x, impl)
+    invstd = _check_channel(invstd, "invstd", x, impl)
     if _per_channel_count(x) < 2:
         raise ValueError(
             f"x must have more than one value per channel (training mode), got shape {x.shape}"
         )
-    out = _check_out(out, x)
+    out = _check_out(out, x, impl)
     dweight, dbias = impl.backward(_as3d(dy), _as3d(x), weight, mean, invstd, _as3d(out))
-    return BackwardResult(out, np.asarray(dweight, x.dtype), np.asarray(dbias, x.dtype))
+    return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
 
 
 def update_running_stats(
@@ -186,9 +225,10 @@ def update_running_stats(
     if momenta.ndim != 1 or not np.all((momenta > 0) & (momenta <= 1)):
         raise ValueError(f"momenta must be values in (0, 1], got {momenta!r}")
     for name, arr in (("running_mean", running_mean), ("running_var", running_var)):
-        if not isinstance(arr, np.ndarray) or arr.dtype not in _DTYPES:
-            raise TypeError(f"{name} must be a float32 or float64 numpy.ndarray")
-        if arr.ndim != 2 or arr.shape[0] != momenta.size or not arr.flags.c_contiguous:
+        _check_kind(arr, name, impl)
+        if arr.dtype not in _DTYPES:
+            raise TypeError(f"{name} must be a float32 or float64 array, got {arr.dtype}")
+        if len(arr.shape) != 2 or arr.shape[0] != momenta.size or not _c_contiguous(arr):
             raise ValueError(
                 f"{name} must be C-contiguous with shape (K={momenta.size}, C), got {arr.shape}"
             )
@@ -198,7 +238,10 @@ def update_running_stats(
             f"got {running_var.shape}"
         )
     C = running_mean.shape[1]
-    mean, var = (np.asarray(a, dtype=np.float64) for a in (mean, var))
+    # (C,) values: read to the host, even from a device, to apply Bessel's correction
+    mean, var = (
+        np.asarray(a.copy_to_host() if _is_device(a) else a, np.float64) for a in (mean, var)
+    )
     for name, arr in (("mean", mean), ("var", var)):
         if arr.shape != (C,):
             raise ValueError(f"{name} must have shape ({C},), got {arr.shape}")

@@ -1,6 +1,7 @@
 """Backends and peers by name: read by the public functions, the tests, the benchmarks
 and the studies alike. A new backend is one module with the kernel contract (see
-``bnbench.kernels``) and one line here.
+``bnbench.kernels``) and one line here. A module may define ``available() -> (ok,
+reason)`` for what its import cannot tell (a GPU, a driver).
 """
 
 import importlib
@@ -10,6 +11,7 @@ from functools import cache
 BACKENDS = {
     "reference": "bnbench.kernels.reference",
     "cpu": "bnbench.kernels.cpu",
+    "cuda": "bnbench.kernels.cuda",
 }
 
 #: Other libraries' kernels behind the same contract, used when installed.
@@ -29,9 +31,13 @@ def get_backend(name):
     if not isinstance(name, str) or name not in modules:
         raise ValueError(f"backend must be one of {sorted(modules)}, got {name!r}")
     try:
-        return importlib.import_module(modules[name])
+        module = importlib.import_module(modules[name])
     except ImportError as err:
         raise BackendUnavailable(f"backend {name!r} is not available: {err}") from err
+    ok, reason = module.available() if hasattr(module, "available") else (True, "")
+    if not ok:
+        raise BackendUnavailable(f"backend {name!r} is not available: {reason}")
+    return module
 
 
 def available(peers=False):

@@ -42,3 +42,31 @@ def shifted_moments(shift, s, q, n):
     """
     d = s / n
     return shift + d, q - s * d
+
+
+@numba.njit(inline="always", cache=config.CACHE)
+def affine_coefficients(weight, bias, mean, var, eps):
+    """``(scale, shift, invstd)`` of one channel, so that ``y = x * scale + shift``.
+
+    Backends evaluate ``x * scale + shift`` in float64: the form cancels ``x`` against
+    ``mean`` in one fused step without rounding either to the input's precision.
+    """
+    invstd = 1.0 / (var + eps) ** 0.5
+    scale = weight * invstd
+    return scale, bias - mean * scale, invstd
+
+
+@numba.njit(inline="always", cache=config.CACHE)
+def grad_coefficients(weight, mean, invstd, sum_dy, sum_dy_x, count):
+    """One channel's backward pass as ``dx = a * dy + b * x + d``; also dweight, dbias.
+
+    ``dx = w*invstd*(dy - sum(dy)/M - xc*invstd^2*sum(dy*xc)/M)`` with ``xc = x - mean``,
+    and ``sum(dy*xc) = sum(dy*x) - mean*sum(dy)``: in float64 the cancellation costs
+    ``log10(|mean|/std)`` of 16 digits and saves a subtraction per element (CPU, (128, 32,
+    40), 2 threads: 34 -> 31 us for the reduction).
+    """
+    s_xc = sum_dy_x - mean * sum_dy
+    a = weight * invstd
+    b = -a * invstd * invstd * s_xc / count
+    d = -a * sum_dy / count - b * mean
+    return a, b, d, s_xc * invstd, sum_dy

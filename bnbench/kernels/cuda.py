@@ -1,0 +1,291 @@
+"""numba-cuda kernels under the same contract as the CPU backend.
+
+Arrays arrive as ``(N, C, L)``; host NumPy arrays are copied to the device and results
+copied back into the host ``out``; numba device arrays stay on the device (no implicit
+transfers), and the statistics come back as device arrays too.
+
+Decomposition: a channel's ``M = N * L`` values are split over ``blocks_per_channel``
+blocks (a grid of ``(blocks_per_channel, C)``), so both many channels with few values
+and few channels with many values fill the GPU. Each thread folds its strided values
+into a float64 Welford summary, the block merges them with a shared-memory tree of Chan
+merges, and a second kernel merges the blocks' partials per channel, in a fixed order
+(deterministic). The per-channel scalar math is :mod:`bnbench.kernels.scalar`, the same
+code the CPU backend runs, compiled as device functions.
+
+Nothing here touches the CUDA driver at import; kernels are built on first use for the
+threads per block in :data:`bnbench.config.CUDA_THREADS_PER_BLOCK` (tests patch it small
+so that tiny inputs span several blocks).
+"""
+
+import functools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+from numba import cuda
+
+from .. import config
+from . import scalar
+
+
+def available():
+    """``(True, device name)`` or ``(False, what is missing)``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if not config.CUDA_SIMULATOR:
+        try:
+            version("numba-cuda")
+        except PackageNotFoundError:
+            return False, "the cuda extra is not installed (pip install 'bnbench[cuda]')"
+    try:
+        if not cuda.is_available():
+            return False, "no CUDA driver or no CUDA device found"
+        return True, str(cuda.get_current_device().name)
+    except Exception as err:  # driver errors come in many types
+        return False, f"CUDA error: {err}"
+
+
+def _device(fn):
+    """A device-function copy of one of :mod:`bnbench.kernels.scalar`'s helpers."""
+    return cuda.jit(device=True, inline=True)(fn.py_func)
+
+
+_chan_merge = _device(scalar.chan_merge)
+_ema_step = _device(scalar.ema_step)
+_affine_coefficients = _device(scalar.affine_coefficients)
+_grad_coefficients = _device(scalar.grad_coefficients)
+
+
+@functools.cache
+def kernels(tpb):
+    """The kernels for ``tpb`` threads per block (a power of two): a namespace."""
+    if tpb < 1 or tpb & (tpb - 1):
+        raise ValueError(f"threads per block must be a power of two, got {tpb}")
+
+    @cuda.jit
+    def moments_partial(x, per_block, count, mean, m2):
+        """Block (b, c) summarises values [b * per_block, (b + 1) * per_block) of channel c."""
+        b, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+        L = x.shape[2]
+        M = x.shape[0] * L
+        lo = b * per_block
+        hi = min(lo + per_block, M)
+        n, mu, q = 0.0, 0.0, 0.0
+        for i in range(lo + t, hi, tpb):  # Welford, one value at a time
+            v = np.float64(x[i // L, c, i % L])
+            n += 1.0
+            d = v - mu
+            mu += d / n
+            q += d * (v - mu)
+        sn = cuda.shared.array(tpb, np.float64)
+        sm = cuda.shared.array(tpb, np.float64)
+        sq = cuda.shared.array(tpb, np.float64)
+        sn[t], sm[t], sq[t] = n, mu, q
+        cuda.syncthreads()
+        s = tpb // 2
+        while s > 0:
+            if t < s:
+                sn[t], sm[t], sq[t] = _chan_merge(
+                    sn[t], sm[t], sq[t], sn[t + s], sm[t + s], sq[t + s]
+                )
+            cuda.syncthreads()
+            s //= 2
+        if t == 0:
+            count[c, b], mean[c, b], m2[c, b] = sn[0], sm[0], sq[0]
+
+    @cuda.jit
+    def moments_finish(
+        count, mean, m2, weight, bias, eps, out_mean, out_var, out_invstd, scale, shift
+    ):
+        c = cuda.grid(1)
+        if c >= count.shape[0]:
+            return
+        n, mu, q = 0.0, 0.0, 0.0
+        for b in range(count.shape[1]):
+            n, mu, q = _chan_merge(n, mu, q, count[c, b], mean[c, b], m2[c, b])
+        var = q / n
+        scale[c], shift[c], invstd = _affine_coefficients(
+            np.float64(weight[c]), np.float64(bias[c]), mu, var, eps
+        )
+        out_mean[c], out_var[c], out_invstd[c] = mu, var, invstd
+
+    @cuda.jit
+    def eval_coefficients(weight, bias, mean, var, eps, scale, shift):
+        c = cuda.grid(1)
+        if c < mean.shape[0]:
+            scale[c], shift[c], _ = _affine_coefficients(
+                np.float64(weight[c]), np.float64(bias[c]), np.float64(mean[c]),
+                np.float64(var[c]), eps,
+            )  # fmt: skip
+
+    @cuda.jit
+    def affine(x, scale, shift, out):
+        C, L = x.shape[1], x.shape[2]
+        start, step = cuda.grid(1), cuda.gridsize(1)
+        for i in range(start, x.size, step):
+            n, r = i // (C * L), i % (C * L)
+            c, j = r // L, r % L
+            out[n, c, j] = x[n, c, j] * scale[c] + shift[c]
+
+    @cuda.jit
+    def grad_partial(dy, x, per_block, sum_dy, sum_dy_x):
+        b, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+        L = x.shape[2]
+        M = x.shape[0] * L
+        lo = b * per_block
+        hi = min(lo + per_block, M)
+        s, q = 0.0, 0.0
+        for i in range(lo + t, hi, tpb):
+            g = np.float64(dy[i // L, c, i % L])
+            s += g
+            q += g * x[i // L, c, i % L]
+        ss = cuda.shared.array(tpb, np.float64)
+        sq = cuda.shared.array(tpb, np.float64)
+        ss[t], sq[t] = s, q
+        cuda.syncthreads()
+        k = tpb // 2
+        while k > 0:
+            if t < k:
+                ss[t] += ss[t + k]
+                sq[t] += sq[t + k]
+            cuda.syncthreads()
+            k //= 2
+        if t == 0:
+            sum_dy[c, b], sum_dy_x[c, b] = ss[0], sq[0]
+
+    @cuda.jit
+    def grad_finish(sum_dy, sum_dy_x, weight, mean, invstd, count, a, b, d, dweight, dbias):
+        c = cuda.grid(1)
+        if c >= sum_dy.shape[0]:
+            return
+        s, q = 0.0, 0.0
+        for k in range(sum_dy.shape[1]):
+            s += sum_dy[c, k]
+            q += sum_dy_x[c, k]
+        a[c], b[c], d[c], dw, db = _grad_coefficients(
+            np.float64(weight[c]), np.float64(mean[c]), np.float64(invstd[c]), s, q, count
+        )
+        dweight[c], dbias[c] = dw, db
+
+    @cuda.jit
+    def grad_input(dy, x, a, b, d, out):
+        C, L = x.shape[1], x.shape[2]
+        start, step = cuda.grid(1), cuda.gridsize(1)
+        for i in range(start, x.size, step):
+            n, r = i // (C * L), i % (C * L)
+            c, j = r // L, r % L
+            out[n, c, j] = dy[n, c, j] * a[c] + x[n, c, j] * b[c] + d[c]
+
+    @cuda.jit
+    def ema_update(running_mean, running_var, mean, var, momenta):
+        i = cuda.grid(1)
+        C = mean.shape[0]
+        if i < running_mean.size:
+            k, c = i // C, i % C
+            running_mean[k, c] = _ema_step(running_mean[k, c], mean[c], momenta[k])
+            running_var[k, c] = _ema_step(running_var[k, c], var[c], momenta[k])
+
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "tpb"})
+
+
+def _k():
+    return kernels(config.CUDA_THREADS_PER_BLOCK)
+
+
+def is_device(a):
+    return cuda.is_cuda_array(a)
+
+
+def _dev(a):
+    return a if cuda.is_cuda_array(a) else cuda.to_device(np.ascontiguousarray(a))
+
+
+def empty_like(a):
+    return cuda.device_array(a.shape, a.dtype)
+
+
+def _blocks_per_channel(M, C):
+    """Enough blocks to fill the GPU when C is small, one when C alone is enough."""
+    tpb = config.CUDA_THREADS_PER_BLOCK
+    wanted = max(1, config.CUDA_TARGET_BLOCKS // C)
+    useful = max(1, math.ceil(M / (tpb * config.CUDA_VALUES_PER_THREAD)))
+    nb = min(wanted, useful)
+    return nb, math.ceil(M / nb)
+
+
+def _elementwise_grid(size):
+    tpb = config.CUDA_THREADS_PER_BLOCK
+    return min(math.ceil(size / tpb), config.CUDA_TARGET_BLOCKS * 4), tpb
+
+
+def _finish(out_dev, out, host_out):
+    """Copy a device result into the caller's host ``out`` when the input was on the host."""
+    if host_out:
+        out_dev.copy_to_host(out)
+
+
+def _channel_grid(C):
+    tpb = config.CUDA_THREADS_PER_BLOCK
+    return math.ceil(C / tpb), tpb
+
+
+def _results(host, *arrays):
+    return tuple(a.copy_to_host() if host else a for a in arrays)
+
+
+def forward_train(x, weight, bias, eps, out):
+    k, host = _k(), not is_device(x)
+    dx, dout = _dev(x), (empty_like(x) if host else out)
+    N, C, L = x.shape
+    nb, per_block = _blocks_per_channel(N * L, C)
+    parts = [cuda.device_array((C, nb)) for _ in range(3)]
+    k.moments_partial[(nb, C), config.CUDA_THREADS_PER_BLOCK](dx, per_block, *parts)
+    mean, var, invstd = (cuda.device_array(C, x.dtype) for _ in range(3))
+    scale, shift = cuda.device_array(C), cuda.device_array(C)
+    k.moments_finish[_channel_grid(C)](
+        *parts, _dev(weight), _dev(bias), eps, mean, var, invstd, scale, shift
+    )
+    k.affine[_elementwise_grid(x.size)](dx, scale, shift, dout)
+    _finish(dout, out, host)
+    return _results(host, mean, var, invstd)
+
+
+def forward_eval(x, weight, bias, mean, var, eps, out):
+    k, host = _k(), not is_device(x)
+    dx, dout = _dev(x), (empty_like(x) if host else out)
+    C = x.shape[1]
+    scale, shift = cuda.device_array(C), cuda.device_array(C)
+    k.eval_coefficients[_channel_grid(C)](
+        _dev(weight), _dev(bias), _dev(mean), _dev(var), eps, scale, shift
+    )
+    k.affine[_elementwise_grid(x.size)](dx, scale, shift, dout)
+    _finish(dout, out, host)
+
+
+def backward(dy, x, weight, mean, invstd, out):
+    k, host = _k(), not is_device(x)
+    ddy, dx, dout = _dev(dy), _dev(x), (empty_like(x) if host else out)
+    N, C, L = x.shape
+    nb, per_block = _blocks_per_channel(N * L, C)
+    sums = [cuda.device_array((C, nb)) for _ in range(2)]
+    k.grad_partial[(nb, C), config.CUDA_THREADS_PER_BLOCK](ddy, dx, per_block, *sums)
+    a, b, d = (cuda.device_array(C) for _ in range(3))
+    dweight, dbias = cuda.device_array(C, x.dtype), cuda.device_array(C, x.dtype)
+    k.grad_finish[_channel_grid(C)](
+        *sums, _dev(weight), _dev(mean), _dev(invstd), float(N * L), a, b, d, dweight, dbias
+    )
+    k.grad_input[_elementwise_grid(x.size)](ddy, dx, a, b, d, dout)
+    _finish(dout, out, host)
+    return _results(host, dweight, dbias)
+
+
+def update_running(running_mean, running_var, mean, var, momenta):
+    k, host = _k(), not is_device(running_mean)
+    rm, rv = _dev(running_mean), _dev(running_var)
+    tpb = config.CUDA_THREADS_PER_BLOCK
+    k.ema_update[math.ceil(running_mean.size / tpb), tpb](
+        rm, rv, _dev(mean), _dev(var), _dev(momenta)
+    )
+    if host:
+        rm.copy_to_host(running_mean)
+        rv.copy_to_host(running_var)
