@@ -19,7 +19,9 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 
-#: task -> (extras to install, commands; "{args}" takes the extra arguments)
+#: task -> (extras to install, commands). A command is an argv list, or ``(env, argv)``
+#: to add environment variables; "{args}" takes the task's extra arguments and
+#: "{python}" is the environment's interpreter.
 TASKS = {
     "test": (
         "test,bench",
@@ -27,6 +29,9 @@ TASKS = {
             ["ruff", "check", "."],
             ["ruff", "format", "--check", "."],
             ["python", "-m", "pytest", "{args}"],
+            # CUDA numerics under numba-cuda's simulator: numba reads the switch at import,
+            # so these run in a pytest process of their own
+            ({"NUMBA_ENABLE_CUDASIM": "1"}, ["python", "-m", "pytest", "tests/cuda"]),
             # the asv suite is valid and runs once against this environment (nothing timed)
             ["asv", "machine", "--yes", "--config", "asv.json"],
             ["asv", "check", "--config", "asv.json", "-E", "existing:{python}"],
@@ -52,9 +57,10 @@ TASKS = {
 }
 
 
-def run(cmd):
-    print("+", " ".join(map(str, cmd)), flush=True)
-    return subprocess.run(cmd, cwd=ROOT).returncode
+def run(cmd, env=None):
+    prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
+    print("+", prefix + " ".join(map(str, cmd)), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}).returncode
 
 
 def ensure_env(extras):
@@ -79,10 +85,11 @@ def main(argv):
     extras, commands = TASKS[argv[0]]
     ensure_env(extras)
     for cmd in commands:
+        env, cmd = cmd if isinstance(cmd, tuple) else ({}, cmd)
         cmd = [a for part in cmd for a in (argv[1:] if part == "{args}" else [part])]
         cmd = [a.replace("{python}", str(PY)) for a in cmd]
         cmd[0] = str(BIN / cmd[0])
-        if code := run(cmd):
+        if code := run(cmd, env):
             return code
     return 0
 

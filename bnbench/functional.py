@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import registry
+from .kernels import is_device_array as _is_device
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -39,10 +40,6 @@ class BackwardResult(NamedTuple):
     dx: np.ndarray
     dweight: np.ndarray
     dbias: np.ndarray
-
-
-def _is_device(a):
-    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
 
 
 def _check_kind(a, name, impl, shape_hint=""):

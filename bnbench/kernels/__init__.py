@@ -18,3 +18,14 @@ parameters of the input's dtype:
 Returned statistics may be float64; ``bnbench.functional`` validates the input and casts
 the results to the input's dtype. Kernels themselves assume valid input.
 """
+
+
+def is_device_array(a):
+    """Whether ``a`` is a CUDA device array: anything but a NumPy array with
+    ``__cuda_array_interface__``, or numba's device arrays (whose simulator stand-ins lack
+    the interface). Decided without importing CUDA."""
+    import numpy as np
+
+    if isinstance(a, np.ndarray):
+        return False
+    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")

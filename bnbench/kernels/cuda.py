@@ -25,7 +25,7 @@ import numpy as np
 from numba import cuda
 
 from .. import config
-from . import scalar
+from . import is_device_array, scalar
 
 
 def available():
@@ -40,7 +40,8 @@ def available():
     try:
         if not cuda.is_available():
             return False, "no CUDA driver or no CUDA device found"
-        return True, str(cuda.get_current_device().name)
+        device = cuda.get_current_device()
+        return True, str(getattr(device, "name", "numba-cuda simulator"))
     except Exception as err:  # driver errors come in many types
         return False, f"CUDA error: {err}"
 
@@ -192,12 +193,11 @@ def _k():
     return kernels(config.CUDA_THREADS_PER_BLOCK)
 
 
-def is_device(a):
-    return cuda.is_cuda_array(a)
+is_device = is_device_array
 
 
 def _dev(a):
-    return a if cuda.is_cuda_array(a) else cuda.to_device(np.ascontiguousarray(a))
+    return a if is_device(a) else cuda.to_device(np.ascontiguousarray(a))
 
 
 def empty_like(a):
