@@ -66,7 +66,40 @@ def _call(op, backend, data, out):
     )
 
 
+def _on_device(data):
+    """The inputs (and reference statistics) as CUDA device arrays."""
+    from numba import cuda
+
+    x, dy, weight, bias, ref = data
+    stats = F.TrainResult(*(cuda.to_device(np.ascontiguousarray(a)) for a in ref))
+    return (*(cuda.to_device(a) for a in (x, dy, weight, bias)), stats)
+
+
+def _synchronized(fn):
+    """``fn`` followed by a device synchronisation, so that timing covers the kernels."""
+    from numba import cuda
+
+    def call():
+        result = fn()
+        cuda.synchronize()
+        return result
+
+    return call
+
+
+def _device_copy(nbytes):
+    """A device-to-device copy of ``nbytes``: the GPU's bandwidth, measured like the
+    triad; returns ``(fn, bytes moved)`` (read plus write)."""
+    from numba import cuda
+
+    src = cuda.device_array(nbytes, np.uint8)
+    dst = cuda.device_array(nbytes, np.uint8)
+    return _synchronized(lambda: dst.copy_to_device(src)), 2 * nbytes
+
+
 def _validate(name, got, expected):
+    if hasattr(got, "copy_to_host"):
+        got = got.copy_to_host()
     scale = float(np.abs(expected).max())
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * scale):
         err = float(np.abs(got.astype(np.float64) - expected).max())
@@ -77,8 +110,11 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
     """Time every operation x shape x contender; returns the tidy results DataFrame.
 
     Contenders are every available backend and peer, called with a fresh output
-    (``preallocated_out=False``) and, except the reference, with ``out=``.
-    ``budget_s`` bounds the time spent per (shape, operation) on repeats (at least 5).
+    (``preallocated_out=False``) and, except the reference, with ``out=``. With a GPU,
+    ``cuda`` runs on device arrays (kernel time: each call ends with a device
+    synchronisation) and ``cuda (host arrays)`` on host arrays, transfers included;
+    their peak is a device-to-device copy timed alongside. ``budget_s`` bounds the time
+    spent per (shape, operation) on repeats (at least 5).
     """
     backends = registry.available(peers=True)
     threads = numba.get_num_threads()
@@ -91,16 +127,28 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
     for shape in shapes:
         data = _inputs(shape, dtype, seed)
         nbytes = data[0].nbytes
+        gpu = _on_device(data) if "cuda" in backends else None
         for op, factor in BYTE_MODEL.items():
             expected = _call(op, "reference", data, None)()
             contenders = {}
             for backend in backends:
                 modes = [False] if backend == "reference" else [False, True]
                 for prealloc in modes:
-                    out = aligned_empty(shape, dtype) if prealloc else None
-                    fn = _call(op, backend, data, out)
+                    if backend == "cuda":
+                        from numba import cuda
+
+                        out = cuda.device_array(shape, dtype) if prealloc else None
+                        fn = _synchronized(_call(op, backend, gpu, out))
+                    else:
+                        out = aligned_empty(shape, dtype) if prealloc else None
+                        fn = _call(op, backend, data, out)
                     _validate(f"{backend} {op} {shape}", fn(), expected)
                     contenders[(backend, prealloc)] = fn
+            if gpu is not None:
+                fn = _synchronized(_call(op, "cuda", data, None))
+                _validate(f"cuda (host arrays) {op} {shape}", fn(), expected)
+                contenders[("cuda (host arrays)", False)] = fn
+                contenders[("device copy", False)], copy_bytes = _device_copy(nbytes)
             # The oracle is 10-50x slower than the rest: it gets its own few repeats so
             # that the contenders that matter get many within the budget.
             oracle = {("reference", False): contenders.pop(("reference", False))}
@@ -114,6 +162,8 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
             local_triad = (
                 None if triad_times is None else triad_bytes / np.median(triad_times) / 1e9
             )
+            copy_times = times.pop(("device copy", False), None)
+            device_gbps = None if copy_times is None else copy_bytes / np.median(copy_times) / 1e9
             for (backend, prealloc), t in times.items():
                 median = float(np.median(t))
                 rows.append(
@@ -132,6 +182,7 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
                         "q75_ms": float(np.quantile(t, 0.75)) * 1e3,
                         "gbps": factor * nbytes / median / 1e9,
                         "triad_gbps": local_triad,
+                        "device_copy_gbps": device_gbps if backend.startswith("cuda") else None,
                     }
                 )
             if progress:
@@ -140,6 +191,7 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
     df["triad_interleaved"] = df["triad_gbps"].notna()
     df["triad_gbps"] = df["triad_gbps"].fillna((triad_before + triad_bandwidth()) / 2)
     df["pct_of_triad"] = 100 * df["gbps"] / df["triad_gbps"]
+    df["pct_of_device_copy"] = 100 * df["gbps"] / df["device_copy_gbps"]
     return df
 
 
@@ -235,6 +287,14 @@ def findings(df):
                 )
     else:
         lines.append("- PyTorch is not installed here, so there is no peer to compare with.")
+    for row in df[
+        (df.backend == "cuda") & df.preallocated_out & (df.input_mib == df.input_mib.max())
+    ].itertuples():
+        lines.append(
+            f"- CUDA {OP_TITLES[row.op].lower()} on the largest input ({row.shape}) with "
+            f"`out=`: {row.gbps:.1f} GB/s, {row.pct_of_device_copy:.0f}% of a device-to-device "
+            f"copy ({row.device_copy_gbps:.1f} GB/s)."
+        )
     big = df[(df.backend == "cpu") & df.preallocated_out]
     big = big[big.input_mib == big.input_mib.max()]
     for row in big.itertuples():
@@ -244,6 +304,28 @@ def findings(df):
             f"{row.pct_of_triad:.0f}% of the triad bandwidth ({row.triad_gbps:.1f} GB/s)."
         )
     return "\n".join(lines)
+
+
+def gpu_tables(df):
+    """Per operation: the CUDA backend on device arrays (kernel time) and on host arrays
+    (transfers included), against the device-to-device copy bandwidth."""
+    tables = {}
+    for op in OP_TITLES:
+        sub = df[(df.op == op) & df.backend.str.startswith("cuda")]
+        if sub.empty:
+            continue
+
+        def ms(backend, prealloc, sub=sub):
+            s = sub[(sub.backend == backend) & (sub.preallocated_out == prealloc)]
+            return s.set_index("shape")["median_ms"]
+
+        t = pd.DataFrame({"cuda ms": ms("cuda", False), "cuda out= ms": ms("cuda", True)})
+        t["host arrays ms"] = ms("cuda (host arrays)", False)
+        dev = sub[(sub.backend == "cuda") & sub.preallocated_out].set_index("shape")
+        t["cuda out= GB/s"] = dev["gbps"]
+        t["% of device copy"] = dev["pct_of_device_copy"]
+        tables[op] = t.reindex(list(dict.fromkeys(sub["shape"]))).reset_index()
+    return tables
 
 
 def report_body(df):
@@ -269,8 +351,19 @@ def report_body(df):
         "in-cache shapes exceed. Arrays are 64-byte aligned.",
         "![throughput](throughput.png)",
     ]
-    for op, table in summary_tables(df).items():
+    cpu = df[~df.backend.str.startswith("cuda")]
+    for op, table in summary_tables(cpu).items():
         parts += [f"## {OP_TITLES[op]}", markdown_table(table)]
+    gpu = gpu_tables(df)
+    if gpu:
+        parts.append(
+            "## CUDA\n\n`cuda` runs on device arrays and each timed call ends with a device "
+            "synchronisation (kernel time, no transfers); `host arrays` passes NumPy arrays, "
+            "so the copies in and out are included. '% of device copy' compares with a "
+            "device-to-device copy of the input's size timed in the same interleaving."
+        )
+        for op, table in gpu.items():
+            parts += [f"### {OP_TITLES[op]} (CUDA)", markdown_table(table)]
     return "\n\n".join(parts)
 
 

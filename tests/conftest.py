@@ -1,31 +1,7 @@
 import numpy as np
 import pytest
 
-from bnbench import registry
-
-#: bnbench's own backends (held to the full numerics contract) other than the oracle.
-OWN = [b for b in registry.available() if b != "reference"]
-#: plus installed peers (held to plain agreement with the oracle).
-WITH_PEERS = [b for b in registry.available(peers=True) if b != "reference"]
-
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
-
-
-def tol(dtype):
-    """(rtol, atol) for comparing a backend's result with the float64 oracle.
-
-    float64 allows for inputs whose mean is 10^6 standard deviations: ``x - mean`` then
-    keeps only ~10 significant digits in any float64 algorithm, the oracle's included.
-    """
-    return (2e-5, 2e-5) if np.dtype(dtype) == np.float32 else (1e-8, 1e-8)
-
-
-def make_inputs(rng, shape, dtype, loc=0.0, scale=1.0):
-    C = shape[1]
-    x = (rng.standard_normal(shape) * scale + loc).astype(dtype)
-    weight = rng.uniform(0.5, 2.0, C).astype(dtype)
-    bias = rng.standard_normal(C).astype(dtype)
-    return x, weight, bias

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import OWN, WITH_PEERS, make_inputs, tol
+from helpers import OWN, WITH_PEERS, make_inputs, tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import OWN, make_inputs
+from helpers import OWN, make_inputs
 
 import bnbench as bn
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import WITH_PEERS
+from helpers import WITH_PEERS
 
 import bnbench as bn
 

@@ -126,3 +126,14 @@ def test_deterministic():
     )
     for u, v in zip(a, c, strict=True):
         np.testing.assert_array_equal(u, v)
+
+
+def test_throughput_study_times_cuda_on_device_and_host_arrays():
+    from bnbench import throughput
+
+    df = throughput.measure([(16, 4)], budget_s=0.001)
+    cuda_rows = df[df.backend.str.startswith("cuda")]
+    assert set(cuda_rows.backend) == {"cuda", "cuda (host arrays)"}
+    assert (cuda_rows.device_copy_gbps > 0).all() and cuda_rows.pct_of_device_copy.notna().all()
+    assert df[~df.backend.str.startswith("cuda")].device_copy_gbps.isna().all()
+    assert "## CUDA" in throughput.report_body(df)
