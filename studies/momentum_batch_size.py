@@ -126,12 +126,14 @@ def analyse(df):
             f"to {cum.max():.1f} points (batch size {cum.idxmax()}): it weighs the untrained "
             "network's first batches as much as the last."
         )
-        if "test_batch 32" in by.index:
-            tb = pop - by.loc["test_batch 32"]
+        sizes = sorted(int(s.split()[1]) for s in by.index if s.startswith("test_batch "))
+        if sizes:
+            cost = {b: pop - by.loc[f"test_batch {b}"] for b in sizes}
             findings.append(
-                f"- **{model}**: BN on iid test batches of 32 costs {tb.min():.1f} to "
-                f"{tb.max():.1f} points against the population statistics; batches of the "
-                f"whole test set (1000) cost {(pop - by.loc['test_batch 1000']).max():.1f} at most."
+                f"- **{model}**: BN on iid test batches instead of population statistics "
+                "costs, by test batch size: "
+                + ", ".join(f"{b}: {c.min():.1f} to {c.max():.1f} points" for b, c in cost.items())
+                + " (range over training batch sizes)."
             )
         table = per.pivot_table(index="setting", columns="batch_size", values="mean")
         order = [s for s in chosen if s in table.index] + [
