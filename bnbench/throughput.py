@@ -66,6 +66,10 @@ def _call(op, backend, data, out):
     )
 
 
+def _on_gpu(label):
+    return label.startswith("cuda") or label == "torch (cuda)"
+
+
 def _on_device(data):
     """The inputs (and reference statistics) as CUDA device arrays."""
     from numba import cuda
@@ -95,6 +99,14 @@ def _device_copy(nbytes):
     src = cuda.device_array(nbytes, np.uint8)
     dst = cuda.device_array(nbytes, np.uint8)
     return _synchronized(lambda: dst.copy_to_device(src)), 2 * nbytes
+
+
+def _torch_cuda(backends):
+    if "torch" not in backends:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _validate(name, got, expected):
@@ -148,6 +160,14 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
                 fn = _synchronized(_call(op, "cuda", data, None))
                 _validate(f"cuda (host arrays) {op} {shape}", fn(), expected)
                 contenders[("cuda (host arrays)", False)] = fn
+                if _torch_cuda(backends):
+                    from numba import cuda
+
+                    for prealloc in (False, True):
+                        out = cuda.device_array(shape, dtype) if prealloc else None
+                        fn = _synchronized(_call(op, "torch", gpu, out))
+                        _validate(f"torch (cuda) {op} {shape}", fn(), expected)
+                        contenders[("torch (cuda)", prealloc)] = fn
                 contenders[("device copy", False)], copy_bytes = _device_copy(nbytes)
             # The oracle is 10-50x slower than the rest: it gets its own few repeats so
             # that the contenders that matter get many within the budget.
@@ -182,7 +202,7 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
                         "q75_ms": float(np.quantile(t, 0.75)) * 1e3,
                         "gbps": factor * nbytes / median / 1e9,
                         "triad_gbps": local_triad,
-                        "device_copy_gbps": device_gbps if backend.startswith("cuda") else None,
+                        "device_copy_gbps": device_gbps if _on_gpu(backend) else None,
                     }
                 )
             if progress:
@@ -322,6 +342,9 @@ def gpu_tables(df):
         t = pd.DataFrame({"cuda ms": ms("cuda", False), "cuda out= ms": ms("cuda", True)})
         t["host arrays ms"] = ms("cuda (host arrays)", False)
         dev = sub[(sub.backend == "cuda") & sub.preallocated_out].set_index("shape")
+        if "torch (cuda)" in set(df.backend):
+            t["torch (cuda) ms"] = ms("torch (cuda)", False, df[df.op == op])
+            t["cuda vs torch (cuda)"] = t["torch (cuda) ms"] / t["cuda ms"]
         t["cuda out= GB/s"] = dev["gbps"]
         t["% of device copy"] = dev["pct_of_device_copy"]
         tables[op] = t.reindex(list(dict.fromkeys(sub["shape"]))).reset_index()
@@ -351,7 +374,7 @@ def report_body(df):
         "in-cache shapes exceed. Arrays are 64-byte aligned.",
         "![throughput](throughput.png)",
     ]
-    cpu = df[~df.backend.str.startswith("cuda")]
+    cpu = df[~df.backend.map(_on_gpu)]
     for op, table in summary_tables(cpu).items():
         parts += [f"## {OP_TITLES[op]}", markdown_table(table)]
     gpu = gpu_tables(df)

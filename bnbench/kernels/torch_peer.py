@@ -1,39 +1,65 @@
-"""PyTorch's CPU batch-norm kernels behind the bnbench contract: a peer to compare with.
+"""PyTorch's batch-norm kernels behind the bnbench contract: a peer to compare with.
 
 Calls ``torch.ops.aten.native_batch_norm`` / ``native_batch_norm_backward`` (what
-``torch.nn.functional.batch_norm`` and autograd run) on zero-copy tensor views of the
-NumPy arrays, writing into ``out`` through the ``.out`` overloads so that no allocation
+``torch.nn.functional.batch_norm`` and autograd run) on zero-copy tensor views: NumPy
+arrays run PyTorch's CPU kernels; CUDA device arrays (through
+``__cuda_array_interface__``) run its CUDA kernels (cuDNN where PyTorch picks it).
+Results are written into ``out`` through the ``.out`` overloads, so that no allocation
 is timed that bnbench does not also make. Only imported when torch is installed.
 """
 
 import numpy as np
 import torch
 
+from . import is_device_array
+
 _aten = torch.ops.aten
 
 
+def is_device(a):
+    """Device arrays are accepted only where PyTorch can run on the GPU."""
+    return is_device_array(a) and torch.cuda.is_available()
+
+
+def empty_like(a):
+    from numba import cuda
+
+    return cuda.device_array(a.shape, a.dtype)
+
+
 def _t(a):
+    if is_device_array(a):
+        return torch.as_tensor(a, device="cuda")
     return torch.from_numpy(np.asarray(a))
 
 
+def _back(tensor, like):
+    """A result on the caller's side: NumPy for host input, a device array otherwise."""
+    if is_device_array(like):
+        from numba import cuda
+
+        return cuda.as_cuda_array(tensor)
+    return tensor.numpy()
+
+
 def forward_train(x, weight, bias, eps, out):
-    C = x.shape[1]
-    save_mean = torch.empty(C, dtype=_t(x).dtype)
-    save_invstd = torch.empty(C, dtype=_t(x).dtype)
+    tx = _t(x)
+    save_mean = torch.empty(x.shape[1], dtype=tx.dtype, device=tx.device)
+    save_invstd = torch.empty_like(save_mean)
     _aten.native_batch_norm.out(
-        _t(x), _t(weight), _t(bias), None, None, True, 0.0, eps,
+        tx, _t(weight), _t(bias), None, None, True, 0.0, eps,
         out=_t(out), save_mean=save_mean, save_invstd=save_invstd,
     )  # fmt: skip
-    mean, invstd = save_mean.numpy(), save_invstd.numpy()
-    return mean, 1.0 / invstd.astype(np.float64) ** 2 - eps, invstd
+    var = (1.0 / save_invstd.double() ** 2 - eps).to(tx.dtype)
+    return _back(save_mean, x), _back(var, x), _back(save_invstd, x)
 
 
 def forward_eval(x, weight, bias, mean, var, eps, out):
-    C = x.shape[1]
-    dtype = _t(x).dtype
+    tx = _t(x)
+    scratch = torch.empty(x.shape[1], dtype=tx.dtype, device=tx.device)
     _aten.native_batch_norm.out(
-        _t(x), _t(weight), _t(bias), _t(mean), _t(var), False, 0.0, eps,
-        out=_t(out), save_mean=torch.empty(C, dtype=dtype), save_invstd=torch.empty(C, dtype=dtype),
+        tx, _t(weight), _t(bias), _t(mean), _t(var), False, 0.0, eps,
+        out=_t(out), save_mean=scratch, save_invstd=torch.empty_like(scratch),
     )  # fmt: skip
 
 
@@ -42,11 +68,13 @@ def backward(dy, x, weight, mean, invstd, out):
         _t(dy), _t(x), _t(weight), None, None, _t(mean), _t(invstd), True, 0.0,
         [True, True, True],
     )  # fmt: skip
-    out[...] = dx.numpy()
-    return dweight.numpy(), dbias.numpy()
+    _t(out).copy_(dx)
+    return _back(dweight, x), _back(dbias, x)
 
 
 def update_running(running_mean, running_var, mean, var, momenta):
-    for k, m in enumerate(momenta):
-        _t(running_mean[k]).lerp_(_t(mean).to(_t(running_mean).dtype), float(m))
-        _t(running_var[k]).lerp_(_t(var).to(_t(running_var).dtype), float(m))
+    rm, rv = _t(running_mean), _t(running_var)
+    m, v = _t(mean).to(rm), _t(var).to(rv)
+    for k, momentum in enumerate(momenta):
+        rm[k].lerp_(m, float(momentum))
+        rv[k].lerp_(v, float(momentum))
