@@ -28,10 +28,6 @@ TASKS = {
         [
             ["ruff", "check", "."],
             ["ruff", "format", "--check", "."],
-            ["python", "-m", "pytest", "{args}"],
-            # CUDA numerics under numba-cuda's simulator: numba reads the switch at import,
-            # so these run in a pytest process of their own
-            ({"NUMBA_ENABLE_CUDASIM": "1"}, ["python", "-m", "pytest", "tests/cuda"]),
             # the asv suite is valid and runs once against this environment (nothing timed)
             ["asv", "machine", "--yes", "--config", "asv.json"],
             ["asv", "check", "--config", "asv.json", "-E", "existing:{python}"],
@@ -44,8 +40,11 @@ TASKS = {
                 "existing:{python}",
                 "--quick",
                 "--dry-run",
-                "--show-stderr",
-            ],  # fmt: skip
+            ],
+            ["python", "-m", "pytest", "{args}"],
+            # CUDA numerics under numba-cuda's simulator: numba reads the switch at import,
+            # so these run in a pytest process of their own
+            ({"NUMBA_ENABLE_CUDASIM": "1"}, ["python", "-m", "pytest", "tests/cuda"]),
         ],
     ),
     "study": (
