@@ -40,6 +40,12 @@ def grid(**axes):
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
+def train_jobs(fixed, **axes):
+    """Training jobs: ``fixed`` TrainConfig fields plus every combination of ``axes``
+    (field -> list of values)."""
+    return [{"kind": "train", "params": {**fixed, **g}} for g in grid(**axes)]
+
+
 def _version():
     from . import __version__
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 from bnbench.report import heatmap_panel, lines_with_spread, markdown_table, mean_and_spread
 from bnbench.study import Study, main
-from bnbench.sweep import grid
+from bnbench.sweep import train_jobs
 
 MOMENTA = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9]
 BATCH_SIZES = [2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -21,10 +21,12 @@ COMMON = {"bn_momenta": MOMENTA, "test_batch_sizes": [32, 1000], "test_orders": 
 
 
 def jobs(epochs, seeds):
-    return [
-        {"kind": "train", "params": {**COMMON, **g, "epochs": epochs}}
-        for g in grid(model=["cnn", "mlp"], batch_size=BATCH_SIZES, seed=list(range(seeds)))
-    ]
+    return train_jobs(
+        {**COMMON, "epochs": epochs},
+        model=["cnn", "mlp"],
+        batch_size=BATCH_SIZES,
+        seed=list(range(seeds)),
+    )
 
 
 def _label(row):

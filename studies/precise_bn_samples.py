@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread
 from bnbench.study import Study, main
-from bnbench.sweep import grid
+from bnbench.sweep import train_jobs
 
 SAMPLES = [32, 64, 128, 256, 512, 1024, 2048, 4000]
 RECOMPUTE_BATCH = [8, 32, 128]
@@ -30,10 +30,7 @@ def jobs(epochs, seeds):
         "precise_batch_sizes": RECOMPUTE_BATCH,
         "precise_aggregations": ["total_variance", "mean_of_batch_variances"],
     }
-    return [
-        {"kind": "train", "params": {**common, **g}}
-        for g in grid(model=["cnn", "mlp"], seed=list(range(seeds)))
-    ]
+    return train_jobs(common, model=["cnn", "mlp"], seed=list(range(seeds)))
 
 
 def analyse(df):

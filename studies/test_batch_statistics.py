@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread
 from bnbench.study import Study, main
-from bnbench.sweep import grid
+from bnbench.sweep import train_jobs
 
 TEST_BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
 
@@ -27,10 +27,7 @@ def jobs(epochs, seeds):
         "test_batch_sizes": TEST_BATCH_SIZES,
         "test_orders": ["iid", "sorted"],
     }
-    return [
-        {"kind": "train", "params": {**common, **g}}
-        for g in grid(model=["cnn", "mlp"], seed=list(range(seeds)))
-    ]
+    return train_jobs(common, model=["cnn", "mlp"], seed=list(range(seeds)))
 
 
 def analyse(df):

@@ -25,3 +25,17 @@ def make_inputs(rng, shape, dtype, loc=0.0, scale=1.0):
     weight = rng.uniform(0.5, 2.0, C).astype(dtype)
     bias = rng.standard_normal(C).astype(dtype)
     return x, weight, bias
+
+
+def numeric_grad(f, a, h=1e-6):
+    """Central finite differences of the scalar ``f()`` with respect to ``a`` (in place)."""
+    grad = np.empty_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + h
+        up = f()
+        a[i] = old - h
+        down = f()
+        a[i] = old
+        grad[i] = (up - down) / (2 * h)
+    return grad

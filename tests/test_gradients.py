@@ -2,26 +2,13 @@
 
 import numpy as np
 import pytest
-from helpers import OWN, make_inputs
+from helpers import OWN, make_inputs, numeric_grad
 
 import bnbench as bn
 
 
 def loss(x, weight, bias, g, backend):
     return float(np.sum(bn.batch_norm_train(x, weight, bias, backend=backend).y * g))
-
-
-def numeric_grad(f, a, h=1e-6):
-    grad = np.empty_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        up = f()
-        a[i] = old - h
-        down = f()
-        a[i] = old
-        grad[i] = (up - down) / (2 * h)
-    return grad
 
 
 @pytest.mark.parametrize("backend", ["reference", *OWN])

@@ -2,24 +2,12 @@
 
 import numpy as np
 import pytest
+from helpers import numeric_grad
 
 import bnbench as bn
 from bnbench import nn
 
 F64 = np.float64
-
-
-def numeric_grad(f, a, h=1e-6):
-    g = np.empty_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        up = f()
-        a[i] = old - h
-        down = f()
-        a[i] = old
-        g[i] = (up - down) / (2 * h)
-    return g
 
 
 def check_layer(layer, x, rng, mode="train"):

@@ -44,26 +44,37 @@ def _chunk(k, nchunks, total):
 
 @numba.njit(**_PJIT)
 def _spatial_moments(x, nchunks):
+    # Per (chunk, channel): sums shifted by the first value the chunk sees of that
+    # channel, turned into (mean, M2) once at the end. Merging every row instead cost two
+    # divisions per row: forward-train, float32, 2 threads, 67.5 -> 64.1 us on
+    # (128, 32, 40) and 761 -> 718 us on (1024, 64, 40).
     n_rows, C, L = x.shape[0] * x.shape[1], x.shape[1], x.shape[2]
     count = np.zeros((nchunks, C))
     mean = np.zeros((nchunks, C))
     m2 = np.zeros((nchunks, C))
     for k in prange(nchunks):
         lo, hi = _chunk(k, nchunks, n_rows)
+        shift = np.zeros(C)
+        s = np.zeros(C)
+        q = np.zeros(C)
         for r in range(lo, hi):
             n, c = r // C, r % C
             row = x[n, c]
-            shift = np.float64(row[0])
-            s = 0.0
-            q = 0.0
+            if count[k, c] == 0:
+                shift[c] = row[0]
+            sh = shift[c]
+            rs = 0.0
+            rq = 0.0
             for i in range(L):
-                d = row[i] - shift
-                s += d
-                q += d * d
-            row_mean, row_m2 = shifted_moments(shift, s, q, L)
-            count[k, c], mean[k, c], m2[k, c] = chan_merge(
-                count[k, c], mean[k, c], m2[k, c], L, row_mean, row_m2
-            )
+                d = row[i] - sh
+                rs += d
+                rq += d * d
+            s[c] += rs
+            q[c] += rq
+            count[k, c] += L
+        for c in range(C):
+            if count[k, c] > 0:
+                mean[k, c], m2[k, c] = shifted_moments(shift[c], s[c], q[c], count[k, c])
     return count, mean, m2
 
 
