@@ -218,19 +218,18 @@ def _elementwise_grid(size):
     return min(math.ceil(size / tpb), config.CUDA_TARGET_BLOCKS * 4), tpb
 
 
-def _finish(out_dev, out, host_out):
-    """Copy a device result into the caller's host ``out`` when the input was on the host."""
-    if host_out:
-        out_dev.copy_to_host(out)
-
-
 def _channel_grid(C):
     tpb = config.CUDA_THREADS_PER_BLOCK
     return math.ceil(C / tpb), tpb
 
 
-def _results(host, *arrays):
-    return tuple(a.copy_to_host() if host else a for a in arrays)
+def _deliver(host, out_dev, out, *arrays):
+    """The results on the caller's side: for host input, ``out_dev`` is copied into the
+    caller's ``out`` and the per-channel ``arrays`` come back as NumPy arrays."""
+    if not host:
+        return arrays
+    out_dev.copy_to_host(out)
+    return tuple(a.copy_to_host() for a in arrays)
 
 
 def forward_train(x, weight, bias, eps, out):
@@ -246,8 +245,7 @@ def forward_train(x, weight, bias, eps, out):
         *parts, _dev(weight), _dev(bias), eps, mean, var, invstd, scale, shift
     )
     k.affine[_elementwise_grid(x.size)](dx, scale, shift, dout)
-    _finish(dout, out, host)
-    return _results(host, mean, var, invstd)
+    return _deliver(host, dout, out, mean, var, invstd)
 
 
 def forward_eval(x, weight, bias, mean, var, eps, out):
@@ -259,7 +257,7 @@ def forward_eval(x, weight, bias, mean, var, eps, out):
         _dev(weight), _dev(bias), _dev(mean), _dev(var), eps, scale, shift
     )
     k.affine[_elementwise_grid(x.size)](dx, scale, shift, dout)
-    _finish(dout, out, host)
+    _deliver(host, dout, out)
 
 
 def backward(dy, x, weight, mean, invstd, out):
@@ -275,8 +273,7 @@ def backward(dy, x, weight, mean, invstd, out):
         *sums, _dev(weight), _dev(mean), _dev(invstd), float(N * L), a, b, d, dweight, dbias
     )
     k.grad_input[_elementwise_grid(x.size)](ddy, dx, a, b, d, dout)
-    _finish(dout, out, host)
-    return _results(host, dweight, dbias)
+    return _deliver(host, dout, out, dweight, dbias)
 
 
 def update_running(running_mean, running_var, mean, var, momenta):
