@@ -17,15 +17,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .sysinfo import provenance  # noqa: E402
 
 
-def markdown_table(df, floatfmt="{:.3g}"):
-    """A GitHub-flavoured markdown table of a DataFrame (index dropped)."""
+def markdown_table(df, floatfmt="{:.3g}", index=False):
+    """A GitHub-flavoured markdown table of a DataFrame (its index as leading columns if
+    ``index``)."""
+    if index:
+        df = df.reset_index()
 
     def cell(v):
         if isinstance(v, float):
             return "" if v != v else floatfmt.format(v)
         return str(v)
 
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    header = (
+        "| " + " | ".join(f"{c:g}" if isinstance(c, float) else str(c) for c in df.columns) + " |"
+    )
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(False)]
     return "\n".join([header, rule, *rows])

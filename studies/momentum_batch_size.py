@@ -141,10 +141,8 @@ def analyse(df):
         order = [s for s in chosen if s in table.index] + [
             s for s in table.index if s not in chosen and not s.startswith("ema")
         ]
-        table = table.loc[order].round(1).reset_index()
-        table.columns = [str(c) for c in table.columns]
         tables.append(f"### {model}: test accuracy (%) by training batch size\n\n"
-                      + markdown_table(table, "{:.1f}"))  # fmt: skip
+                      + markdown_table(table.loc[order], "{:.1f}", index=True))  # fmt: skip
 
     # Cost of each estimator: one value per run (EMA updates are shared by all momenta)
     per_run = df.drop_duplicates(["job_key", "estimator", "precise_samples"])

@@ -93,12 +93,11 @@ def analyse(df):
                 f"of batch variances; {better} is closer to the population statistics."
             )
     table = acc.pivot_table(index=["model", "setting"], columns="precise_samples",
-                            values="mean").round(1).reset_index()  # fmt: skip
-    table.columns = [str(c) for c in table.columns]
+                            values="mean")  # fmt: skip
     body = "\n\n".join([
         "## Findings", "\n".join(findings),
         "![precise samples](precise_samples.png)",
-        "## Test accuracy (%) by samples forwarded", markdown_table(table, "{:.1f}"),
+        "## Test accuracy (%) by samples forwarded", markdown_table(table, "{:.1f}", index=True),
         "## Method",
         f"MNIST-1D, training batch size 64, {int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
         "Every PreciseBN setting is computed on the same trained network, from the same "

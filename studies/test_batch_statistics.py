@@ -85,12 +85,11 @@ def analyse(df):
             + " (one value per channel: BN in training mode is undefined there)."
         )
     table = curves.pivot_table(index=["model", "test_order"], columns="test_batch_size",
-                               values="mean").round(1).reset_index()  # fmt: skip
-    table.columns = [str(c) for c in table.columns]
+                               values="mean")  # fmt: skip
     body = "\n\n".join([
         "## Findings", "\n".join(findings),
         "![test batch size](test_batch_size.png)",
-        "## Test accuracy (%) by test batch size", markdown_table(table, "{:.1f}"),
+        "## Test accuracy (%) by test batch size", markdown_table(table, "{:.1f}", index=True),
         "## Running estimates on the same networks", markdown_table(refs.round(2), "{:.2f}"),
         "## Method",
         f"MNIST-1D, training batch size 64, {int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
