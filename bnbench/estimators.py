@@ -18,7 +18,6 @@ in training mode at test time) has no state and is also an evaluation mode of
 
 import numpy as np
 
-from . import functional as F
 from .kernels.scalar import chan_merge
 
 #: Estimator names, as used in configurations, results and reports.
@@ -31,6 +30,20 @@ def check_momenta(momenta):
     if m.ndim != 1 or m.size == 0 or not np.all((m > 0) & (m <= 1)):
         raise ValueError(f"momenta must be one or more values in (0, 1], got {momenta!r}")
     return m
+
+
+def _cpu():
+    from .registry import get_backend
+
+    return get_backend("cpu")
+
+
+def _channel_stat(a, name, C):
+    """A batch statistic as a float64 ``(C,)`` array, or a clear error."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) (one value per channel), got {a.shape}")
+    return a
 
 
 def _bessel(var, batch_size, unbiased):
@@ -67,15 +80,12 @@ class EMA:
         self.steps = 0
 
     def update(self, batch_mean, batch_var, batch_size):
-        F.update_running_stats(
-            self.running_mean,
-            self.running_var,
-            batch_mean,
-            batch_var,
-            batch_size,
-            self.momenta,
-            unbiased=self.unbiased,
-        )
+        # The state was validated once, here; per batch only the statistics are checked
+        # before the kernel runs (the public update_running_stats checks everything, and
+        # its overhead made EMA bookkeeping cost 6-10% of a CNN training run).
+        mean = _channel_stat(batch_mean, "batch_mean", self.running_mean.shape[1])
+        var = _bessel(_channel_stat(batch_var, "batch_var", mean.size), batch_size, self.unbiased)
+        _cpu().update_running(self.running_mean, self.running_var, mean, var, self.momenta)
         self.steps += 1
 
     @property
@@ -129,10 +139,11 @@ class CumulativeAverage:
         self.steps = 0
 
     def update(self, batch_mean, batch_var, batch_size):
+        mean = _channel_stat(batch_mean, "batch_mean", self.mean.size)
+        var = _bessel(_channel_stat(batch_var, "batch_var", mean.size), batch_size, self.unbiased)
         self.steps += 1
         w = 1.0 / self.steps
-        self.mean += w * (np.asarray(batch_mean, np.float64) - self.mean)
-        var = _bessel(np.asarray(batch_var, np.float64), batch_size, self.unbiased)
+        self.mean += w * (mean - self.mean)
         self.var += w * (var - self.var)
 
 
@@ -167,8 +178,8 @@ class BatchAggregate:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = float(batch_size)
-        bm = np.asarray(batch_mean, np.float64)
-        bv = np.asarray(batch_var, np.float64)
+        bm = _channel_stat(batch_mean, "batch_mean", self._mean.size)
+        bv = _channel_stat(batch_var, "batch_var", bm.size)
         self.count, self._mean, self._m2 = chan_merge(
             self.count, self._mean, self._m2, n, bm, bv * n
         )

@@ -94,3 +94,23 @@ def test_precise_on_a_linear_model_equals_known_population(rng):
 def test_bad_momenta(momenta):
     with pytest.raises(ValueError, match=r"momenta must be one or more values in \(0, 1\]"):
         est.EMA(3, momenta)
+
+
+@pytest.mark.parametrize("make", [lambda: est.EMA(3, [0.1, 0.5]), lambda: est.DebiasedEMA(3),
+                                  lambda: est.CumulativeAverage(3), lambda: est.BatchAggregate(3)])  # fmt: skip
+def test_batch_statistics_of_the_wrong_shape_are_refused(make):
+    e = make()
+    with pytest.raises(
+        ValueError,
+        match=r"batch_mean must have shape \(3,\) \(one value per channel\), got \(4,\)",
+    ):
+        e.update(np.zeros(4), np.ones(3), 8)
+    with pytest.raises(ValueError, match=r"batch_var must have shape \(3,\)"):
+        e.update(np.zeros(3), np.ones((3, 1)), 8)
+
+
+def test_unbiased_update_needs_two_values_per_channel():
+    with pytest.raises(
+        ValueError, match="batch_size must be >= 2 for an unbiased variance, got 1"
+    ):
+        est.EMA(3).update(np.zeros(3), np.ones(3), 1)
