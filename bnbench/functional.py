@@ -48,8 +48,8 @@ def _check_kind(a, name, impl, shape_hint=""):
         return
     device_ok = hasattr(impl, "is_device")
     if _is_device(a):
-        if not device_ok:
-            raise TypeError(f"{name} is a CUDA device array: use backend='cuda'")
+        if not (device_ok and impl.is_device(a)):
+            raise TypeError(f"{name} is a CUDA device array: this backend runs on the host")
         return
     what = "a numpy.ndarray" + (" or a CUDA device array" if device_ok else "")
     raise TypeError(f"{name} must be {what}{shape_hint}, got {type(a).__name__}")

@@ -129,6 +129,20 @@ def _init_worker(threads):
     import numba
 
     numba.set_num_threads(threads)
+    _die_with_parent()
+
+
+def _die_with_parent():
+    """On Linux, have the kernel kill this worker when the study process dies (even by
+    ``kill -9``), instead of leaving it orphaned; elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _local_executor(n_jobs, threads):

@@ -158,6 +158,29 @@ def test_report_from_a_folder_without_runs(tmp_path, capsys):
     assert "cannot build a report" in capsys.readouterr().err
 
 
+def _children(pid):
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_kill_9_loses_only_runs_in_flight(studies, tmp_path):
     out = tmp_path / "killed"
     cmd = [
@@ -176,8 +199,17 @@ def test_kill_9_loses_only_runs_in_flight(studies, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "runs").glob("*.json"))) < 3:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the study process alone, as a user's kill -9 would
     proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(
+        os.path.exists(f"/proc/{w}") and not _zombie(w) for w in workers
+    ):
+        time.sleep(0.1)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and not _zombie(w)]
+    os.killpg(proc.pid, signal.SIGKILL) if alive else None
+    assert not alive, "workers must not outlive a killed study"
     finished = {p.name for p in (out / "runs").glob("*.json")}
     assert 3 <= len(finished) < 12, "the kill should land mid-study"
     for p in (out / "runs").glob("*.json"):

@@ -137,3 +137,11 @@ def test_throughput_study_times_cuda_on_device_and_host_arrays():
     assert (cuda_rows.device_copy_gbps > 0).all() and cuda_rows.pct_of_device_copy.notna().all()
     assert df[~df.backend.str.startswith("cuda")].device_copy_gbps.isna().all()
     assert "## CUDA" in throughput.report_body(df)
+
+
+def test_device_array_given_to_a_host_backend_is_an_error():
+    from numba import cuda
+
+    x, _, _, _ = inputs((4, 3), np.float32)
+    with pytest.raises(TypeError, match="x is a CUDA device array: this backend runs on the host"):
+        bn.batch_norm_train(cuda.to_device(x), backend="cpu")
