@@ -42,6 +42,21 @@ def _chunk(k, nchunks, total):
     return k * total // nchunks, (k + 1) * total // nchunks
 
 
+@numba.njit(inline="always")
+def _row_span(k, nchunks, N, C):
+    """Chunk ``k`` of the ``N * C`` rows as ``(n0, c0, n1, c1)``: from row (n0, c0) up to,
+    not including, (n1, c1). Kernels walk it as ``for n: for c in _channels(...)``:
+    nested loops over (n, c) with direct indexing ran the (128, 32, 40) gradient sums in
+    27.7 us against 30.8 us for one flat loop over rows (2 threads, float32)."""
+    lo, hi = _chunk(k, nchunks, N * C)
+    return lo // C, lo % C, hi // C, hi % C
+
+
+@numba.njit(inline="always")
+def _channels(n, n0, c0, n1, c1, C):
+    return (c0 if n == n0 else 0), (c1 if n == n1 else C)
+
+
 @numba.njit(**_PJIT)
 def _spatial_moments(x, nchunks):
     # Per (chunk, channel): sums shifted by the first value the chunk sees of that
@@ -49,30 +64,30 @@ def _spatial_moments(x, nchunks):
     # divisions per row. callgrind, float32, per call: 1.78M -> 1.63M instructions on
     # (128, 32, 40), 8.09M -> 7.94M on (32, 64, 56, 56); wall-clock gains (~5%) were
     # within this VM's run-to-run noise.
-    n_rows, C, L = x.shape[0] * x.shape[1], x.shape[1], x.shape[2]
+    N, C, L = x.shape
     count = np.zeros((nchunks, C))
     mean = np.zeros((nchunks, C))
     m2 = np.zeros((nchunks, C))
     for k in prange(nchunks):
-        lo, hi = _chunk(k, nchunks, n_rows)
+        n0, c0, n1, c1 = _row_span(k, nchunks, N, C)
         shift = np.zeros(C)
         s = np.zeros(C)
         q = np.zeros(C)
-        for r in range(lo, hi):
-            n, c = r // C, r % C
-            row = x[n, c]
-            if count[k, c] == 0:
-                shift[c] = row[0]
-            sh = shift[c]
-            rs = 0.0
-            rq = 0.0
-            for i in range(L):
-                d = row[i] - sh
-                rs += d
-                rq += d * d
-            s[c] += rs
-            q[c] += rq
-            count[k, c] += L
+        for n in range(n0, min(n1 + 1, N)):
+            cs, ce = _channels(n, n0, c0, n1, c1, C)
+            for c in range(cs, ce):
+                if count[k, c] == 0:
+                    shift[c] = x[n, c, 0]
+                sh = shift[c]
+                rs = 0.0
+                rq = 0.0
+                for i in range(L):
+                    d = x[n, c, i] - sh
+                    rs += d
+                    rq += d * d
+                s[c] += rs
+                q[c] += rq
+                count[k, c] += L
         for c in range(C):
             if count[k, c] > 0:
                 mean[k, c], m2[k, c] = shifted_moments(shift[c], s[c], q[c], count[k, c])
@@ -176,21 +191,22 @@ def _dense_affine(x, a, b, out):
 
 @numba.njit(**_PJIT)
 def _spatial_grad_sums(dy, x, nchunks):
-    n_rows, C, L = dy.shape[0] * dy.shape[1], dy.shape[1], dy.shape[2]
+    N, C, L = dy.shape
     sum_dy = np.zeros((nchunks, C))
     sum_dy_x = np.zeros((nchunks, C))
     for k in prange(nchunks):
-        lo, hi = _chunk(k, nchunks, n_rows)
-        for r in range(lo, hi):
-            n, c = r // C, r % C
-            g, v = dy[n, c], x[n, c]
-            s = 0.0
-            q = 0.0
-            for i in range(L):
-                s += g[i]
-                q += g[i] * np.float64(v[i])
-            sum_dy[k, c] += s
-            sum_dy_x[k, c] += q
+        n0, c0, n1, c1 = _row_span(k, nchunks, N, C)
+        for n in range(n0, min(n1 + 1, N)):
+            cs, ce = _channels(n, n0, c0, n1, c1, C)
+            for c in range(cs, ce):
+                s = 0.0
+                q = 0.0
+                for i in range(L):
+                    g = dy[n, c, i]
+                    s += g
+                    q += g * np.float64(x[n, c, i])
+                sum_dy[k, c] += s
+                sum_dy_x[k, c] += q
     return sum_dy, sum_dy_x
 
 
