@@ -154,15 +154,21 @@ class BatchAggregate:
     variances plus the variance of the batch means (law of total variance), merged
     pairwise with Chan's formula. Bessel's correction is applied once, over the total
     count, when ``unbiased=True``; never per batch. This follows Wu & Johnson, "Rethinking
-    'Batch' in BatchNorm" (2021), section 3; :attr:`mean_batch_var` gives fvcore's
-    PreciseBN variance (the mean of the batch variances) from the same pass.
+    'Batch' in BatchNorm" (2021), section 3 and appendix, and is what fvcore's current
+    ``update_bn_stats`` computes (its ``_PopulationVarianceEstimator``, since May 2021;
+    fvcore does not Bessel-correct the total: ``unbiased=False`` here).
+
+    :attr:`mean_batch_var` gives, from the same pass, the older aggregation: the mean of
+    the Bessel-corrected batch variances, as fvcore computed it before 2021 (kept there,
+    unused, as ``_MeanOfBatchVarianceEstimator``) and as ``torch.optim.swa_utils.update_bn``
+    still does (a cumulative average, ``momentum=None``).
 
     Fed with batches from a network in training mode with frozen weights, this is
     PreciseBN: it degrades when few samples are used (noisy) and, unlike the
     ``population`` target, upstream layers normalise with batch statistics, so the
     estimate inherits the train/test inconsistency of small batches; then the variance of
     the batch means includes that batch noise, and the ``precise-bn-samples`` study finds
-    fvcore's mean of batch variances the closer of the two to ``population`` on MNIST-1D.
+    the mean of batch variances the closer of the two to ``population`` on MNIST-1D.
     """
 
     name = "precise"
@@ -189,8 +195,10 @@ class BatchAggregate:
     @property
     def mean_batch_var(self):
         """The count-weighted mean of the batch variances alone (Bessel per batch if
-        ``unbiased``, so NaN after a batch of one): what fvcore's PreciseBN reports,
-        missing the variance of the batch means."""
+        ``unbiased``, so NaN after a batch of one), missing the variance of the batch
+        means: the old PreciseBN variance (fvcore before 2021) and what
+        ``torch.optim.swa_utils.update_bn`` computes. Those weigh every batch equally,
+        which is the same for batches of equal size (as :mod:`bnbench.train` feeds)."""
         if self.count == 0:
             return np.full_like(self._m2, np.nan)
         return self._batch_var_sum / self.count
