@@ -37,6 +37,16 @@ def threading_layer():
     return numba.threading_layer()
 
 
+def device_name(device):
+    """A CUDA device's name as text: numba-cuda's ``Device.name`` is ``str`` in current
+    releases (0.30) and ``bytes`` in older ones; the simulator's device has no name."""
+    name = getattr(device, "name", None)
+    if name is None:
+        cc = ".".join(map(str, getattr(device, "compute_capability", ())))
+        return f"numba-cuda simulator (compute capability {cc or '?'})"
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def cuda_status():
     """``(available, description)``; imports numba's CUDA target only when asked."""
     try:
@@ -48,7 +58,7 @@ def cuda_status():
     try:
         if not cuda.is_available():
             return False, "no CUDA driver or device found"
-        return True, cuda.get_current_device().name.decode()
+        return True, device_name(cuda.get_current_device())
     except Exception as err:  # the driver can fail in many ways; report, don't crash
         return False, f"CUDA error: {err}"
 
