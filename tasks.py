@@ -24,7 +24,7 @@ PY = BIN / "python"
 #: "{python}" is the environment's interpreter.
 TASKS = {
     "test": (
-        "test,bench",
+        "test,bench,peers",
         [
             ["ruff", "check", "."],
             ["ruff", "format", "--check", "."],
@@ -41,7 +41,8 @@ TASKS = {
                 "--quick",
                 "--dry-run",
             ],
-            ["python", "-m", "pytest", "{args}"],
+            # the peers extra is installed: a peer that does not load fails the run
+            ({"BNBENCH_REQUIRE_PEERS": "1"}, ["python", "-m", "pytest", "{args}"]),
             # CUDA numerics under numba-cuda's simulator: numba reads the switch at import,
             # so these run in a pytest process of their own
             ({"NUMBA_ENABLE_CUDASIM": "1"}, ["python", "-m", "pytest", "tests/cuda"]),

@@ -1,5 +1,7 @@
 """Helpers shared by the test modules (imported as ``helpers``)."""
 
+import os
+
 import numpy as np
 
 from bnbench import registry
@@ -8,6 +10,19 @@ from bnbench import registry
 OWN = [b for b in registry.available() if b != "reference"]
 #: plus installed peers (held to plain agreement with the oracle).
 WITH_PEERS = [b for b in registry.available(peers=True) if b != "reference"]
+
+#: Set by the test command, which installs the ``peers`` extra: then a peer that does not
+#: load fails ``test_every_peer_is_tested`` instead of dropping out of the parameters.
+REQUIRE_PEERS = os.environ.get("BNBENCH_REQUIRE_PEERS") == "1"
+
+
+def peer_unavailable(name):
+    """Why peer ``name`` does not load here, or ``None`` when it does."""
+    try:
+        registry.get_backend(name)
+    except registry.BackendUnavailable as err:
+        return str(err)
+    return None
 
 
 def tol(dtype):

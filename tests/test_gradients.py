@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import OWN, make_inputs, numeric_grad
+from helpers import WITH_PEERS, make_inputs, numeric_grad
 
 import bnbench as bn
 
@@ -11,7 +11,7 @@ def loss(x, weight, bias, g, backend):
     return float(np.sum(bn.batch_norm_train(x, weight, bias, backend=backend).y * g))
 
 
-@pytest.mark.parametrize("backend", ["reference", *OWN])
+@pytest.mark.parametrize("backend", ["reference", *WITH_PEERS])
 @pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 2, 2, 3)], ids=str)
 def test_backward_matches_finite_differences(backend, shape, rng):
     x, weight, bias = make_inputs(rng, shape, np.float64, loc=1.0, scale=2.0)
