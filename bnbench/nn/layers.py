@@ -143,7 +143,9 @@ class BatchNorm(Layer):
 
     In ``"train"`` mode it normalises with the batch's statistics and hands them, with
     the number of values per channel, to every estimator in ``observers``. In ``"eval"``
-    mode it uses ``eval_stats`` = ``(mean, var)``, set by whoever evaluates.
+    mode it uses ``eval_stats``, set by whoever evaluates: ``(mean, var)``, or a callable
+    ``(x) -> (mean, var)`` given the layer's input (test-time adaptation,
+    :mod:`bnbench.adaptation`).
     """
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu"):
@@ -167,7 +169,8 @@ class BatchNorm(Layer):
             return res.y
         if self.eval_stats is None:
             raise RuntimeError("BatchNorm in eval mode needs eval_stats = (mean, var)")
-        mean, var = (np.asarray(s, dtype=x.dtype) for s in self.eval_stats)
+        stats = self.eval_stats(x) if callable(self.eval_stats) else self.eval_stats
+        mean, var = (np.asarray(s, dtype=x.dtype) for s in stats)
         return F.batch_norm_eval(x, w, b, mean, var, self.eps, backend=self.backend)
 
     def backward(self, dy):
