@@ -4,6 +4,11 @@ Nothing is downloaded: MNIST-1D comes from the ``mnist1d`` package's generator
 (``make_dataset``), seeded. Generated sets are cached as ``.npz`` files in
 ``$BNBENCH_CACHE_DIR`` (default: ``$XDG_CACHE_HOME/bnbench`` or ``~/.cache/bnbench``),
 written atomically with a checksum; a corrupt or partial file is regenerated.
+:func:`cached_arrays` is that cache for any named arrays (``bnbench.shift`` uses it).
+
+:func:`mnist1d_raw_test` gives the same test set *before* ``make_dataset``'s final
+standardization, with the constants of that standardization, for building corrupted test
+sets (``bnbench.shift``) whose shift the standardization cannot undo.
 """
 
 import hashlib
@@ -43,45 +48,67 @@ def cache_dir():
     return Path(base) / "bnbench"
 
 
-def _checksum(arrays):
+def _checksum(arrays, names=_ARRAYS):
     h = hashlib.sha256()
-    for name in _ARRAYS:
+    for name in names:
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
 
 
-def _load(path):
+def _load(path, names=_ARRAYS):
     """The cached arrays, or ``None`` if the file is missing, partial or corrupt."""
     try:
         with np.load(path) as f:
-            arrays = {name: f[name] for name in _ARRAYS}
+            arrays = {name: f[name] for name in names}
             stored = str(f["checksum"])
     except Exception:  # missing, truncated, not a zip, missing keys: all mean regenerate
         return None
-    return arrays if stored == _checksum(arrays) else None
+    return arrays if stored == _checksum(arrays, names) else None
 
 
-def _save(path, arrays):
+def _save(path, arrays, names=_ARRAYS):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, checksum=_checksum(arrays), **arrays)
+            np.savez(f, checksum=_checksum(arrays, names), **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _cached(key, make):
+def cached_arrays(key, make, names):
+    """The arrays ``names`` cached as ``<cache_dir()>/<key>.npz``, or ``make()``'s (a dict
+    with at least those keys), then written atomically with a checksum over ``names``
+    (name, dtype, shape and bytes, in that order). A file that is missing, partial, not
+    an ``.npz``, lacks a name or fails its checksum is regenerated, never read. ``key``
+    must change whenever what ``make`` produces does."""
+    names = tuple(names)
     path = cache_dir() / f"{key}.npz"
-    arrays = _load(path)
+    arrays = _load(path, names)
     if arrays is None:
-        arrays = make()
-        _save(path, arrays)
+        made = make()
+        arrays = {name: made[name] for name in names}
+        _save(path, arrays, names)
     return arrays
+
+
+def _cached(key, make):
+    return cached_arrays(key, make, _ARRAYS)
+
+
+def _check_seed(seed, name="seed"):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def _check_num_samples(num_samples):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
+        raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}")
 
 
 def mnist1d(num_samples=5000, seed=42):
@@ -90,8 +117,8 @@ def mnist1d(num_samples=5000, seed=42):
     ``num_samples`` (default 5000: 4000 train, 1000 test) and ``seed`` (the package's
     default 42) go to ``mnist1d.data.make_dataset``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
-        raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}")
+    _check_num_samples(num_samples)
+    seed = _check_seed(seed)
 
     def make():
         from mnist1d.data import get_dataset_args, make_dataset
@@ -108,6 +135,98 @@ def mnist1d(num_samples=5000, seed=42):
 
     arrays = _cached(f"mnist1d-n{num_samples}-s{seed}", make)
     return Dataset("mnist1d", **arrays)
+
+
+@dataclass(frozen=True)
+class RawTest:
+    """MNIST-1D's test signals before ``make_dataset``'s final standardization.
+
+    ``x`` ``(N_test, 40)`` float64 and ``y`` int64 are the test split in the clean
+    set's order; ``shear`` ``(N_test,)`` is each signal's own shear coefficient ``c``
+    (the generator subtracted ``c * linspace(-0.5, 0.5, 40)``, so ``c`` is the ramp's
+    end-to-end fall); ``mean`` and ``std`` are the standardization constants
+    ``make_dataset`` used: the mean and standard deviation of all its raw signals,
+    training and test together (that is how the mnist1d package standardizes).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    shear: np.ndarray
+    mean: float
+    std: float
+
+    def standardize(self, x):
+        """``(x - mean) / std`` in float64, then float32: on ``self.x`` exactly the clean
+        ``mnist1d().x_test``, bit for bit."""
+        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+
+
+_RAW_ARRAYS = ("x_test_raw", "y_test", "shear_test", "mean", "std")
+
+
+def _generate_raw(num_samples, seed):
+    """``make_dataset`` with the package's default arguments, replayed step by step (same
+    global-RNG draws, in the same order) to keep what it discards: the signals before
+    its standardization and each signal's shear coefficient."""
+    from mnist1d.data import get_dataset_args, get_templates
+    from mnist1d.transform import corr_noise_like, iid_noise_like, interpolate, pad, translate
+    from mnist1d.utils import set_seed
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    templates = get_templates()
+    set_seed(args.seed)
+    xs, ys, shears = [], [], []
+    for label in range(len(templates["y"])):
+        for _ in range(args.num_samples // len(templates["y"])):
+            # mnist1d.transform.transform, with the shear coefficient kept
+            x = pad(templates["x"][label] + 1e-8, args.padding)
+            x = interpolate(x, args.template_len + args.padding[-1])
+            x *= 1 + args.scale_coeff * (np.random.rand() - 0.5)  # noqa: NPY002
+            x = translate(x, args.max_translation)
+            mask = x != 0
+            x = mask * x + (1 - mask) * corr_noise_like(x, args.corr_noise_scale)
+            x = x + iid_noise_like(x, args.iid_noise_scale)
+            coeff = args.shear_scale * (np.random.rand() - 0.5)  # noqa: NPY002
+            x = x - coeff * np.linspace(-0.5, 0.5, len(x))
+            xs.append(interpolate(x, args.final_seq_length))
+            ys.append(templates["y"][label])
+            shears.append(coeff)
+    order = np.random.permutation(len(ys))  # noqa: NPY002 (mnist1d's global RNG, seeded)
+    xs, ys, shears = np.stack(xs)[order], np.stack(ys)[order], np.asarray(shears)[order]
+    mean, std = xs.mean(), xs.std()  # as make_dataset: over the whole shuffled set
+    split = int(len(ys) * args.train_split)
+    return xs[split:], ys[split:].astype(np.int64), shears[split:], mean, std
+
+
+def mnist1d_raw_test(num_samples=5000, seed=42):
+    """The raw (pre-standardization) test split of ``mnist1d(num_samples, seed)`` and
+    its standardization constants, as a :class:`RawTest`; cached like the clean set.
+
+    Generated by replaying ``make_dataset``; the result is checked against the clean
+    set (``standardize(x)`` must equal ``mnist1d(...).x_test`` bit for bit, and the labels
+    must agree), so a change in the mnist1d package raises ``RuntimeError`` here rather
+    than silently giving corrupted sets whose severity 0 differs from the clean data.
+    """
+    _check_num_samples(num_samples)
+    seed = _check_seed(seed)
+
+    def make():
+        x, y, shear, mean, std = _generate_raw(num_samples, seed)
+        clean = mnist1d(num_samples, seed)
+        standardized = ((x - mean) / std).astype(np.float32)
+        if not (np.array_equal(standardized, clean.x_test) and np.array_equal(y, clean.y_test)):
+            raise RuntimeError(
+                "bnbench.data._generate_raw no longer reproduces mnist1d.data.make_dataset "
+                "(has the mnist1d package changed?); the raw test set cannot be built"
+            )
+        return {"x_test_raw": x, "y_test": y, "shear_test": shear,
+                "mean": np.float64(mean), "std": np.float64(std)}  # fmt: skip
+
+    a = cached_arrays(f"mnist1d-raw-n{num_samples}-s{seed}", make, _RAW_ARRAYS)
+    return RawTest(
+        a["x_test_raw"], a["y_test"], a["shear_test"], float(a["mean"]), float(a["std"])
+    )
 
 
 def gaussian_mixture(num_samples=1200, num_classes=4, num_features=16, seed=0, spread=1.0):

@@ -12,15 +12,111 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_mnist1d_generated_cached_and_reloaded(cache):
+@pytest.fixture
+def generator_calls(monkeypatch):
+    """Counts calls of mnist1d's generator (and of bnbench's raw replay of it)."""
+    import mnist1d.data
+
+    calls = {"make_dataset": 0, "raw": 0}
+    make_dataset, generate_raw = mnist1d.data.make_dataset, data._generate_raw
+
+    def counted_make_dataset(*args, **kwargs):
+        calls["make_dataset"] += 1
+        return make_dataset(*args, **kwargs)
+
+    def counted_raw(*args, **kwargs):
+        calls["raw"] += 1
+        return generate_raw(*args, **kwargs)
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", counted_make_dataset)
+    monkeypatch.setattr(data, "_generate_raw", counted_raw)
+    return calls
+
+
+def test_mnist1d_generated_cached_and_reloaded(cache, generator_calls):
     d = data.mnist1d(num_samples=200)
+    assert generator_calls["make_dataset"] == 1
     assert d.x_train.shape == (160, 40) and d.x_test.shape == (40, 40)
     assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
     assert d.num_classes == 10 and d.num_features == 40
     (path,) = cache.glob("*.npz")
+    assert data._load(path) is not None
     again = data.mnist1d(num_samples=200)
-    np.testing.assert_array_equal(again.x_train, d.x_train)
-    assert path.stat().st_size > 0
+    assert generator_calls["make_dataset"] == 1  # read from the cache, not regenerated
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(d, name))
+    data.mnist1d(num_samples=200, seed=7)  # another key: generated
+    assert generator_calls["make_dataset"] == 2 and len(list(cache.glob("*.npz"))) == 2
+
+
+def test_cache_is_read_not_regenerated(cache, generator_calls):
+    """What a second call returns is the file's content (so a stale generator cannot hide
+    behind it): overwrite the cached arrays with a valid, checksummed file and see them."""
+    data.mnist1d(num_samples=100)
+    (path,) = cache.glob("*.npz")
+    arrays = data._load(path)
+    arrays["x_test"] = np.full_like(arrays["x_test"], 7.0)
+    data._save(path, arrays)
+    assert (data.mnist1d(num_samples=100).x_test == 7.0).all()
+    assert generator_calls["make_dataset"] == 1
+
+
+def test_cached_arrays_any_names(cache):
+    calls = []
+
+    def make():
+        calls.append(1)
+        return {"a": np.arange(3.0), "b": np.float64(2.5), "ignored": np.zeros(2)}
+
+    first = data.cached_arrays("thing-v1", make, ("a", "b"))
+    second = data.cached_arrays("thing-v1", make, ("a", "b"))
+    assert len(calls) == 1 and set(second) == {"a", "b"}
+    np.testing.assert_array_equal(first["a"], second["a"])
+    assert float(second["b"]) == 2.5
+    (cache / "thing-v1.npz").write_bytes(b"garbage")
+    data.cached_arrays("thing-v1", make, ("a", "b"))
+    assert len(calls) == 2 and data._load(cache / "thing-v1.npz", ("a", "b")) is not None
+
+
+def test_raw_test_set_standardizes_to_the_clean_test_set(cache, generator_calls):
+    raw = data.mnist1d_raw_test(num_samples=300, seed=5)
+    clean = data.mnist1d(num_samples=300, seed=5)
+    assert raw.x.dtype == np.float64 and raw.x.shape == (60, 40) and raw.shear.shape == (60,)
+    np.testing.assert_array_equal(raw.standardize(raw.x), clean.x_test)  # bit for bit
+    np.testing.assert_array_equal(raw.y, clean.y_test)
+    assert (np.abs(raw.shear) <= 0.375).all()  # mnist1d's shear_scale 0.75 * (u - 0.5)
+    again = data.mnist1d_raw_test(num_samples=300, seed=5)
+    assert generator_calls["raw"] == 1
+    np.testing.assert_array_equal(again.x, raw.x)
+    assert (again.mean, again.std) == (raw.mean, raw.std)
+
+
+def test_raw_replay_matches_mnist1d_make_dataset():
+    """The replay keeps what make_dataset discards; what make_dataset returns it must
+    reproduce exactly: the standardization constants over the whole set, the test split
+    and the shear ramp each signal carries."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = 250, 11
+    reference = make_dataset(args)
+    x, y, shear, mean, std = data._generate_raw(250, 11)
+    np.testing.assert_array_equal((x - mean) / std, reference["x_test"])
+    np.testing.assert_array_equal(y, reference["y_test"])
+    assert np.isfinite(shear).all() and len(shear) == len(y)
+
+
+def test_raw_replay_mismatch_is_an_error(cache, monkeypatch):
+    generate_raw = data._generate_raw
+
+    def drifted(*args):
+        x, *rest = generate_raw(*args)
+        return (x * 1.0000001, *rest)
+
+    monkeypatch.setattr(data, "_generate_raw", drifted)
+    with pytest.raises(RuntimeError, match="no longer reproduces mnist1d"):
+        data.mnist1d_raw_test(num_samples=100)
+    assert not list(cache.glob("mnist1d-raw-*"))
 
 
 def test_mnist1d_default_split(cache):
@@ -57,3 +153,7 @@ def test_bad_dataset_arguments():
         data.load("mnist2d")
     with pytest.raises(ValueError, match="num_samples must be an integer >= 10, got 5"):
         data.mnist1d(num_samples=5)
+    for fn in (data.mnist1d, data.mnist1d_raw_test):
+        for seed in (1.5, "42", -1, 2**32, True, None):
+            with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+                fn(num_samples=100, seed=seed)
