@@ -23,10 +23,10 @@ class Estimators:
     def setup(self, name):
         self.est = FACTORIES[name]()
         self.mean, self.var = channel(C, np.float32), channel(C, np.float32, seed=1)
-        self.est.update(self.mean, self.var, 64)  # warm up
+        self.est.update(self.mean, self.var, count=64)  # warm up
 
     def time_update(self, name):
-        self.est.update(self.mean, self.var, 64)
+        self.est.update(self.mean, self.var, count=64)
 
     def time_finalize(self, name):
         return self.est.mean, self.est.var

@@ -70,7 +70,7 @@ class ForwardEval(_Kernel):
     def call(self):
         s = self.stats
         bn.batch_norm_eval(
-            self.x, self.w, self.b, s.mean, s.var, backend=self.backend, out=self.out
+            self.x, self.w, self.b, mean=s.mean, var=s.var, backend=self.backend, out=self.out
         )
 
     def time_forward_eval(self, backend, dtype, shape):
@@ -83,7 +83,13 @@ class Backward(_Kernel):
     def call(self):
         s = self.stats
         bn.batch_norm_backward(
-            self.dy, self.x, self.w, s.mean, s.invstd, backend=self.backend, out=self.out
+            self.dy,
+            self.x,
+            self.w,
+            mean=s.mean,
+            invstd=s.invstd,
+            backend=self.backend,
+            out=self.out,
         )
 
     def time_backward(self, backend, dtype, shape):
@@ -106,7 +112,13 @@ class RunningUpdate:
 
     def call(self):
         bn.update_running_stats(
-            self.rm, self.rv, self.mean, self.var, 64, self.momenta, backend=self.backend
+            self.rm,
+            self.rv,
+            mean=self.mean,
+            var=self.var,
+            count=64,
+            momenta=self.momenta,
+            backend=self.backend,
         )
 
     def time_update(self, backend, k):
@@ -124,8 +136,8 @@ import bnbench as bn
 for shape in [(64, 8), (4, 8, 10)]:
     x = np.ones(shape, np.float32) + np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))
     r = bn.batch_norm_train(x)
-    bn.batch_norm_eval(x, None, None, r.mean, r.var)
-    bn.batch_norm_backward(x, x, None, r.mean, r.invstd)
+    bn.batch_norm_eval(x, mean=r.mean, var=r.var)
+    bn.batch_norm_backward(x, x, mean=r.mean, invstd=r.invstd)
 """
 
 

@@ -1,13 +1,16 @@
 """Estimators of the population statistics a BN layer uses at test time.
 
-Every estimator has one interface, after fvcore's PreciseBN:
+Every estimator has one interface, modelled on the estimator objects of fvcore's PreciseBN
+(which take Bessel-corrected variances):
 
-``update(batch_mean, batch_var, batch_size)``
+``update(batch_mean, batch_var, count)``
     called once per training batch with that batch's per-channel mean and **biased**
-    variance, as :func:`bnbench.batch_norm_train` returns them, and ``batch_size`` the
-    number of values per channel behind them (``N * prod(spatial)``);
+    variance, as :func:`bnbench.batch_norm_train` returns them, and ``count`` the number
+    of values per channel behind them (``N * prod(spatial)``: the batch size only for
+    ``(N, C)`` input), the same ``count`` as :func:`bnbench.update_running_stats` takes;
 ``mean``, ``var``
-    the current estimates, float64 ``(C,)`` (``(K, C)`` for the multi-momentum EMAs).
+    the current estimates, float64 ``(C,)`` (``(K, C)`` for the multi-momentum EMAs),
+    each read a fresh array: changing it does not change the estimator.
 
 The two estimators that need extra passes over the data after training (``precise`` and
 ``population``) aggregate batch statistics with :class:`BatchAggregate`; the passes
@@ -46,12 +49,12 @@ def _channel_stat(a, name, C):
     return a
 
 
-def _bessel(var, batch_size, unbiased):
+def _bessel(var, count, unbiased):
     if not unbiased:
         return var
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2 for an unbiased variance, got {batch_size}")
-    return var * (batch_size / (batch_size - 1))
+    if count < 2:
+        raise ValueError(f"count must be >= 2 for an unbiased variance, got {count}")
+    return var * (count / (count - 1))
 
 
 class EMA:
@@ -79,12 +82,12 @@ class EMA:
         self.running_var = np.full(shape, self.initial_var)
         self.steps = 0
 
-    def update(self, batch_mean, batch_var, batch_size):
+    def update(self, batch_mean, batch_var, count):
         # The state was validated once, here; per batch only the statistics are checked
         # before the kernel runs (the public update_running_stats checks everything, and
         # its overhead made EMA bookkeeping cost 6-10% of a CNN training run).
         mean = _channel_stat(batch_mean, "batch_mean", self.running_mean.shape[1])
-        var = _bessel(_channel_stat(batch_var, "batch_var", mean.size), batch_size, self.unbiased)
+        var = _bessel(_channel_stat(batch_var, "batch_var", mean.size), count, self.unbiased)
         _cpu().update_running(self.running_mean, self.running_var, mean, var, self.momenta)
         self.steps += 1
 
@@ -134,17 +137,25 @@ class CumulativeAverage:
 
     def __init__(self, num_channels, unbiased=True):
         self.unbiased = unbiased
-        self.mean = np.zeros(num_channels)
-        self.var = np.zeros(num_channels)
+        self._mean = np.zeros(num_channels)
+        self._var = np.zeros(num_channels)
         self.steps = 0
 
-    def update(self, batch_mean, batch_var, batch_size):
-        mean = _channel_stat(batch_mean, "batch_mean", self.mean.size)
-        var = _bessel(_channel_stat(batch_var, "batch_var", mean.size), batch_size, self.unbiased)
+    def update(self, batch_mean, batch_var, count):
+        mean = _channel_stat(batch_mean, "batch_mean", self._mean.size)
+        var = _bessel(_channel_stat(batch_var, "batch_var", mean.size), count, self.unbiased)
         self.steps += 1
         w = 1.0 / self.steps
-        self.mean += w * (mean - self.mean)
-        self.var += w * (var - self.var)
+        self._mean += w * (mean - self._mean)
+        self._var += w * (var - self._var)
+
+    @property
+    def mean(self):
+        return self._mean.copy()
+
+    @property
+    def var(self):
+        return self._var.copy()
 
 
 class BatchAggregate:
@@ -180,10 +191,10 @@ class BatchAggregate:
         self._m2 = np.zeros(num_channels)
         self._batch_var_sum = np.zeros(num_channels)
 
-    def update(self, batch_mean, batch_var, batch_size):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = float(batch_size)
+    def update(self, batch_mean, batch_var, count):
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        n = float(count)
         bm = _channel_stat(batch_mean, "batch_mean", self._mean.size)
         bv = _channel_stat(batch_var, "batch_var", bm.size)
         self.count, self._mean, self._m2 = chan_merge(

@@ -10,6 +10,11 @@ With ``backend="cuda"``, arrays may also be numba CUDA device arrays: results th
 on the device (statistics too), and device arrays must be C-contiguous (no implicit
 device copies). Host arrays given to the CUDA backend are copied in and out.
 
+Statistics (``mean``, ``var``, ``invstd``, ``count``, ``momenta``) and ``eps`` are
+keyword-only: PyTorch's ``F.batch_norm(input, running_mean, running_var, weight, bias,
+training, momentum, eps)`` orders its arguments differently, so a call written the
+PyTorch way raises ``TypeError`` here instead of silently swapping them.
+
 Errors name the argument, what was expected and what was given: ``TypeError`` for a
 wrong type or dtype, ``ValueError`` for a wrong shape or value.
 """
@@ -139,11 +144,12 @@ def _as3d(a):
     return a.reshape(N, C, a.size // (N * C))
 
 
-def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend="cpu", out=None):
+def batch_norm_train(x, weight=None, bias=None, *, eps=1e-5, backend="cpu", out=None):
     """Batch norm in training mode: normalise ``x`` with its own per-channel statistics.
 
     ``x``: ``(N, C, *spatial)``; ``weight``, ``bias``: ``(C,)`` or ``None`` (no affine
-    transform); ``out``: optional preallocated result. Returns
+    transform); ``eps`` (keyword-only, as every argument after ``bias``): added to the
+    variance; ``out``: optional preallocated result. Returns
     ``TrainResult(y, mean, var, invstd)`` with ``var`` biased.
     """
     impl = registry.get_backend(backend)
@@ -161,13 +167,11 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend="cpu", out=
     return TrainResult(out, *(_stat(s, x) for s in stats))
 
 
-def batch_norm_eval(
-    x, weight=None, bias=None, mean=None, var=None, eps=1e-5, *, backend="cpu", out=None
-):
+def batch_norm_eval(x, weight=None, bias=None, *, mean, var, eps=1e-5, backend="cpu", out=None):
     """Batch norm in inference mode: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
 
-    ``mean`` and ``var`` ``(C,)`` are required (population estimates); ``weight`` and
-    ``bias`` may be ``None``. Returns ``y`` with the shape and dtype of ``x``.
+    ``mean`` and ``var`` ``(C,)`` are required keyword arguments (population estimates);
+    ``weight`` and ``bias`` may be ``None``. Returns ``y`` with the shape and dtype of ``x``.
     """
     impl = registry.get_backend(backend)
     x = _check_tensor(x, "x", impl)
@@ -183,11 +187,11 @@ def batch_norm_eval(
     return out
 
 
-def batch_norm_backward(dy, x, weight, mean, invstd, *, backend="cpu", out=None):
+def batch_norm_backward(dy, x, weight=None, *, mean, invstd, backend="cpu", out=None):
     """Gradients of :func:`batch_norm_train` given ``dy = dL/dy``.
 
-    ``mean`` and ``invstd`` are those returned by the forward pass; ``weight`` may be
-    ``None`` (no affine transform). Returns ``BackwardResult(dx, dweight, dbias)``;
+    ``mean`` and ``invstd`` (keyword arguments) are those returned by the forward pass;
+    ``weight`` may be ``None`` (no affine transform). Returns ``BackwardResult(dx, dweight, dbias)``;
     ``dweight`` and ``dbias`` are what an affine weight and bias would receive.
     """
     impl = registry.get_backend(backend)
@@ -206,7 +210,7 @@ def batch_norm_backward(dy, x, weight, mean, invstd, *, backend="cpu", out=None)
 
 
 def update_running_stats(
-    running_mean, running_var, mean, var, count, momenta, *, unbiased=True, backend="cpu"
+    running_mean, running_var, *, mean, var, count, momenta, unbiased=True, backend="cpu"
 ):
     """Advance running estimates for K momenta at once, in place (PyTorch convention).
 

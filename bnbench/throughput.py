@@ -59,10 +59,12 @@ def _call(op, backend, data, out):
         return lambda: F.batch_norm_train(x, weight, bias, backend=backend, out=out).y
     if op == "forward_eval":
         return lambda: F.batch_norm_eval(
-            x, weight, bias, ref.mean, ref.var, backend=backend, out=out
+            x, weight, bias, mean=ref.mean, var=ref.var, backend=backend, out=out
         )
     return lambda: (
-        F.batch_norm_backward(dy, x, weight, ref.mean, ref.invstd, backend=backend, out=out).dx
+        F.batch_norm_backward(
+            dy, x, weight, mean=ref.mean, invstd=ref.invstd, backend=backend, out=out
+        ).dx
     )
 
 

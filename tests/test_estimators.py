@@ -110,7 +110,24 @@ def test_batch_statistics_of_the_wrong_shape_are_refused(make):
 
 
 def test_unbiased_update_needs_two_values_per_channel():
-    with pytest.raises(
-        ValueError, match="batch_size must be >= 2 for an unbiased variance, got 1"
-    ):
-        est.EMA(3).update(np.zeros(3), np.ones(3), 1)
+    with pytest.raises(ValueError, match="count must be >= 2 for an unbiased variance, got 1"):
+        est.EMA(3).update(np.zeros(3), np.ones(3), count=1)
+
+
+ESTIMATORS = [lambda: est.EMA(3, [0.1, 0.5]), lambda: est.DebiasedEMA(3, [0.1, 0.5]),
+              lambda: est.CumulativeAverage(3), lambda: est.BatchAggregate(3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("make", ESTIMATORS, ids=["ema", "ema_debiased", "cumulative", "precise"])
+def test_estimates_are_fresh_copies(make, rng):
+    """Mutating a returned estimate leaves the estimator alone, before and after updates."""
+    e = make()
+    for _ in range(3):
+        for name in ("mean", "var"):
+            a, b = getattr(e, name), getattr(e, name)
+            assert a is not b and not np.shares_memory(a, b), name
+            before = a.copy()
+            a += 100.0
+            np.testing.assert_array_equal(getattr(e, name), before, err_msg=name)
+        (b,) = batches(rng, [6])
+        e.update(batch_mean=b.mean(0), batch_var=b.var(0), count=len(b))

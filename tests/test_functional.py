@@ -26,8 +26,8 @@ DTYPES = [np.float32, np.float64]
 
 
 def check_train(backend, x, weight, bias, eps=1e-5):
-    ref = bn.batch_norm_train(x, weight, bias, eps, backend="reference")
-    got = bn.batch_norm_train(x, weight, bias, eps, backend=backend)
+    ref = bn.batch_norm_train(x, weight, bias, eps=eps, backend="reference")
+    got = bn.batch_norm_train(x, weight, bias, eps=eps, backend=backend)
     rtol, atol = tol(x.dtype)
     for name in ("y", "mean", "var", "invstd"):
         r, g = getattr(ref, name), getattr(got, name)
@@ -37,8 +37,8 @@ def check_train(backend, x, weight, bias, eps=1e-5):
 
 
 def check_backward(backend, dy, x, weight, mean, invstd):
-    ref = bn.batch_norm_backward(dy, x, weight, mean, invstd, backend="reference")
-    got = bn.batch_norm_backward(dy, x, weight, mean, invstd, backend=backend)
+    ref = bn.batch_norm_backward(dy, x, weight, mean=mean, invstd=invstd, backend="reference")
+    got = bn.batch_norm_backward(dy, x, weight, mean=mean, invstd=invstd, backend=backend)
     rtol, atol = tol(x.dtype)
     scale = max(1.0, float(np.abs(ref.dweight).max()), float(np.abs(ref.dbias).max()))
     for name in ("dx", "dweight", "dbias"):
@@ -53,8 +53,8 @@ def check_backward(backend, dy, x, weight, mean, invstd):
 def test_matches_reference(backend, dtype, shape, rng):
     x, weight, bias = make_inputs(rng, shape, dtype, loc=3.0, scale=2.0)
     ref = check_train(backend, x, weight, bias)
-    y_eval = bn.batch_norm_eval(x, weight, bias, ref.mean, ref.var, backend=backend)
-    y_ref = bn.batch_norm_eval(x, weight, bias, ref.mean, ref.var, backend="reference")
+    y_eval = bn.batch_norm_eval(x, weight, bias, mean=ref.mean, var=ref.var, backend=backend)
+    y_ref = bn.batch_norm_eval(x, weight, bias, mean=ref.mean, var=ref.var, backend="reference")
     np.testing.assert_allclose(y_eval, y_ref, *tol(dtype))
     dy = rng.standard_normal(shape).astype(dtype)
     check_backward(backend, dy, x, weight, ref.mean, ref.invstd)
@@ -120,7 +120,7 @@ def test_tiny_variance_and_constant_channels(backend, dtype, shape, rng):
 def test_eval_with_one_value_per_channel(backend, rng):
     x, weight, bias = make_inputs(rng, (1, 4), np.float64)
     mean, var = rng.standard_normal(4), rng.uniform(0.1, 2.0, 4)
-    y = bn.batch_norm_eval(x, weight, bias, mean, var, backend=backend)
+    y = bn.batch_norm_eval(x, weight, bias, mean=mean, var=var, backend=backend)
     np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5) * weight + bias, rtol=1e-12)
 
 
@@ -168,11 +168,14 @@ def test_out_is_written_and_returned(backend, shape, rng):
     res = bn.batch_norm_train(x, weight, bias, backend=backend, out=out)
     assert res.y is out
     np.testing.assert_array_equal(out, bn.batch_norm_train(x, weight, bias, backend=backend).y)
-    y = bn.batch_norm_eval(x, weight, bias, res.mean, res.var, backend=backend, out=out)
+    y = bn.batch_norm_eval(x, weight, bias, mean=res.mean, var=res.var, backend=backend, out=out)
     assert y is out
     dy = rng.standard_normal(shape).astype(np.float32)
     dout = np.empty_like(x)
-    assert bn.batch_norm_backward(dy, x, weight, res.mean, res.invstd, out=dout).dx is dout
+    assert (
+        bn.batch_norm_backward(dy, x, weight, mean=res.mean, invstd=res.invstd, out=dout).dx
+        is dout
+    )
 
 
 @pytest.mark.parametrize("backend", OWN)
@@ -184,8 +187,8 @@ def test_deterministic(backend, shape, rng):
     b = bn.batch_norm_train(x, weight, bias, backend=backend)
     for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
-    ga = bn.batch_norm_backward(dy, x, weight, a.mean, a.invstd, backend=backend)
-    gb = bn.batch_norm_backward(dy, x, weight, a.mean, a.invstd, backend=backend)
+    ga = bn.batch_norm_backward(dy, x, weight, mean=a.mean, invstd=a.invstd, backend=backend)
+    gb = bn.batch_norm_backward(dy, x, weight, mean=a.mean, invstd=a.invstd, backend=backend)
     for u, v in zip(ga, gb, strict=True):
         np.testing.assert_array_equal(u, v)
 
@@ -198,9 +201,9 @@ def test_nan_propagates_to_its_channel_only(backend, shape, rng):
     res = bn.batch_norm_train(x, weight, bias, backend=backend)
     assert np.isnan(res.mean[2]) and np.isnan(res.var[2]) and np.all(np.isnan(res.y[:, 2]))
     assert np.all(np.isfinite(res.y[:, :2]))
-    y = bn.batch_norm_eval(x, weight, bias, res.mean, res.var, backend=backend)
+    y = bn.batch_norm_eval(x, weight, bias, mean=res.mean, var=res.var, backend=backend)
     assert np.all(np.isnan(y[:, 2])) and np.all(np.isfinite(y[:, :2]))
     dy = rng.standard_normal(shape).astype(np.float32)
     dy[0, 0] = np.inf
-    g = bn.batch_norm_backward(dy, x, weight, res.mean, res.invstd, backend=backend)
+    g = bn.batch_norm_backward(dy, x, weight, mean=res.mean, invstd=res.invstd, backend=backend)
     assert not np.isfinite(g.dbias[0]) and np.all(np.isnan(g.dx[:, 2]))

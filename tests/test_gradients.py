@@ -17,7 +17,7 @@ def test_backward_matches_finite_differences(backend, shape, rng):
     x, weight, bias = make_inputs(rng, shape, np.float64, loc=1.0, scale=2.0)
     g = rng.standard_normal(shape)  # dL/dy for L = sum(y * g)
     res = bn.batch_norm_train(x, weight, bias, backend=backend)
-    grads = bn.batch_norm_backward(g, x, weight, res.mean, res.invstd, backend=backend)
+    grads = bn.batch_norm_backward(g, x, weight, mean=res.mean, invstd=res.invstd, backend=backend)
 
     def f():
         return loss(x, weight, bias, g, backend)

@@ -25,7 +25,14 @@ def test_update_matches_closed_form(backend, unbiased, dtype, rng):
     variances = [rng.uniform(0.1, 3.0, C) for _ in range(6)]
     for mu, var in zip(means, variances, strict=True):
         bn.update_running_stats(
-            rm, rv, mu, var, count, momenta, unbiased=unbiased, backend=backend
+            rm,
+            rv,
+            mean=mu,
+            var=var,
+            count=count,
+            momenta=momenta,
+            unbiased=unbiased,
+            backend=backend,
         )
     fed = [v * count / (count - 1) for v in variances] if unbiased else variances
     rtol = 1e-5 if dtype == np.float32 else 1e-12
@@ -39,6 +46,6 @@ def test_update_takes_train_outputs(rng):
     x = rng.standard_normal((32, 3, 10)).astype(np.float32)
     res = bn.batch_norm_train(x)
     rm, rv = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
-    bn.update_running_stats(rm, rv, res.mean, res.var, 320, [0.1, 0.01])
+    bn.update_running_stats(rm, rv, mean=res.mean, var=res.var, count=320, momenta=[0.1, 0.01])
     unbiased = x.astype(np.float64).transpose(1, 0, 2).reshape(3, -1).var(axis=1, ddof=1)
     np.testing.assert_allclose(rv[0], 0.9 + 0.1 * unbiased, rtol=1e-6)

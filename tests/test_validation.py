@@ -31,12 +31,12 @@ C3 = np.ones(3, np.float32)
         (lambda: bn.batch_norm_train(X, backend="gpu"), ValueError, r"backend must be one of .*'cpu'.* got 'gpu'"),
         (lambda: bn.batch_norm_train(X, out=np.empty((4, 3, 5))), ValueError, r"out must have the shape \(4, 3, 5\) and dtype float32"),
         (lambda: bn.batch_norm_train(X, out=np.empty((4, 3, 10), np.float32)[:, :, ::2]), ValueError, r"out must be a writeable C-contiguous"),
-        (lambda: bn.batch_norm_eval(X, C3, C3, None, C3), TypeError, r"mean must be a numpy.ndarray of shape \(3,\), got NoneType"),
-        (lambda: bn.batch_norm_eval(X, C3, C3, C3, -C3), ValueError, r"var must be non-negative, got minimum -1.0"),
-        (lambda: bn.batch_norm_eval(X, C3, C3, C3, np.ones(2, np.float32)), ValueError, r"var must have shape \(3,\)"),
-        (lambda: bn.batch_norm_backward(np.ones((4, 3), np.float32), X, C3, C3, C3), ValueError, r"dy must have the shape of x \(4, 3, 5\), got \(4, 3\)"),
-        (lambda: bn.batch_norm_backward(X.astype(np.float64), X, C3, C3, C3), TypeError, r"dy must have the dtype of x \(float32\), got float64"),
-        (lambda: bn.batch_norm_backward(X, X, C3, C3, np.ones(3)), TypeError, r"invstd must have the dtype of x"),
+        (lambda: bn.batch_norm_eval(X, C3, C3, mean=None, var=C3), TypeError, r"mean must be a numpy.ndarray of shape \(3,\), got NoneType"),
+        (lambda: bn.batch_norm_eval(X, C3, C3, mean=C3, var=-C3), ValueError, r"var must be non-negative, got minimum -1.0"),
+        (lambda: bn.batch_norm_eval(X, C3, C3, mean=C3, var=np.ones(2, np.float32)), ValueError, r"var must have shape \(3,\)"),
+        (lambda: bn.batch_norm_backward(np.ones((4, 3), np.float32), X, C3, mean=C3, invstd=C3), ValueError, r"dy must have the shape of x \(4, 3, 5\), got \(4, 3\)"),
+        (lambda: bn.batch_norm_backward(X.astype(np.float64), X, C3, mean=C3, invstd=C3), TypeError, r"dy must have the dtype of x \(float32\), got float64"),
+        (lambda: bn.batch_norm_backward(X, X, C3, mean=C3, invstd=np.ones(3)), TypeError, r"invstd must have the dtype of x"),
     ],
 )  # fmt: skip
 def test_bad_input_raises_clear_error(call, error, match):
@@ -70,7 +70,9 @@ def test_update_running_stats_bad_input(kwargs, error, match):
 
 def test_count_one_allowed_for_biased_update():
     rm, rv = np.zeros((1, 3)), np.zeros((1, 3))
-    bn.update_running_stats(rm, rv, np.ones(3), np.ones(3), 1, [0.5], unbiased=False)
+    bn.update_running_stats(
+        rm, rv, mean=np.ones(3), var=np.ones(3), count=1, momenta=[0.5], unbiased=False
+    )
     np.testing.assert_array_equal(rv, 0.5)
 
 
@@ -81,3 +83,30 @@ def test_unavailable_peer_is_a_clear_error(monkeypatch):
         registry.get_backend("missing")
     assert "missing" not in registry.available(peers=True)
     registry.get_backend.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        # PyTorch's F.batch_norm(input, running_mean, running_var, weight, bias, training,
+        # momentum, eps) order must not silently mean something else here
+        lambda: bn.batch_norm_train(X, C3, C3, 0.1),
+        lambda: bn.batch_norm_eval(X, C3, C3, C3, C3),
+        lambda: bn.batch_norm_eval(X, C3, C3, 1e-5, mean=C3, var=C3),
+        lambda: bn.batch_norm_backward(X, X, C3, C3, C3),
+        lambda: bn.update_running_stats(RM.copy(), RM.copy(), np.zeros(3), np.ones(3), 8, [0.1, 0.1]),
+    ],
+    ids=["train eps", "eval stats", "eval eps", "backward stats", "update stats"],
+)  # fmt: skip
+def test_statistics_and_eps_are_keyword_only(call):
+    with pytest.raises(TypeError, match="positional argument"):
+        call()
+
+
+def test_keyword_statistics_are_required():
+    with pytest.raises(
+        TypeError, match="missing 2 required keyword-only arguments: 'mean' and 'var'"
+    ):
+        bn.batch_norm_eval(X, C3, C3)
+    with pytest.raises(TypeError, match="'mean' and 'invstd'"):
+        bn.batch_norm_backward(X, X)

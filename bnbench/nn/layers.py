@@ -160,7 +160,7 @@ class BatchNorm(Layer):
     def forward(self, x, mode):
         w, b = self.params["weight"], self.params["bias"]
         if mode == "train":
-            res = F.batch_norm_train(x, w, b, self.eps, backend=self.backend)
+            res = F.batch_norm_train(x, w, b, eps=self.eps, backend=self.backend)
             count = x.size // self.num_features
             self.x, self.mean, self.invstd = x, res.mean, res.invstd
             self.last_batch = (res.mean, res.var, count)
@@ -171,12 +171,12 @@ class BatchNorm(Layer):
             raise RuntimeError("BatchNorm in eval mode needs eval_stats = (mean, var)")
         stats = self.eval_stats(x) if callable(self.eval_stats) else self.eval_stats
         mean, var = (np.asarray(s, dtype=x.dtype) for s in stats)
-        return F.batch_norm_eval(x, w, b, mean, var, self.eps, backend=self.backend)
+        return F.batch_norm_eval(x, w, b, mean=mean, var=var, eps=self.eps, backend=self.backend)
 
     def backward(self, dy):
         dx, dw, db = F.batch_norm_backward(
-            np.ascontiguousarray(dy), self.x, self.params["weight"], self.mean, self.invstd,
-            backend=self.backend,
+            np.ascontiguousarray(dy), self.x, self.params["weight"],
+            mean=self.mean, invstd=self.invstd, backend=self.backend,
         )  # fmt: skip
         self.grads["weight"][...] = dw
         self.grads["bias"][...] = db

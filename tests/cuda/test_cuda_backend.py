@@ -42,12 +42,14 @@ def test_every_operation_matches_reference(shape, dtype):
         g = getattr(got, name)
         assert isinstance(g, np.ndarray) and g.dtype == dtype
         np.testing.assert_allclose(g, getattr(ref, name), **tol(dtype), err_msg=name)
-    y = bn.batch_norm_eval(x, w, b, ref.mean, ref.var, backend="cuda")
+    y = bn.batch_norm_eval(x, w, b, mean=ref.mean, var=ref.var, backend="cuda")
     np.testing.assert_allclose(
-        y, bn.batch_norm_eval(x, w, b, ref.mean, ref.var, backend="reference"), **tol(dtype)
+        y,
+        bn.batch_norm_eval(x, w, b, mean=ref.mean, var=ref.var, backend="reference"),
+        **tol(dtype),
     )
-    gr = bn.batch_norm_backward(dy, x, w, ref.mean, ref.invstd, backend="reference")
-    gc = bn.batch_norm_backward(dy, x, w, ref.mean, ref.invstd, backend="cuda")
+    gr = bn.batch_norm_backward(dy, x, w, mean=ref.mean, invstd=ref.invstd, backend="reference")
+    gc = bn.batch_norm_backward(dy, x, w, mean=ref.mean, invstd=ref.invstd, backend="cuda")
     for r, g in zip(gr, gc, strict=True):
         np.testing.assert_allclose(g, r, **tol(dtype))
 
@@ -64,11 +66,11 @@ def test_device_arrays_stay_on_the_device():
         assert not isinstance(dev, np.ndarray) and hasattr(dev, "copy_to_host"), name
         np.testing.assert_array_equal(dev.copy_to_host(), getattr(host, name))
     out = cuda.device_array(x.shape, np.float32)
-    y = bn.batch_norm_eval(dx, dw, db, res.mean, res.var, backend="cuda", out=out)
+    y = bn.batch_norm_eval(dx, dw, db, mean=res.mean, var=res.var, backend="cuda", out=out)
     assert y is out
     np.testing.assert_allclose(out.copy_to_host(), host.y, rtol=1e-5, atol=1e-5)
-    g = bn.batch_norm_backward(ddy, dx, dw, res.mean, res.invstd, backend="cuda")
-    gh = bn.batch_norm_backward(dy, x, w, host.mean, host.invstd, backend="cuda")
+    g = bn.batch_norm_backward(ddy, dx, dw, mean=res.mean, invstd=res.invstd, backend="cuda")
+    gh = bn.batch_norm_backward(dy, x, w, mean=host.mean, invstd=host.invstd, backend="cuda")
     np.testing.assert_array_equal(g.dx.copy_to_host(), gh.dx)
     np.testing.assert_array_equal(g.dweight.copy_to_host(), gh.dweight)
 
@@ -89,13 +91,14 @@ def test_running_update_matches_reference(device):
     rm, rv = np.zeros((3, 5)), np.ones((3, 5))
     ref_m, ref_v = rm.copy(), rv.copy()
     mean, var = np.arange(5.0), np.linspace(1, 2, 5)
-    bn.update_running_stats(ref_m, ref_v, mean, var, 10, momenta, backend="reference")
+    stats = {"mean": mean, "var": var, "count": 10, "momenta": momenta}
+    bn.update_running_stats(ref_m, ref_v, **stats, backend="reference")
     if device:
         dm, dv = cuda.to_device(rm), cuda.to_device(rv)
-        bn.update_running_stats(dm, dv, mean, var, 10, momenta, backend="cuda")
+        bn.update_running_stats(dm, dv, **stats, backend="cuda")
         rm, rv = dm.copy_to_host(), dv.copy_to_host()
     else:
-        bn.update_running_stats(rm, rv, mean, var, 10, momenta, backend="cuda")
+        bn.update_running_stats(rm, rv, **stats, backend="cuda")
     np.testing.assert_allclose(rm, ref_m, rtol=1e-14)
     np.testing.assert_allclose(rv, ref_v, rtol=1e-14)
 
