@@ -64,6 +64,32 @@ def test_batch_aggregate_is_exact_statistics_of_the_union(rng, unbiased):
     assert agg.count == len(union)
 
 
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_mean_batch_var_is_the_count_weighted_mean_of_batch_variances(rng, unbiased):
+    """Against a direct NumPy computation: sum_b n_b * var_b / sum_b n_b, with var_b the
+    batch's Bessel-corrected variance if unbiased (and its biased one otherwise)."""
+    sizes = [7, 2, 30, 12]  # uneven: a plain mean of the batch variances would differ
+    data = batches(rng, sizes, loc=50.0, scale=3.0)
+    agg = est.BatchAggregate(3, unbiased)
+    for b in data:
+        agg.update(b.mean(0), b.var(0), len(b))
+    ddof = int(unbiased)
+    per_batch = np.array([b.var(axis=0, ddof=ddof) for b in data])  # (batches, C)
+    expected = np.average(per_batch, axis=0, weights=sizes)
+    np.testing.assert_allclose(agg.mean_batch_var, expected, rtol=1e-12)
+    assert not np.allclose(expected, per_batch.mean(axis=0), rtol=1e-3)
+
+
+def test_mean_batch_var_edge_cases():
+    agg = est.BatchAggregate(2)
+    assert np.isnan(agg.mean_batch_var).all()  # nothing seen yet
+    agg.update(np.zeros(2), np.ones(2), 1)
+    assert np.isnan(agg.mean_batch_var).all()  # no unbiased variance from one value
+    biased = est.BatchAggregate(2, unbiased=False)
+    biased.update(np.zeros(2), np.ones(2), 1)
+    np.testing.assert_array_equal(biased.mean_batch_var, [1.0, 1.0])
+
+
 def test_mean_of_batch_variances_alone_underestimates(rng):
     """What the 'variance of means' term adds: batches drawn from shifted clusters."""
     data = [rng.normal(c, 1.0, (50, 1)) for c in (-3.0, 0.0, 3.0)]

@@ -160,22 +160,31 @@ def test_no_affine_is_unit_weight_zero_bias(backend, rng):
     np.testing.assert_allclose(got.y.mean(axis=(0, 2)), 0, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", OWN)
+@pytest.mark.parametrize("backend", ["reference", *WITH_PEERS])
 @pytest.mark.parametrize("shape", [(300, 5), (6, 5, 11)], ids=str)
 def test_out_is_written_and_returned(backend, shape, rng):
+    """Every operation with ``out=``: the array is returned, filled with what the same
+    backend gives without ``out=`` (which agrees with the oracle)."""
     x, weight, bias = make_inputs(rng, shape, np.float32)
+    ref = check_train(backend, x, weight, bias)
     out = np.full_like(x, np.nan)
     res = bn.batch_norm_train(x, weight, bias, backend=backend, out=out)
     assert res.y is out
     np.testing.assert_array_equal(out, bn.batch_norm_train(x, weight, bias, backend=backend).y)
-    y = bn.batch_norm_eval(x, weight, bias, mean=res.mean, var=res.var, backend=backend, out=out)
-    assert y is out
+
+    out = np.full_like(x, np.nan)
+    stats = {"mean": ref.mean, "var": ref.var, "backend": backend}
+    assert bn.batch_norm_eval(x, weight, bias, **stats, out=out) is out
+    np.testing.assert_array_equal(out, bn.batch_norm_eval(x, weight, bias, **stats))
+
     dy = rng.standard_normal(shape).astype(np.float32)
-    dout = np.empty_like(x)
-    assert (
-        bn.batch_norm_backward(dy, x, weight, mean=res.mean, invstd=res.invstd, out=dout).dx
-        is dout
-    )
+    check_backward(backend, dy, x, weight, ref.mean, ref.invstd)
+    dout = np.full_like(x, np.nan)
+    stats = {"mean": ref.mean, "invstd": ref.invstd, "backend": backend}
+    got = bn.batch_norm_backward(dy, x, weight, **stats, out=dout)
+    assert got.dx is dout
+    for a, b in zip(got, bn.batch_norm_backward(dy, x, weight, **stats), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("backend", OWN)

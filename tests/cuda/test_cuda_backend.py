@@ -75,6 +75,41 @@ def test_device_arrays_stay_on_the_device():
     np.testing.assert_array_equal(g.dweight.copy_to_host(), gh.dweight)
 
 
+@pytest.mark.parametrize("device", [False, True], ids=["host", "device"])
+def test_out_is_written_and_returned(device):
+    """Every operation with ``out=`` (host arrays, or device arrays throughout): the array
+    is returned, filled with what the call without ``out=`` gives."""
+    from numba import cuda
+
+    x, dy, w, b = inputs((5, 3, 7), np.float32)
+    ref = bn.batch_norm_train(x, w, b, backend="reference")
+    args = [x, dy, w, b, ref.mean, ref.var, ref.invstd]
+    if device:
+        args = [cuda.to_device(a) for a in args]
+    x, dy, w, b, mean, var, invstd = args
+
+    def new_out():
+        nan = np.full(x.shape, np.nan, np.float32)
+        return cuda.to_device(nan) if device else nan
+
+    def host(a):
+        return a.copy_to_host() if device else a
+
+    out = new_out()
+    assert bn.batch_norm_train(x, w, b, backend="cuda", out=out).y is out
+    np.testing.assert_array_equal(host(out), host(bn.batch_norm_train(x, w, b, backend="cuda").y))
+    out = new_out()
+    stats = {"mean": mean, "var": var, "backend": "cuda"}
+    assert bn.batch_norm_eval(x, w, b, **stats, out=out) is out
+    np.testing.assert_array_equal(host(out), host(bn.batch_norm_eval(x, w, b, **stats)))
+    out = new_out()
+    stats = {"mean": mean, "invstd": invstd, "backend": "cuda"}
+    got = bn.batch_norm_backward(dy, x, w, **stats, out=out)
+    assert got.dx is out
+    for g, e in zip(got, bn.batch_norm_backward(dy, x, w, **stats), strict=True):
+        np.testing.assert_array_equal(host(g), host(e))
+
+
 def test_mixing_host_out_with_device_input_is_an_error():
     from numba import cuda
 
