@@ -72,7 +72,8 @@ def _nll(z, y):
 
 
 def _ece(z, y, bins):
-    confidence = np.exp(_log_softmax(z).max(axis=1))
+    # the largest softmax probability, exp(0) / sum(exp(z - max z)): exact for tied rows
+    confidence = 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
     correct = z.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, bins + 1)
     # bin b is (edges[b], edges[b + 1]]: a confidence on an edge belongs to the lower bin
@@ -106,7 +107,10 @@ def ece(logits, labels, bins=ECE_BINS):
     The confidence of a row is its largest softmax probability, and the row is correct
     when that class (``argmax``) is the label. Bin ``b`` holds the rows with confidence in
     ``(b/bins, (b+1)/bins]``: left-open, right-closed, so a confidence exactly on an edge
-    falls into the lower bin (as in Guo et al.'s reference code); a confidence is never 0.
+    (as ``np.linspace(0, 1, bins + 1)`` rounds it) falls into the lower bin, as in Guo et
+    al.'s reference code; a confidence is never 0. The confidence is computed as
+    ``1 / sum(exp(z - max(z)))``, so a row of ``k`` tied logits has confidence ``1/k``
+    correctly rounded.
     Then ``ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)|``, with ``acc`` and ``conf`` the
     mean correctness and mean confidence of the rows in the bin (empty bins contribute 0).
     It lies in [0, 1]; 0 means that, bin by bin, the confidence equals the accuracy.
