@@ -204,6 +204,11 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, backend="cpu", out=
         raise ValueError(
             f"x must have more than one value per channel (training mode), got shape {x.shape}"
         )
+    fresh = getattr(impl, "backward_fresh", None)
+    if out is None and fresh is not None:
+        # a peer without an out= backward (PyTorch): its own dx, no copy
+        dx, dweight, dbias = fresh(_as3d(dy), _as3d(x), weight, mean, invstd)
+        return BackwardResult(dx.reshape(x.shape), _stat(dweight, x), _stat(dbias, x))
     out = _check_out(out, x, impl)
     dweight, dbias = impl.backward(_as3d(dy), _as3d(x), weight, mean, invstd, _as3d(out))
     return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))

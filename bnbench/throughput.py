@@ -1,7 +1,9 @@
 """Kernel throughput: every backend and peer, timed through the public API.
 
 For each shape and operation, every contender is validated against the float64
-reference, warmed up, then timed interleaved (:mod:`bnbench.timing`). Effective
+reference, warmed up, then timed interleaved (:mod:`bnbench.timing`). Each runs as its
+library runs it: PyTorch has no in-place or out= backward, so its backward is timed
+only without ``out=``, allocating its own ``dx`` (no copy into a preallocated array). Effective
 bandwidth uses a stated byte model: forward-train moves 3x the input's bytes (read for
 the statistics, read and write for ``y``), inference 2x, backward 5x (read ``dy`` and
 ``x`` for the reductions, read both again and write ``dx``). The machine's memory
@@ -68,6 +70,16 @@ def _call(op, backend, data, out):
     )
 
 
+def _out_modes(op, backend):
+    """``preallocated_out`` values timed for ``op`` on ``backend``: the reference and a
+    backward with no out= form (a peer's ``backward_fresh``) run only without ``out=``."""
+    if backend == "reference":
+        return [False]
+    if op == "backward" and hasattr(registry.get_backend(backend), "backward_fresh"):
+        return [False]
+    return [False, True]
+
+
 def _on_gpu(label):
     return label.startswith("cuda") or label == "torch (cuda)"
 
@@ -124,7 +136,8 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
     """Time every operation x shape x contender; returns the tidy results DataFrame.
 
     Contenders are every available backend and peer, called with a fresh output
-    (``preallocated_out=False``) and, except the reference, with ``out=``. With a GPU,
+    (``preallocated_out=False``) and, except the reference and PyTorch's backward (no
+    out= form), with ``out=``. With a GPU,
     ``cuda`` runs on device arrays (kernel time: each call ends with a device
     synchronisation) and ``cuda (host arrays)`` on host arrays, transfers included;
     their peak is a device-to-device copy timed alongside. ``budget_s`` bounds the time
@@ -146,8 +159,7 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
             expected = _call(op, "reference", data, None)()
             contenders = {}
             for backend in backends:
-                modes = [False] if backend == "reference" else [False, True]
-                for prealloc in modes:
+                for prealloc in _out_modes(op, backend):
                     if backend == "cuda":
                         from numba import cuda
 
@@ -165,7 +177,7 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
                 if _torch_cuda(backends):
                     from numba import cuda
 
-                    for prealloc in (False, True):
+                    for prealloc in _out_modes(op, "torch"):
                         out = cuda.device_array(shape, dtype) if prealloc else None
                         fn = _synchronized(_call(op, "torch", gpu, out))
                         _validate(f"torch (cuda) {op} {shape}", fn(), expected)
@@ -366,7 +378,11 @@ def report_body(df):
         "compilation excluded (every contender is validated against the float64 reference "
         "and warmed up first). Contenders run interleaved in a shuffled order each repeat; "
         "times are medians (the NumPy reference: 3 repeats of its own). `out=` rows write into a preallocated output; the others "
-        "allocate one per call, as a plain call does. Bandwidth counts "
+        "allocate one per call, as a plain call does. PyTorch has no in-place or `out=` "
+        "backward (`native_batch_norm_backward` allocates dx, and its `.out` overload "
+        "allocates and then copies), so PyTorch's backward is timed as PyTorch runs it: its "
+        "backward row includes its own allocation of dx, like bnbench's rows without `out=`, "
+        "and it has no `out=` row (the backward 'torch out= ms' cells are empty). Bandwidth counts "
         "3x / 2x / 5x the input's bytes for forward-train / inference / backward; the "
         "triad bandwidth is a STREAM triad (float32, 3 arrays counted): for inputs of "
         f"{OUT_OF_CACHE_BYTES // 2**20} MiB and more it runs interleaved with the contenders "

@@ -4,8 +4,15 @@ Calls ``torch.ops.aten.native_batch_norm`` / ``native_batch_norm_backward`` (wha
 ``torch.nn.functional.batch_norm`` and autograd run) on zero-copy tensor views: NumPy
 arrays run PyTorch's CPU kernels; CUDA device arrays (through
 ``__cuda_array_interface__``) run its CUDA kernels (cuDNN where PyTorch picks it).
-Results are written into ``out`` through the ``.out`` overloads, so that no allocation
-is timed that bnbench does not also make. Only imported when torch is installed.
+
+The forward passes write into ``out`` through ``native_batch_norm.out``, a real out=
+kernel, so that no allocation is timed that bnbench does not also make. PyTorch has no
+in-place or out= backward: ``native_batch_norm_backward`` allocates ``dx`` itself (and
+its ``.out`` overload allocates and then copies). So :func:`backward_fresh` runs it as
+PyTorch does and returns PyTorch's own ``dx`` (what ``bnbench.batch_norm_backward`` calls
+without ``out=``), while :func:`backward`, the contract's form, copies ``dx`` into ``out``:
+a cost of asking PyTorch for ``out=``, which the throughput study does not time. Only
+imported when torch is installed.
 """
 
 import numpy as np
@@ -63,11 +70,22 @@ def forward_eval(x, weight, bias, mean, var, eps, out):
     )  # fmt: skip
 
 
-def backward(dy, x, weight, mean, invstd, out):
-    dx, dweight, dbias = _aten.native_batch_norm_backward(
+def _backward(dy, x, weight, mean, invstd):
+    return _aten.native_batch_norm_backward(
         _t(dy), _t(x), _t(weight), None, None, _t(mean), _t(invstd), True, 0.0,
         [True, True, True],
     )  # fmt: skip
+
+
+def backward_fresh(dy, x, weight, mean, invstd):
+    """PyTorch's backward as PyTorch runs it: ``(dx, dweight, dbias)``, ``dx`` allocated
+    by PyTorch (no copy)."""
+    return tuple(_back(t, x) for t in _backward(dy, x, weight, mean, invstd))
+
+
+def backward(dy, x, weight, mean, invstd, out):
+    """The contract's backward: PyTorch's ``dx`` copied into ``out`` (no out= kernel)."""
+    dx, dweight, dbias = _backward(dy, x, weight, mean, invstd)
     _t(out).copy_(dx)
     return _back(dweight, x), _back(dbias, x)
 
