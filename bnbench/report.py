@@ -80,13 +80,14 @@ def _write_text(path, text):
     os.replace(tmp, path)
 
 
-def write_report(out_dir, title, body, results, figures=(), command=None):
+def write_report(out_dir, title, body, results, figures=(), command=None, extra_provenance=None):
     """Write a report folder and return its path.
 
     ``body``: markdown after the title; ``results``: the tidy DataFrame (one row per
     measurement); ``figures``: ``(file_name, matplotlib Figure)`` pairs, saved as PNG
-    and closed. ``provenance.json`` records git state, versions, CPU, threads, time and
-    ``command``.
+    and closed. ``provenance.json`` records the machine writing the report (git state,
+    versions, CPU, threads), the time and ``command``, plus ``extra_provenance`` (a
+    study adds where its runs came from).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,8 @@ def write_report(out_dir, title, body, results, figures=(), command=None):
     csv_tmp = out / "results.csv.tmp"
     results.to_csv(csv_tmp, index=False)
     os.replace(csv_tmp, out / "results.csv")
-    _write_text(out / "provenance.json", json.dumps(provenance(command), indent=2) + "\n")
+    prov = {"report": provenance(command), **(extra_provenance or {})}
+    _write_text(out / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
     text = f"# {title}\n\n{body.strip()}\n"
     _write_text(out / "report.md", text)
     _write_text(out / "report.html", markdown_to_html(text, out))
@@ -137,3 +139,28 @@ def lines_with_spread(ax, df, x, hue, value="mean", spread="std", logx=True):
     if logx:
         ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
+
+
+def paired_difference(df, value, baseline, run_key="job_key", on=()):
+    """``value`` minus the same run's ``baseline`` value, per row.
+
+    ``baseline``: a boolean mask selecting one row per (run, ``on``...) whose ``value``
+    is subtracted, e.g. the source statistics of the same network on the same test set.
+    Pairing by run removes the seed-to-seed spread of the networks themselves, which
+    would otherwise hide an estimator's effect."""
+    keys = [run_key, *on]
+    base = df.loc[baseline, [*keys, value]].rename(columns={value: "_base"})
+    if base.duplicated(keys).any():
+        raise ValueError(f"baseline must select one row per {keys}")
+    merged = df[keys].merge(base, on=keys, how="left")
+    return df[value].to_numpy() - merged["_base"].to_numpy()
+
+
+def verdict(mean, std, unit="points"):
+    """``"helps (+1.2 +- 0.3 points)"``: a paired difference against its seed spread:
+    "helps"/"hurts" when the mean is more than one standard deviation from zero, else
+    "within seed noise"."""
+    word = "within seed noise" if abs(mean) <= (std if std == std else 0) else (
+        "helps" if mean > 0 else "hurts")  # fmt: skip
+    spread = f" +- {std:.1f}" if std == std else ""
+    return f"{word} ({mean:+.1f}{spread} {unit})"

@@ -2,11 +2,15 @@
 
 A study script (``studies/<name>.py``) defines one :class:`Study` called ``STUDY`` and ends
 with ``sys.exit(main(STUDY))``; ``bnbench study NAME`` finds the same object by name. The
-library holds no study-specific code: the studies folder is found next to the package
-(an editable install, as the README sets up) or through ``$BNBENCH_STUDIES_DIR``.
+library holds no study-specific code: the studies folder is found through
+``$BNBENCH_STUDIES_DIR``, next to the package (a checkout or editable install), or as the
+``bnbench_studies`` package that a regular ``pip install`` puts beside ``bnbench``.
 
-A study's output folder holds ``runs/`` (one JSON record per job, the cache that makes
-re-runs resume), ``study.json`` (name and preset) and the report files.
+A study's output folder (default ``reports/<name>-<preset>``) belongs to one study and
+one preset: it holds ``runs/`` (one JSON record per job, the cache that makes re-runs
+resume), ``study.json`` (name and preset) and the report files. A run into a folder of
+another study or preset is refused, and a report is built only from the runs of its own
+preset's grid, so a report never mixes presets.
 """
 
 import argparse
@@ -48,9 +52,17 @@ class Study:
 
 
 def studies_dir():
+    """``$BNBENCH_STUDIES_DIR``, else ``studies/`` beside the package (a checkout), else
+    the installed ``bnbench_studies`` package."""
     if path := os.environ.get("BNBENCH_STUDIES_DIR"):
         return Path(path)
-    return Path(__file__).resolve().parent.parent / "studies"
+    beside = Path(__file__).resolve().parent.parent / "studies"
+    if beside.is_dir():
+        return beside
+    spec = importlib.util.find_spec("bnbench_studies")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return beside
 
 
 def available():
@@ -58,7 +70,8 @@ def available():
     folder = studies_dir()
     if not folder.is_dir():
         return {}
-    return {p.stem.replace("_", "-"): p for p in sorted(folder.glob("*.py"))}
+    scripts = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
+    return {p.stem.replace("_", "-"): p for p in scripts}
 
 
 def load(name):
@@ -87,23 +100,9 @@ def _check_writable(out):
     return out
 
 
-def build_report(study, out, command=None):
-    """(Re)build the report of ``study`` in ``out`` from whatever runs are saved there."""
-    out = Path(out)
-    df = sweep.collect(out / "runs")
-    if df.empty:
-        raise ValueError(f"no finished runs in {out / 'runs'}: nothing to report")
-    meta = _read_meta(out)
-    body, figures = study.analyse(df)
-    failed = sweep.failures(out / "runs")
-    if failed:
-        body += f"\n\n## Failed runs\n\n{len(failed)} run(s) failed; their errors are in runs/."
-    notes = f"Preset `{meta.get('preset', '?')}`: {df['job_key'].nunique()} finished run(s)"
-    expected = meta.get("jobs")
-    if expected and df["job_key"].nunique() < expected:
-        notes += f" of {expected} (a partial study: re-run the same command to resume)"
-    body = f"{notes}.\n\n{body}"
-    return report.write_report(out, study.title, body, df, figures, command=command)
+def default_out(study, preset):
+    """The default output folder: one per study and preset."""
+    return Path("reports") / f"{study.name}-{preset}"
 
 
 def _read_meta(out):
@@ -113,6 +112,75 @@ def _read_meta(out):
         return {}
 
 
+def _claim(study, preset, out, n_jobs):
+    """Mark ``out`` as this study's and preset's folder, refusing one that holds another
+    study's or preset's runs."""
+    meta = _read_meta(out)
+    theirs = (meta.get("study"), meta.get("preset"))
+    if meta and theirs != (study.name, preset):
+        raise ValueError(
+            f"out folder {str(out)!r} holds runs of study {theirs[0]!r}, preset {theirs[1]!r}: "
+            f"a report never mixes presets; choose another --out for {study.name!r}, preset "
+            f"{preset!r} (the default is {str(default_out(study, preset))!r})"
+        )
+    meta = {"study": study.name, "preset": preset, "jobs": n_jobs}
+    (out / "study.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def runs_provenance(records):
+    """Per-run provenance summarised: each field's distinct values with their run counts,
+    and sentences for the fields on which the runs disagree."""
+    fields = ("git_commit", "git_dirty", "code", "host", "cpu", "threads", "versions")
+    summary, notes = {}, []
+    for field in fields:
+        counts = {}
+        for r in records:
+            value = json.dumps(r.get("provenance", {}).get(field), sort_keys=True)
+            counts[value] = counts.get(value, 0) + 1
+        summary[field] = [{"value": json.loads(v), "runs": n} for v, n in counts.items()]
+        if len(counts) > 1:
+            what = {"git_commit": "commits", "git_dirty": "work-tree states (clean/dirty)",
+                    "code": "versions of the bnbench source", "host": "hosts", "cpu": "CPUs",
+                    "threads": "thread counts", "versions": "sets of library versions"}[field]  # fmt: skip
+            values = ", ".join(f"{json.loads(v)} ({n})" for v, n in counts.items())
+            notes.append(f"runs from {len(counts)} {what}: {values}")
+    dirty = sum(r.get("provenance", {}).get("git_dirty") is True for r in records)
+    if dirty and not any("dirty" in n for n in notes):
+        notes.append(f"all {dirty} runs came from a work tree with uncommitted changes")
+    return summary, notes
+
+
+def build_report(study, out, command=None):
+    """(Re)build the report of ``study`` in ``out`` from the saved runs of the preset
+    recorded in ``out/study.json`` (runs outside that preset's grid are ignored)."""
+    out = Path(out)
+    meta = _read_meta(out)
+    preset = meta.get("preset", study.default_preset)
+    jobs = study.jobs(preset)
+    records = sweep.latest(out / "runs", jobs)
+    if not records:
+        raise ValueError(
+            f"no finished runs of preset {preset!r} in {out / 'runs'}: nothing to report"
+        )
+    df = sweep.table(records)
+    body, figures = study.analyse(df)
+    failed = sweep.failures(out / "runs", jobs)
+    if failed:
+        body += f"\n\n## Failed runs\n\n{len(failed)} run(s) failed; their errors are in runs/."
+    notes = f"Preset `{preset}`: {len(records)} finished run(s)"
+    if len(records) < len(jobs):
+        notes += f" of {len(jobs)} (a partial study: re-run the same command to resume)"
+    summary, disagreements = runs_provenance(records)
+    if disagreements:
+        notes += ". Note: " + "; ".join(disagreements)
+    body = f"{notes}.\n\n{body}"
+    return report.write_report(
+        out, study.title, body, df, figures, command=command,
+        extra_provenance={"study": study.name, "preset": preset, "runs": summary,
+                          "runs_disagree": disagreements},
+    )  # fmt: skip
+
+
 def run(study, preset, out, n_jobs=None, scheduler=None, command=None, progress=True):
     """Run (or resume) ``study`` with ``preset`` into ``out``; returns the number of
     failed runs (0 on success)."""
@@ -120,18 +188,26 @@ def run(study, preset, out, n_jobs=None, scheduler=None, command=None, progress=
     out = _check_writable(out)
     if study.max_jobs is not None:
         n_jobs = min(n_jobs or study.max_jobs, study.max_jobs)
-    meta = {"study": study.name, "preset": preset, "jobs": len(jobs)}
-    (out / "study.json").write_text(json.dumps(meta, indent=2) + "\n")
-    done, failed, skipped = sweep.run(jobs, out / "runs", n_jobs, scheduler, progress)
+    _claim(study, preset, out, len(jobs))
+    meta = {"study": study.name, "preset": preset}
+    done, failed, skipped = sweep.run(jobs, out / "runs", n_jobs, scheduler, progress, meta)
     print(f"{study.name}: {done} run(s) done, {skipped} already done, {failed} failed")
     path = build_report(study, out, command)
     print(f"report written to {path / 'report.md'}")
     return failed
 
 
+#: How a study command ends, for ``--help`` and the README.
+EXIT_STATUS = (
+    "Exit status: 0 when every run finished; 2 for bad arguments (unknown study or preset, "
+    "empty grid, unwritable or foreign output folder); otherwise the number of failed runs, "
+    "capped at 100 (so 2 can also mean two failed runs: their errors are in OUT/runs/)."
+)
+
+
 def add_arguments(parser):
-    parser.add_argument("--preset", default=None, help="quick or full (default: quick)")
-    parser.add_argument("--out", default=None, help="output folder (default reports/NAME)")
+    parser.add_argument("--preset", default=None, help="quick or full (default: the study's)")
+    parser.add_argument("--out", default=None, help="output folder (default reports/NAME-PRESET)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: cores)")
     parser.add_argument(
         "--scheduler", default=None, help="Dask scheduler address, or 'local' for a LocalCluster"
@@ -140,7 +216,7 @@ def add_arguments(parser):
 
 def run_from_args(study, args, command=None):
     preset = args.preset or study.default_preset
-    out = args.out or f"reports/{study.name}"
+    out = args.out or default_out(study, preset)
     failed = run(study, preset, out, args.jobs, args.scheduler, command or " ".join(sys.argv))
     if failed:
         print(f"{failed} run(s) failed; see {out}/runs", file=sys.stderr)
@@ -149,7 +225,7 @@ def run_from_args(study, args, command=None):
 
 def main(study, argv=None):
     """Entry point of a study script: ``python studies/<name>.py [--preset ...]``."""
-    parser = argparse.ArgumentParser(description=study.title)
+    parser = argparse.ArgumentParser(description=study.title, epilog=EXIT_STATUS)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -40,6 +41,51 @@ def test_cache_key_changes_with_every_parameter():
     assert sweep.job_key(base) == sweep.job_key(json.loads(json.dumps(base)))
 
 
+def test_cache_key_is_the_resolved_configuration():
+    base = tiny_jobs(1)[0]
+    params = base["params"]
+    # defaults spelled out, NumPy scalars and tuples: the same run, the same key
+    same = [
+        {**params, "lr": 0.05, "momentum": 0.9, "batch_size": 64},
+        {**params, "seed": np.int64(0), "epochs": np.int32(1), "bn_momenta": (np.float64(0.1),)},
+    ]
+    for p in same:
+        assert sweep.job_key({"kind": "train", "params": p}) == sweep.job_key(base)
+        assert sweep.config_key({"kind": "train", "params": p}) == sweep.config_key(base)
+    assert sweep.job_key(base, threads=2) != sweep.job_key(base, threads=1)
+
+
+def test_cache_key_changes_with_the_code_and_the_libraries(monkeypatch):
+    base = tiny_jobs(1)[0]
+    kernel = {"kind": "kernel", "params": {"shape": [64, 8], "budget_s": 0.01}}
+    before = sweep.job_key(base), sweep.job_key(kernel)
+    monkeypatch.setattr(sweep, "code_hash", lambda: "edited-source")
+    assert sweep.job_key(base) != before[0]
+    monkeypatch.undo()
+    versions = {**sweep.library_versions(), "numba": "0.0.1"}
+    monkeypatch.setattr(sweep, "library_versions", lambda: versions)
+    assert sweep.job_key(base) != before[0]
+    monkeypatch.undo()
+    # kernel timings belong to a machine; training results do not
+    monkeypatch.setattr(
+        sweep, "machine", lambda: {"host": "elsewhere", "cpu": "?", "cpu_count": 64}
+    )
+    assert sweep.job_key(kernel) != before[1] and sweep.job_key(base) == before[0]
+    # the package's source hash covers every module of bnbench
+    assert len(sweep.code_hash()) == 16
+
+
+def test_a_code_change_reruns_instead_of_reusing(tmp_path, monkeypatch):
+    jobs = tiny_jobs(1)
+    assert sweep.run(jobs, tmp_path, n_jobs=1, progress=False) == (1, 0, 0)
+    assert sweep.run(jobs, tmp_path, n_jobs=1, progress=False) == (0, 0, 1)
+    monkeypatch.setattr(sweep, "code_hash", lambda: "edited-source")
+    assert sweep.run(jobs, tmp_path, n_jobs=1, progress=False) == (1, 0, 0)
+    # two records of one experiment: the table holds the newest only
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert sweep.collect(tmp_path).job_key.nunique() == 1
+
+
 def test_run_skips_finished_jobs_and_collects_tidy_rows(tmp_path):
     jobs = tiny_jobs(3)
     assert sweep.run(jobs, tmp_path, n_jobs=2, progress=False) == (3, 0, 0)
@@ -64,8 +110,8 @@ def test_failing_run_is_recorded_and_others_go_on(tmp_path):
     ((job, error),) = sweep.failures(tmp_path)
     assert job["params"]["model"] == "nope" and "model must be one of" in error
     assert sweep.collect(tmp_path).job_key.nunique() == 2
-    # a re-run retries only the failed one
-    assert sweep.run(jobs, tmp_path, n_jobs=1, progress=False) == (0, 1, 2)
+    # a re-run with the same threads per job retries only the failed one
+    assert sweep.run(jobs, tmp_path, n_jobs=2, progress=False) == (0, 1, 2)
 
 
 def test_empty_grid_is_an_error(tmp_path):
@@ -84,12 +130,37 @@ def test_dask_local_cluster_gives_the_same_table(tmp_path):
         "momentum",
         "test_batch_size",
         "test_accuracy",
-        "test_loss",
+        "test_nll",
+        "test_ece",
         "mean_error",
     ]
     a, b = (sweep.collect(tmp_path / d)[cols].sort_values(cols[:4]).reset_index(drop=True)
             for d in ("local", "dask"))  # fmt: skip
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("scheduler", [None, "local"])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_each_job_runs_with_its_share_of_the_threads(tmp_path, scheduler, n_jobs):
+    # numba.set_num_threads acts on the calling thread only: under Dask, jobs run on pool
+    # threads, so the count must be set inside each job (before the fix the worker's main
+    # thread had 1 thread and the job ran with every core).
+    if scheduler:
+        pytest.importorskip("distributed")
+    sweep.run(tiny_jobs(1), tmp_path, n_jobs=n_jobs, scheduler=scheduler, progress=False)
+    (record,) = sweep.Store(tmp_path).records()
+    assert record["provenance"]["threads"] == sweep.threads_per_job(n_jobs)
+
+
+def test_every_record_carries_its_provenance(tmp_path):
+    sweep.run(tiny_jobs(1), tmp_path, n_jobs=1, progress=False, meta={"study": "s"})
+    (record,) = sweep.Store(tmp_path).records()
+    prov = record["provenance"]
+    assert {"git_commit", "git_dirty", "code", "host", "cpu", "threads", "versions"} <= set(prov)
+    assert prov["code"] == sweep.code_hash() and prov["versions"]["numba"]
+    assert record["study"] == "s" and record["key"] == sweep.job_key(
+        tiny_jobs(1)[0], sweep.threads_per_job(1)
+    )
 
 
 STUDY_SCRIPT = textwrap.dedent(
@@ -131,7 +202,7 @@ def test_study_via_cli_writes_a_report(studies, tmp_path, capsys):
     assert text.startswith("# Tiny study") and "4 rows, seeds [0, 1]" in text
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
     prov = json.loads((out / "provenance.json").read_text())
-    assert "study tiny" in prov["command"]
+    assert "study tiny" in prov["report"]["command"]
     assert len(pd.read_csv(out / "results.csv")) == 4
     # the report rebuilds from the saved runs alone
     (out / "report.md").unlink()
@@ -216,11 +287,52 @@ def test_kill_9_loses_only_runs_in_flight(studies, tmp_path):
         assert json.loads(p.read_text())["status"] == "ok"  # no partial record
     # resume: finished runs are skipped, nothing is duplicated
     jobs = study.load("tiny").jobs("many")
-    done, failed, skipped = sweep.run(jobs, out / "runs", n_jobs=2, progress=False)
+    done, failed, skipped = sweep.run(jobs, out / "runs", n_jobs=1, progress=False)
     assert skipped >= len(finished) and done + skipped == 12 and failed == 0
     df = sweep.collect(out / "runs")
     assert df.job_key.nunique() == 12 and len(df) == 12 * 2
     assert {p.name for p in (out / "runs").glob("*.json")} >= finished
+
+
+def test_default_out_names_the_preset_and_a_folder_never_mixes_presets(
+    studies, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["study", "tiny", "--preset", "quick", "--jobs", "1"]) == 0
+    out = tmp_path / "reports" / "tiny-quick"
+    assert "Preset `quick`: 2 finished run(s)" in (out / "report.md").read_text()
+    # another preset into the same folder is refused, naming both
+    code = cli.main(["study", "tiny", "--preset", "many", "--out", str(out), "--jobs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds runs of study 'tiny', preset 'quick'" in err and "'many'" in err
+    assert len(list((out / "runs").glob("*.json"))) == 2  # nothing was run
+
+
+def test_report_holds_only_its_presets_runs(studies, tmp_path):
+    # a run of another configuration left in runs/ (e.g. copied in) is not reported
+    out = tmp_path / "out"
+    s = study.load("tiny")
+    sweep.run(s.jobs("quick") + tiny_jobs(1, epochs=3), out / "runs", n_jobs=1, progress=False)
+    (out / "study.json").write_text(json.dumps({"study": "tiny", "preset": "quick"}))
+    text = (study.build_report(s, out) / "report.md").read_text()
+    assert "Preset `quick`: 2 finished run(s)." in text and "4 rows" in text
+
+
+def test_report_says_when_its_runs_disagree(studies, tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(["study", "tiny", "--preset", "quick", "--out", str(out), "--jobs", "1"]) == 0
+    assert "runs from" not in (out / "report.md").read_text().split("\n")[2]
+    first = sorted((out / "runs").glob("*.json"))[0]
+    record = json.loads(first.read_text())
+    record["provenance"]["git_commit"] = "0" * 40
+    first.write_text(json.dumps(record))
+    assert cli.main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "runs from 2 commits" in text and "0" * 40 in text
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["preset"] == "quick" and len(prov["runs"]["git_commit"]) == 2
+    assert any("2 commits" in n for n in prov["runs_disagree"])
 
 
 def test_partial_results_build_a_report(studies, tmp_path):
