@@ -12,43 +12,108 @@ def _info(args):
     return 0
 
 
-def _floats(text):
-    return tuple(float(v) for v in text.split(","))
+def _list_of(kind):
+    def parse(text):
+        return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+
+    parse.__name__ = f"comma-separated {kind.__name__}s"
+    return parse
 
 
-def _ints(text):
-    return tuple(int(v) for v in text.split(","))
+def _bool(text):
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(text)
 
 
-def _words(text):
-    return tuple(v.strip() for v in text.split(","))
+#: TrainConfig field -> help text for ``bnbench train`` (every field is an option)
+TRAIN_HELP = {
+    "dataset": "dataset",
+    "model": "network",
+    "batch_size": "training batch size",
+    "epochs": "training epochs",
+    "steps": "training steps (overrides --epochs)",
+    "lr": "SGD learning rate at batch size 64 (scaled linearly with the batch size)",
+    "max_lr": "cap on the scaled learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay on weights (not on biases or BN parameters)",
+    "seed": "seed of initialisation and batch order",
+    "num_samples": "dataset size (MNIST-1D: 80%% train, 20%% test)",
+    "bn_momenta": "EMA momenta tracked at once (PyTorch convention)",
+    "estimators": "estimators and adaptation modes to score",
+    "unbiased": "feed running estimates the unbiased (Bessel) batch variance",
+    "precise_samples": "PreciseBN sample counts (default: the whole training set)",
+    "precise_batch_sizes": "PreciseBN recompute batch sizes (default: the training batch size)",
+    "precise_aggregations": "PreciseBN variance aggregations",
+    "test_batch_sizes": "test batch sizes of the modes that normalise test batches",
+    "test_orders": "test batch orders",
+    "corruptions": "MNIST-1D-C corruptions to score on, besides the clean test set",
+    "severities": "corruption severities (1-5; 0 is the clean data)",
+    "adapt_samples": "AdaBN sample counts besides the whole test set",
+    "prior_strengths": "prior strengths N of the source/test-batch prior (Schneider et al.)",
+    "online_momenta": "momenta of the online EMA adaptation",
+}
+
+
+#: older spellings kept working
+ALIASES = {"bn_momenta": ("--momenta",)}
+
+
+def _train_choices():
+    from . import data, shift, train
+    from .nn import MODELS
+
+    return {
+        "dataset": sorted(data.DATASETS),
+        "model": sorted(MODELS),
+        "estimators": list(train.ESTIMATORS),
+        "precise_aggregations": list(train.AGGREGATIONS),
+        "test_orders": list(train.ORDERS),
+        "corruptions": list(shift.CORRUPTIONS),
+    }
+
+
+def _add_train_options(parser):
+    """One option per TrainConfig field, typed from its default, with its choices."""
+    import dataclasses
+
+    from .train import TrainConfig
+
+    choices = _train_choices()
+    ints = {"batch_size", "epochs", "steps", "seed", "num_samples", "test_batch_sizes",
+            "precise_samples", "precise_batch_sizes", "adapt_samples", "severities"}  # fmt: skip
+    for field in dataclasses.fields(TrainConfig):
+        name, default = field.name, field.default
+        flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, ())]
+        number = int if name in ints else float
+        help_text = f"{TRAIN_HELP[name]}; default {default!r}"
+        if isinstance(default, tuple):  # lists: a choice of names, or numbers
+            if name in choices:
+                help_text += f" (comma-separated, of: {', '.join(choices[name])})"
+            parser.add_argument(*flags, type=_list_of(str if name in choices else number),
+                                help=help_text)  # fmt: skip
+        elif isinstance(default, bool):
+            parser.add_argument(*flags, type=_bool, metavar="{true,false}", help=help_text)
+        elif name in choices:
+            parser.add_argument(*flags, choices=choices[name], help=help_text)
+        else:
+            parser.add_argument(*flags, type=number, help=help_text)
 
 
 def _train(args):
+    import dataclasses
     import json
 
     from tqdm import tqdm
 
     from .train import TrainConfig, run
 
-    fields = {
-        "dataset": args.dataset,
-        "model": args.model,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "steps": args.steps,
-        "lr": args.lr,
-        "num_samples": args.num_samples,
-        "bn_momenta": args.momenta,
-        "estimators": args.estimators,
-        "test_batch_sizes": args.test_batch_sizes,
-        "precise_samples": args.precise_samples,
-        "precise_batch_sizes": args.precise_batch_sizes,
-    }
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     try:
         config = TrainConfig(**{k: v for k, v in fields.items() if v is not None})
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         print(f"bnbench train: {err}", file=sys.stderr)
         return 2
     bar = tqdm(total=None, unit="step", disable=not sys.stderr.isatty(), leave=False)
@@ -59,8 +124,13 @@ def _train(args):
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
 
-    result = run(config, progress)
-    bar.close()
+    try:
+        result = run(config, progress)
+    except ValueError as err:
+        print(f"bnbench train: {err}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         print()
@@ -80,28 +150,35 @@ def format_result(result):
         f"{t['steps']} steps in {t['train_seconds']:.1f} s "
         f"({t['seconds_per_step'] * 1e3:.2f} ms/step), final train loss {t['final_train_loss']:.3f}",
         "",
-        f"{'estimator':<14}{'setting':>18}{'test acc':>10}{'test loss':>10}"
-        f"{'mean err':>10}{'var err':>10}",
+        f"{'test set':<22}{'estimator':<14}{'setting':>24}{'test acc':>10}{'NLL':>10}"
+        f"{'ECE':>10}{'mean err':>10}{'var err':>10}",
     ]
     for e in result["evaluations"]:
+        parts = []
         if e["momentum"] is not None:
-            setting = f"momentum {e['momentum']:g}"
-        elif e["precise_samples"] is not None:
-            setting = f"{e['precise_samples']} x{e['precise_batch_size']}"
+            parts.append(f"m={e['momentum']:g}")
+        if e["prior_strength"] is not None:
+            parts.append(f"N={e['prior_strength']:g}")
+        if e["precise_samples"] is not None:
+            parts.append(
+                f"{e['precise_samples_used'] or e['precise_samples']}x{e['precise_batch_size']}"
+            )
             if e["aggregation"] != "total_variance":
-                setting += " fvcore"
-        elif e["test_batch_size"] is not None:
-            setting = f"{e['test_order']} batch {e['test_batch_size']}"
-        else:
-            setting = ""
+                parts.append("mean-of-vars")
+        if e["adapt_samples"] is not None:
+            parts.append(f"{e['adapt_samples']} samples")
+        if e["test_batch_size"] is not None:
+            parts.append(f"{e['test_order']} batch {e['test_batch_size']}")
+        setting = " ".join(parts)
+        where = "clean" if e["corruption"] == "none" else f"{e['corruption']} s{e['severity']}"
 
         def num(v, fmt):
             return format(v, fmt) if v is not None else f"{'-':>10}"
 
         lines.append(
-            f"{e['estimator']:<14}{setting:>18}{num(e['test_accuracy'], '10.4f')}"
-            f"{num(e['test_loss'], '10.4f')}{num(e['mean_error'], '10.4f')}"
-            f"{num(e['var_error'], '10.4f')}"
+            f"{where:<22}{e['estimator']:<14}{setting:>24}{num(e['test_accuracy'], '10.4f')}"
+            f"{num(e['test_nll'], '10.4f')}{num(e['test_ece'], '10.4f')}"
+            f"{num(e['mean_error'], '10.4f')}{num(e['var_error'], '10.4f')}"
         )
     lines += ["", "extra seconds per estimator: " + ", ".join(
         f"{k} {v:.3f}" for k, v in costs(result).items())]  # fmt: skip
@@ -148,21 +225,7 @@ def build_parser():
         help="train one network and evaluate every test-time statistics estimator",
         description="Train one configuration; every estimator and EMA momentum rides along.",
     )
-    p.add_argument("--dataset", default="mnist1d", help="mnist1d or gaussian_mixture")
-    p.add_argument("--model", default="cnn", help="cnn or mlp")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="training epochs (default 40)")
-    p.add_argument("--steps", type=int, help="training steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, help="learning rate at batch size 64 (default 0.05)")
-    p.add_argument("--num-samples", type=int, help="dataset size (MNIST-1D default 5000)")
-    p.add_argument("--momenta", type=_floats, help="EMA momenta, comma-separated")
-    p.add_argument("--estimators", type=_words, help="comma-separated subset of estimators")
-    p.add_argument("--test-batch-sizes", type=_ints, help="comma-separated test batch sizes")
-    p.add_argument("--precise-samples", type=_ints, help="PreciseBN sample counts (default: all)")
-    p.add_argument(
-        "--precise-batch-sizes", type=_ints, help="PreciseBN batch sizes (default: training's)"
-    )
+    _add_train_options(p)
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=_train)
 
@@ -174,6 +237,7 @@ def build_parser():
         help="run (or resume) a study and write its report",
         description="Run or resume a study, then write its report. Studies: "
         + (", ".join(names) or f"none found in {study.studies_dir()}"),
+        epilog=study.EXIT_STATUS,
     )
     p.add_argument("name", metavar="NAME", help="one of: " + ", ".join(names))
     study.add_arguments(p)

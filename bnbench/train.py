@@ -1,22 +1,12 @@
-"""Train one network and evaluate every test-time statistics estimator on it.
+"""Train one network; every running estimator rides along; then score them all.
 
 One training run is one (dataset, model, batch size, seed, ...): every estimator and every
 EMA momentum rides along on it without changing training, since they only watch the
-batch statistics the BN layers compute anyway. After training (weights frozen):
-
-* ``population``: exact statistics of the final network over the whole training set,
-  every upstream BN already in inference mode with its own population statistics. A
-  training-mode forward pass of the whole training set as *one* batch computes exactly
-  that, layer by layer.
-* ``precise``: PreciseBN, K training samples forwarded in training mode in batches,
-  per-batch statistics aggregated (:class:`~bnbench.estimators.BatchAggregate`).
-* ``test_batch``: BN left in training mode on test batches of each size, iid or sorted
-  by class.
-
-Each estimator's statistics are scored by test accuracy and loss, and by their error
-against ``population`` per BN layer: ``mean_error`` = RMS over channels of
-``(mean - mean_pop) / sqrt(var_pop + eps)`` (in population standard deviations) and
-``var_error`` = RMS over channels of ``log((var + eps) / (var_pop + eps))``.
+batch statistics the BN layers compute anyway. After training (weights frozen) the
+network is scored by :func:`bnbench.evaluate.evaluate_network`: every running estimate,
+PreciseBN, the exact ``population`` statistics, BN on test batches and the test-time
+adaptation modes, on the clean test set and on the corrupted test sets the
+configuration names, with accuracy, NLL, ECE and the error of the statistics.
 """
 
 import dataclasses
@@ -27,13 +17,17 @@ from contextlib import ExitStack, contextmanager
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import adaptation
 from . import data as datasets
 from . import estimators as est
+from .evaluate import AGGREGATIONS, ORDERS, evaluate_network, observe
 from .nn import MODELS, SGD, build, cosine_lr, cross_entropy
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
-ORDERS = ("iid", "sorted")
-AGGREGATIONS = ("total_variance", "mean_of_batch_variances")
+#: test-time adaptation modes, scored when named in ``estimators``
+ADAPTATION = ("adabn", "prior", "online_ema")
+#: every name ``TrainConfig.estimators`` accepts
+ESTIMATORS = est.NAMES + ADAPTATION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +41,15 @@ class TrainConfig:
     PreciseBN runs once per (``precise_samples``, ``precise_batch_sizes``) pair, empty
     meaning the whole training set and the training batch size, and is reported with each
     of ``precise_aggregations``: ``"total_variance"`` (mean of batch variances plus
-    variance of batch means) and/or ``"mean_of_batch_variances"`` (fvcore's).
+    variance of batch means; current fvcore) and/or ``"mean_of_batch_variances"`` (old
+    fvcore, ``torch.optim.swa_utils.update_bn``).
+
+    ``estimators`` may add the adaptation modes (:data:`ADAPTATION`): ``adabn`` (on the
+    whole test set and on each of ``adapt_samples`` samples), ``prior`` (each of
+    ``prior_strengths``) and ``online_ema`` (each of ``online_momenta``); the modes that
+    normalise test batches use ``test_batch_sizes`` x ``test_orders``. ``corruptions``
+    (MNIST-1D-C names, :mod:`bnbench.shift`) at ``severities`` add shifted test sets;
+    the clean test set is always scored.
     """
 
     dataset: str = "mnist1d"
@@ -69,6 +71,11 @@ class TrainConfig:
     precise_aggregations: tuple = ("total_variance",)
     test_batch_sizes: tuple = (2, 8, 32, 128, 1000)
     test_orders: tuple = ORDERS
+    corruptions: tuple = ()
+    severities: tuple = (1, 2, 3, 4, 5)
+    adapt_samples: tuple = ()
+    prior_strengths: tuple = (1, 4, 16, 64, 256)
+    online_momenta: tuple = (0.1,)
 
     def __post_init__(self):
         # tuples, so that configurations hash and serialise the same way
@@ -80,6 +87,11 @@ class TrainConfig:
             "precise_samples",
             "precise_batch_sizes",
             "precise_aggregations",
+            "corruptions",
+            "severities",
+            "adapt_samples",
+            "prior_strengths",
+            "online_momenta",
         ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
@@ -111,15 +123,16 @@ class TrainConfig:
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         est.check_momenta(self.bn_momenta)
-        unknown = [e for e in self.estimators if e not in est.NAMES]
+        unknown = [e for e in self.estimators if e not in ESTIMATORS]
         if unknown or not self.estimators:
             raise ValueError(
-                f"estimators must be a non-empty subset of {est.NAMES}, got {self.estimators!r}"
+                f"estimators must be a non-empty subset of {ESTIMATORS}, got {self.estimators!r}"
             )
         for name, minimum in (
             ("test_batch_sizes", 1),
             ("precise_samples", 1),
             ("precise_batch_sizes", 2),
+            ("adapt_samples", 2),
         ):
             values = getattr(self, name)
             if any(isinstance(v, bool) or int(v) != v or v < minimum for v in values):
@@ -133,29 +146,40 @@ class TrainConfig:
             )
         if not set(self.test_orders) <= set(ORDERS):
             raise ValueError(f"test_orders must be a subset of {ORDERS}, got {self.test_orders!r}")
+        for strength in self.prior_strengths:
+            adaptation.check_strength(strength)
+        est.check_momenta(self.online_momenta)
+        if self.corruptions:
+            from . import shift
+
+            if self.dataset != "mnist1d":
+                raise ValueError(
+                    f"corruptions are MNIST-1D-C test sets: dataset must be 'mnist1d', "
+                    f"got {self.dataset!r}"
+                )
+            unknown = [c for c in self.corruptions if c not in shift.CORRUPTIONS]
+            if unknown:
+                raise ValueError(
+                    f"corruptions must be names in {sorted(shift.CORRUPTIONS)}, got {unknown!r}"
+                )
+            if not self.severities or any(
+                isinstance(v, bool) or v not in shift.SEVERITIES for v in self.severities
+            ):
+                raise ValueError(f"severities must be integers in 0-5, got {self.severities!r}")
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
 @contextmanager
-def _observers(model, make):
-    """Attach ``make(bn_layer)`` to every BN layer for the duration; yields them."""
-    attached = [make(layer) for layer in model.bn_layers]
-    for layer, obs in zip(model.bn_layers, attached, strict=True):
-        layer.observers.append(obs)
-    try:
-        yield attached
-    finally:
-        for layer, obs in zip(model.bn_layers, attached, strict=True):
-            layer.observers.remove(obs)
-
-
-@contextmanager
 def _attached(model, factories):
     """Attach several estimator families at once; yields name -> per-layer list."""
     with ExitStack() as stack:
-        yield {name: stack.enter_context(_observers(model, f)) for name, f in factories.items()}
+        attached = {}
+        for name, factory in factories.items():
+            attached[name], detach = observe(model, factory)
+            stack.callback(detach)
+        yield attached
 
 
 class _Timed:
@@ -229,78 +253,14 @@ def train_network(config, data, progress=None):
     return model, running, timing
 
 
-def population_statistics(model, x_train):
-    """Exact per-layer population statistics ``[(mean, var_biased), ...]`` of ``model``
-    over ``x_train``: one training-mode pass with the whole set as a single batch."""
-    model.forward(x_train, "train")
-    return [(layer.last_batch[0].astype(np.float64), layer.last_batch[1].astype(np.float64))
-            for layer in model.bn_layers]  # fmt: skip
-
-
-def precise_statistics(model, x_train, samples, batch_size, rng, unbiased=True):
-    """PreciseBN: forward ``samples`` training inputs in training mode in batches of
-    ``batch_size`` (frozen weights) and aggregate each BN layer's batch statistics.
-
-    Returns per-layer :class:`~bnbench.estimators.BatchAggregate` objects: ``mean`` and
-    ``var`` are the total-variance estimate, ``mean_batch_var`` fvcore's.
-    """
-    n = x_train.shape[0]
-    samples = min(samples or n, n)
-    if samples < batch_size:
-        raise ValueError(
-            f"precise_samples ({samples}) must be at least the recompute batch size ({batch_size})"
-        )
-    idx = rng.permutation(n)[:samples]
-    with _observers(model, lambda layer: est.BatchAggregate(layer.num_features, unbiased)) as aggs:
-        for b in _batches(samples, batch_size):
-            model.forward(x_train[idx[b]], "train")
-    return aggs
-
-
-def evaluate(model, x, y, stats):
-    """Test accuracy and loss with each BN layer in inference mode using ``stats``."""
-    for layer, s in zip(model.bn_layers, stats, strict=True):
-        layer.eval_stats = s
-    logits = model.forward(x, "eval")
-    loss, _ = cross_entropy(logits, y)
-    return float((logits.argmax(axis=1) == y).mean()), loss
-
-
-def evaluate_test_batches(model, x, y, batch_size, order, rng):
-    """BN in training mode on test batches: accuracy and loss over the whole test set.
-
-    ``order="iid"`` shuffles the test set; ``"sorted"`` sorts it by class, so each batch
-    holds one or two classes and a prediction depends on the batch's other examples.
-    Batches are ``array_split`` pieces of the (shuffled or sorted) set, sizes differing
-    by at most one.
-    """
-    n = x.shape[0]
-    idx = rng.permutation(n) if order == "iid" else np.argsort(y, kind="stable")
-    logits = np.empty((n, int(y.max()) + 1), dtype=x.dtype)
-    for part in np.array_split(idx, max(1, n // batch_size)):
-        logits[part] = model.forward(x[part], "train")
-    loss, _ = cross_entropy(logits, y)
-    return float((logits.argmax(axis=1) == y).mean()), loss
-
-
-def statistics_error(stats, reference, eps):
-    """Per-layer ``(mean_error, var_error)`` of ``stats`` against ``reference``."""
-    errors = []
-    for (m, v), (m_ref, v_ref) in zip(stats, reference, strict=True):
-        sd = np.sqrt(v_ref + eps)
-        mean_err = float(np.sqrt(np.mean(((m - m_ref) / sd) ** 2)))
-        var_err = float(np.sqrt(np.mean(np.log((v + eps) / (v_ref + eps)) ** 2)))
-        errors.append((mean_err, var_err))
-    return errors
-
-
 def run(config, progress=None):
     """Train one configuration and evaluate every estimator; returns a JSON-ready dict.
 
-    ``result["evaluations"]`` has one entry per (estimator, momentum / test batch size,
-    PreciseBN setting, order) with test accuracy and loss, the statistics error against
-    ``population`` where defined (mean over BN layers, and per layer) and the
-    estimator's extra seconds; ``result["training"]`` has the training time.
+    ``result["evaluations"]`` has one entry per (test set, estimator or adaptation mode,
+    setting) with the keys of :data:`bnbench.evaluate.EVALUATION_KEYS`: test accuracy,
+    NLL and ECE, the statistics error where defined (mean over BN layers, and per
+    layer) and the estimator's extra seconds; ``result["training"]`` has the training
+    time.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig(**config)
@@ -310,112 +270,49 @@ def run(config, progress=None):
         return _run(config, progress)
 
 
-_EVALUATION_KEYS = (
-    "estimator", "momentum", "precise_samples", "precise_batch_size", "aggregation",
-    "test_batch_size", "test_order", "test_accuracy", "test_loss", "mean_error",
-    "var_error", "layer_mean_error", "layer_var_error", "estimator_seconds", "error",
-)  # fmt: skip
-
-
-def _evaluation(**fields):
-    """One evaluation entry: every key present, ``None`` where it does not apply."""
-    return dict.fromkeys(_EVALUATION_KEYS) | fields
+def _check_sizes(config, data):
+    """Test batch sizes and adaptation sample counts fit the test set (before training)."""
+    n = data.x_test.shape[0]
+    for name in ("test_batch_sizes", "adapt_samples"):
+        too_big = [v for v in getattr(config, name) if v > n]
+        if too_big:
+            raise ValueError(f"{name} must be at most the test set size {n}, got {too_big}")
 
 
 def _run(config, progress):
     data = datasets.load(config.dataset, config.num_samples)
+    _check_sizes(config, data)
     model, running, timing = train_network(config, data, progress)
-    eps = model.bn_layers[0].eps
-    x_test, y_test = data.x_test, data.y_test
-
-    t0 = time.perf_counter()
-    population = population_statistics(model, data.x_train)
-    population_seconds = time.perf_counter() - t0
-    candidates = []  # (per-layer stats, evaluation fields)
-    evaluations = []
-    for name, per_layer in running.items():
-        seconds = sum(t.seconds for t in per_layer)
-        estimators = [t.estimator for t in per_layer]
-        if name == "cumulative":
-            stats = [(e.mean, e.var) for e in estimators]
-            candidates.append((stats, {"estimator": name, "estimator_seconds": seconds}))
-            continue
-        for k, m in enumerate(config.bn_momenta):
-            stats = [(e.mean[k], e.var[k]) for e in estimators]
-            fields = {"estimator": name, "momentum": m, "estimator_seconds": seconds}
-            candidates.append((stats, fields))
-    if "precise" in config.estimators:
-        n_train = data.x_train.shape[0]
-        for samples in config.precise_samples or (n_train,):
-            for bs in config.precise_batch_sizes or (config.batch_size,):
-                setting = {"estimator": "precise", "precise_samples": min(samples, n_train),
-                           "precise_batch_size": bs}  # fmt: skip
-                if min(samples, n_train) < bs:  # part of a grid that cannot run: say so
-                    for aggregation in config.precise_aggregations:
-                        evaluations.append(_evaluation(**setting, aggregation=aggregation,
-                            error=f"precise_samples ({samples}) < recompute batch size ({bs})"))  # fmt: skip
-                    continue
-                t0 = time.perf_counter()
-                rng = np.random.default_rng([config.seed, 2])
-                aggs = precise_statistics(model, data.x_train, samples, bs, rng, config.unbiased)
-                seconds = time.perf_counter() - t0
-                for aggregation in config.precise_aggregations:
-                    var = "var" if aggregation == "total_variance" else "mean_batch_var"
-                    stats = [(a.mean, getattr(a, var)) for a in aggs]
-                    fields = {**setting, "aggregation": aggregation, "estimator_seconds": seconds}
-                    candidates.append((stats, fields))
-    if "population" in config.estimators:
-        fields = {"estimator": "population", "estimator_seconds": population_seconds}
-        candidates.append((population, fields))
-
-    for stats, fields in candidates:
-        acc, loss = evaluate(model, x_test, y_test, stats)
-        errs = np.array(statistics_error(stats, population, eps))
-        evaluations.append(
-            _evaluation(
-                **fields,
-                test_accuracy=acc,
-                test_loss=loss,
-                mean_error=float(errs[:, 0].mean()),
-                var_error=float(errs[:, 1].mean()),
-                layer_mean_error=errs[:, 0].tolist(),
-                layer_var_error=errs[:, 1].tolist(),
-            )
-        )
-    if "test_batch" in config.estimators:
-        rng = np.random.default_rng([config.seed, 3])
-        for size in config.test_batch_sizes:
-            for order in config.test_orders:
-                t0 = time.perf_counter()
-                fields = {
-                    "estimator": "test_batch",
-                    "test_batch_size": int(size),
-                    "test_order": order,
-                }
-                try:
-                    acc, loss = evaluate_test_batches(model, x_test, y_test, int(size), order, rng)
-                    fields |= {"test_accuracy": acc, "test_loss": loss}
-                except ValueError as err:  # e.g. one value per channel (MLP, batch of 1)
-                    fields["error"] = str(err)
-                fields["estimator_seconds"] = time.perf_counter() - t0
-                evaluations.append(_evaluation(**fields))
     return {
         "config": config.to_dict(),
-        "dataset": {"train": int(data.x_train.shape[0]), "test": int(x_test.shape[0])},
+        "dataset": {"train": int(data.x_train.shape[0]), "test": int(data.x_test.shape[0])},
         "training": timing,
-        "evaluations": evaluations,
+        "evaluations": evaluate_network(model, data, config, running),
     }
 
 
 def costs(result):
-    """Extra seconds per estimator in one run's result (summed over its evaluations,
-    except the running estimators, whose update time is shared by all momenta)."""
-    out = {}
+    """Extra seconds per estimator on the clean test set of one run's result: a
+    computation shared by several evaluations (the running estimators' updates by every
+    momentum, a PreciseBN pass by both aggregations) counts once; evaluation passes of
+    the modes that normalise test batches add up."""
+    out, seen = {}, set()
     for e in result["evaluations"]:
-        name, sec = e["estimator"], e["estimator_seconds"] or 0.0
-        shared = name in ("ema", "ema_debiased")
-        out[name] = sec if shared else out.get(name, 0.0) + sec
+        if e.get("corruption", "none") != "none":
+            continue
+        name = e["estimator"]
+        shared = (name, e["precise_samples"], e["precise_batch_size"], e.get("adapt_samples"))
+        if name not in adaptation.BATCH_MODES:
+            if shared in seen:
+                continue
+            seen.add(shared)
+        out[name] = out.get(name, 0.0) + (e["estimator_seconds"] or 0.0)
     return out
+
+
+def resolve_params(params):
+    """Every TrainConfig field of a job, defaults filled in (the sweep's cache key)."""
+    return TrainConfig(**params).to_dict()
 
 
 def run_job(params):
@@ -424,10 +321,12 @@ def run_job(params):
 
 
 def result_rows(result):
-    """Tidy rows of one run: its scalar configuration and training timings, repeated
-    on each evaluation (per-layer errors as JSON lists)."""
+    """Tidy rows of one run: its scalar configuration, training timings and the sizes
+    of its training and test sets (``train_size``, ``test_size``), repeated on each
+    evaluation (per-layer errors as JSON lists)."""
     config = {k: v for k, v in result["config"].items() if not isinstance(v, (list, tuple))}
-    base = {**config, **result["training"]}
+    sizes = {f"{split}_size": n for split, n in result["dataset"].items()}
+    base = {**config, **result["training"], **sizes}
     rows = []
     for e in result["evaluations"]:
         row = {**base, **e}

@@ -2,8 +2,9 @@
 
 After training, PreciseBN forwards K training samples in training mode and aggregates the
 batch statistics. How many samples are enough, does the recompute batch size matter, and
-does aggregating the right way (mean of batch variances *plus* variance of batch means)
-beat fvcore's mean of batch variances?
+does the total variance (mean of batch variances *plus* variance of batch means: current
+fvcore ``update_bn_stats``) beat the mean of batch variances alone (fvcore before 2021,
+and ``torch.optim.swa_utils.update_bn``)?
 
     python studies/precise_bn_samples.py --preset quick
 """
@@ -39,7 +40,8 @@ def analyse(df):
     models = sorted(df.model.unique())
     seeds = df.seed.nunique()
     pre = df[(df.estimator == "precise") & df.acc.notna()].copy()
-    pre["precise_samples"] = pre["precise_samples"].astype(int)
+    # whole recompute batches only: plot the samples actually forwarded
+    pre["precise_samples"] = pre["precise_samples_used"].astype(int)
     pre["setting"] = [f"batch {int(r.precise_batch_size)}, "
                       + ("total var" if r.aggregation == "total_variance" else "mean of batch vars")
                       for r in pre.itertuples()]  # fmt: skip
@@ -106,7 +108,10 @@ def analyse(df):
         "## Method",
         f"MNIST-1D, training batch size 64, {int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
         "Every PreciseBN setting is computed on the same trained network, from the same "
-        "random subset order; the 4000-sample setting is the whole training set. Upstream BN "
+        "random subset order, in whole recompute batches: the sample counts shown are those "
+        "actually forwarded (e.g. 3968 of the 4000 training samples in batches of 128). "
+        "'total var' is the current fvcore aggregation; 'mean of batch vars' is fvcore's "
+        "pre-2021 one and what torch.optim.swa_utils.update_bn computes. Upstream BN "
         "layers run in training mode during the recompute passes (as in fvcore), while the "
         "population target has them in inference mode: deeper layers' statistics differ "
         "between the two, more so for small recompute batches.",

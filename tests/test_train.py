@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from bnbench import cli, data, train
+from bnbench import cli, data, evaluate, train
 from bnbench.estimators import NAMES
 
 FAST = dict(
-    dataset="gaussian_mixture", epochs=3, bn_momenta=(0.01, 0.5), test_batch_sizes=(2, 300)
+    dataset="gaussian_mixture", epochs=3, bn_momenta=(0.01, 0.5), test_batch_sizes=(2, 32, 300)
 )
 
 
@@ -28,15 +28,18 @@ def test_short_run_learns_and_reports_every_estimator(result):
     assert [e["momentum"] for e in ema] == [0.01, 0.5]
     tb = [e for e in ev if e["estimator"] == "test_batch"]
     assert {(e["test_batch_size"], e["test_order"]) for e in tb} == {
-        (2, "iid"),
-        (2, "sorted"),
-        (300, "iid"),
-        (300, "sorted"),
+        (b, o) for b in (2, 32, 300) for o in ("iid", "sorted")
     }
     full_iid = next(e for e in tb if e["test_batch_size"] == 300)
     assert full_iid["test_accuracy"] > 0.9
     assert set(train.costs(result)) == set(NAMES)
     assert all(e["estimator_seconds"] >= 0 for e in ev)
+    for e in ev:  # every evaluation is scored with the same metric columns
+        assert {"test_accuracy", "test_nll", "test_ece"} <= set(e)
+        assert (e["test_accuracy"] is None) == (e["error"] is not None)
+        if e["error"] is None:
+            assert e["test_nll"] > 0 and 0 <= e["test_ece"] <= 1
+    assert {(e["corruption"], e["severity"]) for e in ev} == {("none", 0)}
     assert result["training"]["steps"] == 3 * (900 // 32)
     json.dumps(result)  # JSON-ready
 
@@ -64,7 +67,7 @@ def test_population_matches_brute_force(rng):
     d = data.gaussian_mixture(num_samples=400, num_features=12)
     cfg = train.TrainConfig(model="cnn", batch_size=16, **{**FAST, "epochs": 1})
     model, _, _ = train.train_network(cfg, d)
-    got = train.population_statistics(model, d.x_train)
+    got = evaluate.population_statistics(model, d.x_train)
     h = d.x_train.astype(np.float64)
     expected = []
     for layer in model.layers:
@@ -87,7 +90,9 @@ def test_population_matches_brute_force(rng):
 def test_sorted_test_batches_hurt(result):
     tb = {(e["test_batch_size"], e["test_order"]): e["test_accuracy"]
           for e in result["evaluations"] if e["estimator"] == "test_batch"}  # fmt: skip
-    assert tb[(2, "sorted")] < tb[(300, "iid")]
+    # at the same test batch size, class-sorted batches (one class each) lose to iid ones
+    assert tb[(32, "sorted")] < tb[(32, "iid")] - 0.1
+    assert tb[(2, "sorted")] < tb[(2, "iid")]
 
 
 @pytest.mark.parametrize(
@@ -108,6 +113,11 @@ def test_sorted_test_batches_hurt(result):
         ("momentum", 1.0, r"momentum \(SGD\) must be in \[0, 1\)"),
         ("test_batch_sizes", (0,), r"test_batch_sizes must be integers >= 1"),
         ("test_orders", ("reversed",), r"test_orders must be a subset of"),
+        ("corruptions", ("fog",), r"corruptions must be names in \[.*'gain_offset'.*got \['fog'\]"),
+        ("prior_strengths", (0,), r"prior strength N must be finite and > 0, got 0"),
+        ("prior_strengths", (-4,), r"prior strength N must be finite and > 0"),
+        ("adapt_samples", (1,), r"adapt_samples must be integers >= 2"),
+        ("online_momenta", (0.0,), r"momenta must be one or more values in \(0, 1\]"),
     ],
 )  # fmt: skip
 def test_bad_configuration(field, value, match):
@@ -124,8 +134,36 @@ def test_precise_samples_fewer_than_a_batch_is_recorded():
         and "precise_samples (10) < recompute batch size (32)" in small["error"]
     )
     assert ok["test_accuracy"] > 0.5 and ok["error"] is None
+    # whole recompute batches only: the sample count actually used is recorded
+    assert ok["precise_samples"] == 64 and ok["precise_samples_used"] == 64
     with pytest.raises(ValueError, match=r"precise_samples \(10\) must be at least"):
-        train.precise_statistics(None, np.zeros((100, 2)), 10, 32, np.random.default_rng(0))
+        evaluate.precise_statistics(None, np.zeros((100, 2)), 10, 32, np.random.default_rng(0))
+
+
+def test_precise_records_the_samples_it_used():
+    cfg = train.TrainConfig(model="mlp", batch_size=32, precise_samples=(100,),
+                            estimators=("precise",), **FAST)  # fmt: skip
+    (pre,) = [e for e in train.run(cfg)["evaluations"] if e["estimator"] == "precise"]
+    assert pre["precise_samples"] == 100 and pre["precise_samples_used"] == 96  # 3 x 32
+
+
+def test_sizes_beyond_the_test_set_are_refused_before_training():
+    for field in ("test_batch_sizes", "adapt_samples"):
+        cfg = train.TrainConfig(model="mlp", estimators=("adabn", "test_batch"),
+                                **{**FAST, field: (301,)})  # fmt: skip
+        with pytest.raises(ValueError, match=rf"{field} must be at most the test set size 300"):
+            train.run(cfg)
+
+
+def test_bad_severities():
+    for bad in [(6,), (-1,), (2.5,), ()]:
+        with pytest.raises(ValueError, match=r"severities must be integers in 0-5"):
+            train.TrainConfig(corruptions=("gaussian_noise",), severities=bad)
+
+
+def test_corruptions_need_mnist1d():
+    with pytest.raises(ValueError, match=r"corruptions are MNIST-1D-C .* got 'gaussian_mixture'"):
+        train.TrainConfig(dataset="gaussian_mixture", corruptions=("gaussian_noise",))
 
 
 def test_mlp_test_batch_of_one_is_recorded_not_raised():
@@ -147,9 +185,32 @@ def test_cli_train_table_and_bad_config(capsys):
     assert cli.main(["train", "--dataset", "gaussian_mixture", "--model", "cnn", "--epochs", "1",
                      "--test-batch-sizes", "64"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "population" in out and "test acc" in out and "ms/step" in out
-    assert cli.main(["train", "--model", "nope"]) == 2
-    assert "model must be one of" in capsys.readouterr().err
+    assert "population" in out and "test acc" in out and "ECE" in out and "ms/step" in out
+    with pytest.raises(SystemExit) as exit_:  # argparse: a choice outside the list
+        cli.main(["train", "--model", "nope"])
+    assert exit_.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "gaussian_mixture", "--lr", "-1"]) == 2
+    assert "lr must be > 0, got -1.0" in capsys.readouterr().err
+
+
+def test_cli_train_exposes_every_config_field(capsys):
+    import dataclasses
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for field in dataclasses.fields(train.TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text, field.name
+    code = cli.main(["train", "--dataset", "gaussian_mixture", "--model", "mlp", "--epochs", "1",
+                     "--weight-decay", "0", "--momentum", "0.5", "--lr", "0.01",
+                     "--precise-aggregations", "total_variance,mean_of_batch_variances",
+                     "--test-orders", "sorted", "--test-batch-sizes", "64", "--unbiased", "false",
+                     "--estimators", "precise,test_batch", "--json"])  # fmt: skip
+    assert code == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["weight_decay"], config["momentum"], config["lr"]) == (0, 0.5, 0.01)
+    assert config["test_orders"] == ["sorted"] and config["unbiased"] is False
+    assert config["precise_aggregations"] == list(train.AGGREGATIONS)
 
 
 def test_precise_settings_ride_along_on_one_run():
@@ -165,7 +226,7 @@ def test_precise_settings_ride_along_on_one_run():
     whole = [e for e in pre if e["precise_samples"] == 900]
     by_agg = {(e["precise_batch_size"], e["aggregation"]): e for e in whole}
     for bs in (16, 32):  # one recompute pass, two different variance estimates
-        total, fvcore = (by_agg[(bs, a)] for a in train.AGGREGATIONS)
-        assert total["layer_mean_error"] == fvcore["layer_mean_error"]
-        assert total["var_error"] != fvcore["var_error"]
-        assert total["estimator_seconds"] == fvcore["estimator_seconds"]
+        total, mean_of_vars = (by_agg[(bs, a)] for a in train.AGGREGATIONS)
+        assert total["layer_mean_error"] == mean_of_vars["layer_mean_error"]
+        assert total["var_error"] != mean_of_vars["var_error"]
+        assert total["estimator_seconds"] == mean_of_vars["estimator_seconds"]

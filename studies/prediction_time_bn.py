@@ -1,10 +1,11 @@
 """The seed question: what if BN simply uses the test batch's own statistics?
 
-Accuracy when BN stays in training mode at test time, against the test batch size (1 to
-the whole test set), with iid and class-sorted test batches, compared with running
-estimates (EMA, PreciseBN) and the exact population statistics of the same network.
+Prediction-time BN (Nado et al. 2020): accuracy when BN normalises each test batch with
+its own statistics, against the test batch size (1 to the whole test set), with iid and
+class-sorted test batches, compared with running estimates (EMA, PreciseBN) and the
+exact population statistics of the same network.
 
-    python studies/test_batch_statistics.py --preset quick
+    python studies/prediction_time_bn.py --preset quick
 """
 
 import sys
@@ -93,15 +94,17 @@ def analyse(df):
         "## Running estimates on the same networks", markdown_table(refs.round(2), "{:.2f}"),
         "## Method",
         f"MNIST-1D, training batch size 64, {int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
-        "Test batches are equal splits (sizes differ by at most one) of the shuffled (iid) "
-        "or label-sorted test set, so sizes above half the test set mean one batch of all "
-        "of it; BN normalises each batch with its own statistics.",
+        f"Every test example is predicted in a batch of exactly the stated size, cut from "
+        f"the shuffled (iid) or label-sorted test set of {int(df.test_size.iloc[0])} "
+        "examples (where the size does not divide the test set, the last batch overlaps the "
+        "one before it and predicts only the examples not yet predicted); BN normalises each "
+        "batch with its own statistics.",
     ])  # fmt: skip
     return body, figures
 
 
 STUDY = Study(
-    name="test-batch-statistics",
+    name="prediction-time-bn",
     title="BN with test-batch statistics: accuracy against test batch size",
     presets={"quick": lambda: jobs(epochs=10, seeds=3), "full": lambda: jobs(epochs=40, seeds=5)},
     analyse=analyse,
