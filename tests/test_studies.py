@@ -1,17 +1,31 @@
-"""Every study script: its presets build valid jobs, and its analysis turns a (tiny, real)
-results table into a report with findings and figures."""
+"""Every study script: its presets build valid jobs, its analysis turns a (tiny, real)
+results table into a report with findings and figures, and on a synthetic table whose
+answers are known, its findings state those answers."""
+
+import itertools
+import re
 
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import pytest
 
 from bnbench import study, sweep
 from bnbench.train import TrainConfig
 
-NAMES = ["momentum-batch-size", "test-batch-statistics", "precise-bn-samples", "kernel-throughput"]
+NAMES = [
+    "momentum-batch-size",
+    "prediction-time-bn",
+    "precise-bn-samples",
+    "kernel-throughput",
+    "covariate-shift",
+]
 
 
 def test_all_studies_are_found():
     assert sorted(study.available()) == sorted(NAMES)
+    # no study file reads as a pytest module
+    assert not [p for p in study.available().values() if p.name.startswith("test_")]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -28,7 +42,11 @@ def shrink(job):
     """The same job on synthetic data, trained for one epoch."""
     if job["kind"] == "kernel":
         return {"kind": "kernel", "params": {"shape": [64, 8], "budget_s": 0.01}}
-    p = {**job["params"], "dataset": "gaussian_mixture", "epochs": 1}
+    p = {**job["params"], "epochs": 1}
+    if p.get("corruptions"):  # MNIST-1D-C needs MNIST-1D: fewer corrupted sets instead
+        p |= {"corruptions": p["corruptions"][:2], "severities": [3, 5]}
+        return {"kind": "train", "params": p}
+    p["dataset"] = "gaussian_mixture"
     p["precise_samples"] = [s for s in p.get("precise_samples", []) if s <= 256] or []
     p["test_batch_sizes"] = [b for b in p.get("test_batch_sizes", [300]) if b <= 300]
     return {"kind": "train", "params": p}
@@ -49,4 +67,133 @@ def test_analysis_writes_findings_and_figures(name, tmp_path):
     assert figures
     for png, fig in figures:
         assert png.endswith(".png") and fig.axes
+        plt.close(fig)
+
+
+# Synthetic tables: every column a study reads, accuracies chosen so the answer is known.
+
+
+def _rows(runs, evaluations):
+    """A results table: one row per run x evaluation; ``runs`` and ``evaluations`` are
+    lists of dicts, an evaluation's ``acc`` a function of the run."""
+    rows = []
+    for i, run in enumerate(runs):
+        base = {"job_key": f"run{i}", "epochs": 10, "steps": 100, "train_seconds": 2.0,
+                "test_size": 1000, "corruption": "none", "severity": 0, **run}  # fmt: skip
+        for e in evaluations:
+            row = {"momentum": np.nan, "test_batch_size": np.nan, "precise_samples": np.nan,
+                   "precise_samples_used": np.nan, "precise_batch_size": np.nan,
+                   "aggregation": None, "test_order": None, "adapt_samples": np.nan,
+                   "prior_strength": np.nan, "var_error": 0.1, "estimator_seconds": 0.01,
+                   "test_ece": 0.05, "error": None, **base, **e}  # fmt: skip
+            row["test_accuracy"] = e["acc"](run) if callable(e["acc"]) else e["acc"]
+            rows.append({k: v for k, v in row.items() if k != "acc"})
+    return pd.DataFrame(rows)
+
+
+def _noise(run):
+    return 0.001 * run["seed"]  # a tiny seed spread
+
+
+def test_momentum_batch_size_findings_are_computed():
+    runs = [{"model": m, "batch_size": b, "seed": s}
+            for m, b, s in itertools.product(["cnn"], [8, 512], range(3))]  # fmt: skip
+    evals = [
+        {"estimator": "population", "acc": lambda r: 0.90 + _noise(r)},
+        {"estimator": "ema", "momentum": 0.1, "acc": lambda r: 0.88 + _noise(r)},
+        {"estimator": "ema", "momentum": 0.001,
+         "acc": lambda r: (0.50 if r["batch_size"] == 512 else 0.89) + _noise(r)},
+        {"estimator": "ema_debiased", "momentum": 0.1, "acc": lambda r: 0.90 + _noise(r)},
+        {"estimator": "cumulative", "acc": lambda r: 0.80 + _noise(r)},
+        {"estimator": "precise", "acc": lambda r: 0.90 + _noise(r)},
+        {"estimator": "test_batch", "test_batch_size": 32, "acc": lambda r: 0.85 + _noise(r)},
+    ]  # fmt: skip
+    body, figures = study.load("momentum-batch-size").analyse(_rows(runs, evals))
+    findings = body.split("## Findings")[1].split("\n## ")[0]
+    assert (
+        "population statistics minus PyTorch's default EMA (momentum 0.1), by training "
+        "batch size: 8: +2.0, 512: +2.0 points" in findings
+    )
+    assert "The worst is ema m=0.001: 40.0 points below at batch size 512" in findings
+    assert (
+        "the cumulative average trails the population statistics by up to 10.0 points" in findings
+    )
+    assert "32: 5.0 to 5.0 points" in findings
+    for _, fig in figures:
+        plt.close(fig)
+
+
+def test_prediction_time_bn_findings_are_computed():
+    runs = [{"model": "cnn", "batch_size": 64, "seed": s} for s in range(3)]
+    evals = [{"estimator": "population", "acc": 0.90}, {"estimator": "ema", "momentum": 0.1,
+              "acc": 0.89}, {"estimator": "precise", "acc": 0.90}]  # fmt: skip
+    for b, iid, srt in [(1, 0.20, 0.10), (8, 0.70, 0.30), (64, 0.895, 0.40), (128, 0.90, 0.45)]:
+        evals += [{"estimator": "test_batch", "test_batch_size": b, "test_order": "iid", "acc": iid},
+                  {"estimator": "test_batch", "test_batch_size": b, "test_order": "sorted", "acc": srt}]  # fmt: skip
+    body, figures = study.load("prediction-time-bn").analyse(_rows(runs, evals))
+    assert (
+        "reaches within 1 point of the population statistics (90.0%) from test batch size 64"
+        in body
+    )
+    assert "at test batch size 128, 45.0% sorted against 90.0% iid" in body
+    assert "of 1000 examples" in body
+    for _, fig in figures:
+        plt.close(fig)
+
+
+def test_precise_bn_samples_findings_are_computed():
+    runs = [{"model": "mlp", "batch_size": 64, "seed": s} for s in range(3)]
+    evals = [{"estimator": "population", "acc": 0.70}]
+    for used, agg in itertools.product(
+        [96, 992, 3968], ["total_variance", "mean_of_batch_variances"]
+    ):
+        gap = {96: 0.05, 992: 0.003, 3968: 0.0}[used]
+        evals.append({"estimator": "precise", "precise_samples": used + 10, "precise_samples_used": used,
+                      "precise_batch_size": 32, "aggregation": agg, "acc": 0.70 - gap,
+                      "var_error": 0.05 if agg == "total_variance" else 0.02})  # fmt: skip
+    body, figures = study.load("precise-bn-samples").analyse(_rows(runs, evals))
+    assert "comes within 0.5 points from 992 samples (batch 32)" in body
+    assert (
+        "variance error 0.05 with the total variance against 0.02 with the mean of batch "
+        "variances; the mean of batch variances is closer" in body
+    )
+    for _, fig in figures:
+        plt.close(fig)
+
+
+def test_covariate_shift_findings_are_computed():
+    runs = [{"model": "cnn", "batch_size": 64, "seed": s} for s in range(3)]
+    evals = []
+    for corruption, severity in [("none", 0)] + [
+        (c, v) for c in ("gain_offset", "shear") for v in (3, 5)
+    ]:
+        where = {"corruption": corruption, "severity": severity}
+        drop = 0.0 if corruption == "none" else 0.1 * severity  # source loses 10 points/severity
+        # AdaBN undoes the gain/offset shift entirely and costs 2 points under shear
+        adabn = 0.9 if corruption != "shear" else 0.9 - drop - 0.02
+        evals += [
+            {**where, "estimator": "population", "acc": lambda r, d=drop: 0.9 - d + _noise(r)},
+            {**where, "estimator": "ema", "momentum": 0.1, "acc": lambda r, d=drop: 0.9 - d + _noise(r)},
+            {**where, "estimator": "adabn", "adapt_samples": 1000, "acc": lambda r, a=adabn: a + _noise(r)},
+            {**where, "estimator": "test_batch", "test_batch_size": 8, "test_order": "iid",
+             "acc": lambda r, a=adabn: a - 0.2 + _noise(r)},
+            {**where, "estimator": "test_batch", "test_batch_size": 64, "test_order": "iid",
+             "acc": lambda r, a=adabn: a + _noise(r)},
+            {**where, "estimator": "prior", "prior_strength": 16, "test_batch_size": 8,
+             "test_order": "iid", "acc": lambda r, a=adabn: a - 0.1 + _noise(r)},
+        ]  # fmt: skip
+    body, figures = study.load("covariate-shift").analyse(_rows(runs, evals))
+    findings = body.split("## Findings")[1].split("\n## ")[0]
+    assert (
+        "cnn, clean test set**: prediction-time BN against the source statistics, by test "
+        "batch size: B=8: hurts (-20.0 +- 0.0 points); B=64: within seed noise (+0.0" in findings
+    )
+    assert re.search(r"cnn, severity 5\*\*: AdaBN against the source statistics helps on 1 of 2 "
+                     r"corruptions \(gain_offset \(\+50\.0\)\), hurts on 1 \(shear \(-2\.0\)\)",
+                     findings)  # fmt: skip
+    # B=8 mean over the two corruptions: (70 - 40) and (18 - 40) points -> +4
+    assert "B=8: +4.0 +- 0.0; B=64: +24.0 +- 0.0 points; it helps from B=8" in findings
+    assert "B=8: prior N=16 54.1% vs 44.1%" in findings  # (80 + 28) / 2, plus the seed offsets
+    assert "| gain_offset | 60.1 | 60.1 | 90.1 |" in body  # severity 3: source, EMA, AdaBN
+    for _, fig in figures:
         plt.close(fig)
