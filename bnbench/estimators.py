@@ -14,9 +14,9 @@ Every estimator has one interface, modelled on the estimator objects of fvcore's
 
 The two estimators that need extra passes over the data after training (``precise`` and
 ``population``) aggregate batch statistics with :class:`BatchAggregate`; the passes
-themselves live in :mod:`bnbench.train`, which knows the network. ``test_batch`` (BN left
-in training mode at test time) has no state and is also an evaluation mode of
-:mod:`bnbench.train`.
+themselves live in :mod:`bnbench.evaluate`, which knows the network. ``test_batch`` (BN
+left in training mode at test time) has no state and is an evaluation mode of
+:mod:`bnbench.evaluate`.
 """
 
 import numpy as np

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bnbench import estimators as est
-from bnbench import train
+from bnbench import evaluate
 from bnbench.nn import BatchNorm, Linear, Sequential
 
 
@@ -109,10 +109,11 @@ def test_precise_on_a_linear_model_equals_known_population(rng):
     mean = x.mean(0) @ W.T
     cov = np.cov(x, rowvar=False, bias=True)
     var = np.einsum("ij,jk,ik->i", W, cov, W)
-    (got,) = train.precise_statistics(model, x, None, 50, np.random.default_rng(0), False)
+    (got,), used = evaluate.precise_statistics(model, x, None, 50, np.random.default_rng(0), False)
+    assert used == 600
     np.testing.assert_allclose(got.mean, mean, rtol=1e-12)
     np.testing.assert_allclose(got.var, var, rtol=1e-10)
-    (pop,) = train.population_statistics(model, x)
+    (pop,) = evaluate.population_statistics(model, x)
     np.testing.assert_allclose(pop[1], var, rtol=1e-10)
 
 

@@ -46,7 +46,7 @@ def test_report_folder(results, tmp_path):
     assert "| 64x8 |" in text and "![throughput](throughput.png)" in text
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["command"] == "test" and prov["numba_threads"] >= 1
+    assert prov["report"]["command"] == "test" and prov["report"]["numba_threads"] >= 1
     import pandas as pd
 
     assert len(pd.read_csv(out / "results.csv")) == len(results)
