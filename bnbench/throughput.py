@@ -408,14 +408,27 @@ def report_body(df):
     return "\n\n".join(parts)
 
 
+def resolve_params(params):
+    """A kernel job's parameters with their defaults (the sweep's cache key): ``shape``,
+    ``budget_s`` (1.0) and ``dtype`` ("float32")."""
+    unknown = set(params) - {"shape", "budget_s", "dtype"}
+    if unknown or "shape" not in params:
+        raise ValueError(
+            f"kernel job params must be shape[, budget_s, dtype], got {sorted(params)}"
+        )
+    return {
+        "shape": [int(n) for n in params["shape"]],
+        "budget_s": float(params.get("budget_s", 1.0)),
+        "dtype": np.dtype(params.get("dtype", "float32")).name,
+    }
+
+
 def run_job(params):
     """Sweep entry point (kind ``"kernel"``): one shape, every operation and contender.
     ``params``: ``shape`` (list), optional ``budget_s`` and ``dtype``."""
-    df = measure(
-        [tuple(params["shape"])],
-        dtype=np.dtype(params.get("dtype", "float32")),
-        budget_s=params.get("budget_s", 1.0),
-    )
+    params = resolve_params(params)
+    df = measure([tuple(params["shape"])], dtype=np.dtype(params["dtype"]),
+                 budget_s=params["budget_s"])  # fmt: skip
     return {"rows": df.to_dict("records")}
 
 

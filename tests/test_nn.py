@@ -85,8 +85,12 @@ def test_batchnorm_layer_matches_public_kernels_in_both_modes(rng):
     np.testing.assert_array_equal(mean, ref.mean)
     assert count == 48
     layer.eval_stats = (np.full(4, 1.0), np.full(4, 4.0))
-    expected = bn.batch_norm_eval(x, None, None, np.ones(4, np.float32), np.full(4, 4, np.float32))
+    expected = bn.batch_norm_eval(x, mean=np.ones(4, np.float32), var=np.full(4, 4, np.float32))
     np.testing.assert_array_equal(layer.forward(x, "eval"), expected)
+    # a normaliser: statistics computed from the layer's own input
+    layer.eval_stats = lambda h: (h.mean(axis=(0, 2)), h.var(axis=(0, 2)))
+    adapted = bn.batch_norm_eval(x, mean=x.mean(axis=(0, 2)), var=x.var(axis=(0, 2)))
+    np.testing.assert_allclose(layer.forward(x, "eval"), adapted, rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="eval_stats"):
         nn.BatchNorm(4).forward(x, "eval")
 

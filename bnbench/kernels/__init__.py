@@ -15,6 +15,11 @@ parameters of the input's dtype:
     advances ``(K, C)`` running estimates in place, one row per momentum:
     ``r <- (1 - m) r + m * stat``.
 
+Optional, for a peer without an out= backward:
+``backward_fresh(dy, x, weight, mean, invstd) -> (dx, dweight, dbias)`` with ``dx``
+allocated by the peer; :mod:`bnbench.functional` uses it when no ``out=`` is given, and
+the throughput study then times no ``out=`` backward for it.
+
 Returned statistics may be float64; ``bnbench.functional`` validates the input and casts
 the results to the input's dtype. Kernels themselves assume valid input.
 """
