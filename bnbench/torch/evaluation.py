@@ -1,0 +1,166 @@
+"""Scoring statistics on a PyTorch model: accuracy, NLL and ECE (:mod:`bnbench.metrics`)
+with every BN layer normalising with the statistics given, and the test-time adaptation
+modes of :mod:`bnbench.adaptation` offered for torch models.
+
+During :func:`evaluate` each BN layer's ``forward`` is replaced (an instance attribute,
+removed afterwards) by inference-mode batch norm with the chosen statistics, computed
+from the layer's own input where the mode adapts. The model's buffers are never written,
+and its train/eval flags are put back, after an error too.
+
+Adaptation modes (objects of :class:`Adaptation`), the same definitions as the NumPy
+networks use (the normalisers of :mod:`bnbench.adaptation`, fed the layer's input as a
+float64 NumPy array: on a GPU that is a copy to the host):
+
+* :func:`prediction_time`: each test batch normalised with its own statistics (Nado et
+  al. 2020), what BN in training mode does at test time, without touching buffers;
+* :func:`prior`: Schneider et al. (2020): source and batch statistics mixed with prior
+  strength ``N``;
+* :func:`online_ema`: running statistics started at the source statistics and updated on
+  the stream of test batches (each batch predicted after its own update).
+
+AdaBN (Li et al. 2016) is fixed statistics:
+``population_statistics(model, unlabeled_test_batches)``.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import adaptation, metrics
+from .. import evaluate as np_evaluate
+from . import _core
+
+
+class Adaptation:
+    """A test-time adaptation mode: ``mode`` one of :data:`bnbench.adaptation.BATCH_MODES`,
+    ``source`` statistics ``{layer: (mean, var)}`` for the modes that start from them,
+    ``param`` the prior strength or the online momentum."""
+
+    def __init__(self, mode, source=None, param=None):
+        if mode not in adaptation.BATCH_MODES:
+            raise ValueError(
+                f"adaptation mode must be one of {sorted(adaptation.BATCH_MODES)}, got {mode!r}"
+            )
+        if mode != "test_batch" and not isinstance(source, dict):
+            raise TypeError(
+                f"{mode} needs source statistics {{layer: (mean, var)}}, got {source!r}"
+            )
+        self.mode, self.source, self.param = mode, source, param
+        if mode != "test_batch":  # check the parameter now, not at the first batch
+            adaptation.normalisers(mode, [self._numpy(next(iter(source.values())))], param)
+
+    @staticmethod
+    def _numpy(stats):
+        return tuple(np.asarray(_core.to_numpy(torch.as_tensor(s)), np.float64) for s in stats)
+
+    def normalisers(self, layers):
+        """Fresh per-layer normalisers (stateful modes start over)."""
+        if self.mode == "test_batch":
+            return {n: adaptation.batch_statistics() for n in layers}
+        missing = sorted(set(layers) - set(self.source))
+        if missing:
+            raise ValueError(f"source statistics miss BN layer(s) {missing}")
+        names = list(layers)
+        made = adaptation.normalisers(
+            self.mode, [self._numpy(self.source[n]) for n in names], self.param
+        )
+        return dict(zip(names, made, strict=True))
+
+    def __repr__(self):
+        return f"Adaptation({self.mode!r}, param={self.param!r})"
+
+
+def prediction_time():
+    """Prediction-time BN: every test batch normalised with its own statistics."""
+    return Adaptation("test_batch")
+
+
+def prior(source, strength):
+    """Schneider et al. (2020): ``N/(N+n)`` source + ``n/(N+n)`` batch statistics."""
+    return Adaptation("prior", source, strength)
+
+
+def online_ema(source, momentum):
+    """Running statistics from ``source``, updated on each test batch with ``momentum``."""
+    return Adaptation("online_ema", source, momentum)
+
+
+def _fixed(layer, mean, var):
+    def forward(x):
+        return F.batch_norm(x, mean.to(x.device, x.dtype), var.to(x.device, x.dtype),
+                            layer.weight, layer.bias, False, 0.0, layer.eps)  # fmt: skip
+
+    return forward
+
+
+def _adaptive(layer, normalise):
+    def forward(x):
+        mean, var = normalise(_core.to_numpy(x))
+        return _fixed(layer, *(torch.as_tensor(s) for s in (mean, var)))(x)
+
+    return forward
+
+
+def _check_fixed(statistics, layers):
+    if set(statistics) != set(layers):
+        raise ValueError(
+            f"statistics must name every BN layer: missing {sorted(set(layers) - set(statistics))}"
+            f", unknown {sorted(set(statistics) - set(layers))}"
+        )
+    for name, stats in statistics.items():
+        c = layers[name].num_features
+        if len(stats) != 2 or any(tuple(s.shape) != (c,) for s in stats):
+            raise ValueError(f"statistics[{name!r}] must be (mean, var), each of shape ({c},)")
+
+
+def predict(model, batches, statistics=None, device=None):
+    """``(logits, labels)`` as NumPy arrays: the model in eval mode, BN layers normalising
+    with ``statistics`` (``None``: the model's own running buffers; a dict of fixed
+    statistics; or an :class:`Adaptation`). Batches are ``(input, labels, ...)``."""
+    layers = _core.bn_layers(model)
+    device = _core.check_device(_core.model_device(model) if device is None else device)
+    if statistics is not None and not isinstance(statistics, (dict, Adaptation)):
+        raise TypeError(
+            f"statistics must be None, a dict {{layer: (mean, var)}} or an Adaptation, "
+            f"got {type(statistics).__name__}"
+        )
+    if isinstance(statistics, dict):
+        _check_fixed(statistics, layers)
+    logits, labels = [], []
+    with _core.preserved(model) as hooks, torch.no_grad():
+        model.eval()
+        if isinstance(statistics, Adaptation):
+            for name, fn in statistics.normalisers(layers).items():
+                hooks.override(layers[name], _adaptive(layers[name], fn))
+        elif statistics is not None:
+            for name, (mean, var) in statistics.items():
+                hooks.override(layers[name], _fixed(layers[name], torch.as_tensor(mean),
+                                                    torch.as_tensor(var)))  # fmt: skip
+        for i, (x, rest) in enumerate(_core.iterate(batches, device, "evaluate")):
+            if not rest or not isinstance(rest[0], torch.Tensor):
+                raise TypeError(f"batch {i} must be (input, labels): evaluate needs the labels")
+            out = model(x)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise TypeError(f"the model must return (N, classes) logits, got {out!r:.80}")
+            logits.append(_core.to_numpy(out))
+            labels.append(_core.to_numpy(rest[0]))
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate(model, batches, statistics=None, device=None):
+    """``{"accuracy", "nll", "ece", "samples"}`` of ``model`` on labelled ``batches`` with
+    ``statistics`` (see :func:`predict`), computed by :func:`bnbench.metrics.scores`. The
+    model's buffers and train/eval flags are exactly as before afterwards."""
+    logits, labels = predict(model, batches, statistics, device)
+    return {**metrics.scores(logits, labels), "samples": int(labels.shape[0])}
+
+
+def statistics_error(statistics, reference, eps=1e-5):
+    """``(mean_error, var_error)`` of ``statistics`` against ``reference``, averaged over
+    layers: :func:`bnbench.evaluate.statistics_error` (RMS over channels of the mean error
+    in reference standard deviations, and of ``log((var + eps) / (var_ref + eps))``)."""
+    names = list(reference)
+    to_np = [tuple(_core.to_numpy(torch.as_tensor(s)) for s in statistics[n]) for n in names]
+    ref = [tuple(_core.to_numpy(torch.as_tensor(s)) for s in reference[n]) for n in names]
+    errs = np.array(np_evaluate.statistics_error(to_np, ref, eps))
+    return float(errs[:, 0].mean()), float(errs[:, 1].mean())

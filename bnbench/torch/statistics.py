@@ -1,0 +1,218 @@
+"""Statistics that need extra passes over data after training, and installing a chosen
+estimate into a model.
+
+* :func:`precise_statistics`: PreciseBN (Wu & Johnson 2021, section 3; fvcore's
+  ``update_bn_stats``): frozen weights, BN layers in training mode, each layer's batch
+  statistics aggregated by :class:`bnbench.estimators.BatchAggregate`. One pass over
+  ``num_samples`` samples.
+* :func:`population_statistics`: the exact statistics of the final network, layer by
+  layer, every upstream BN layer in inference mode with its own population statistics:
+  **one pass over the data per BN layer** (``L`` layers cost ``L`` passes).
+* :func:`load_statistics`: write statistics into the layers' running buffers.
+
+Every function leaves the model as it found it, after an error too: buffers bit for bit,
+train/eval flags, no hooks.
+"""
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import estimators as est
+from . import _core
+
+#: PreciseBN's two aggregations of the same pass
+AGGREGATIONS = ("total_variance", "mean_of_batch_variances")
+
+
+class Statistics(dict):
+    """``{layer name: (mean, var)}`` (float64 tensors on the data's device), with what it
+    cost: ``samples`` (per pass), ``passes`` over the data and ``seconds``."""
+
+    samples = None
+    passes = None
+    seconds = None
+
+
+def _stats(items, samples, passes, t0):
+    out = Statistics(items)
+    out.samples, out.passes, out.seconds = samples, passes, time.perf_counter() - t0
+    return out
+
+
+def _device(model, device):
+    return _core.check_device(_core.model_device(model) if device is None else device)
+
+
+def precise_aggregates(model, batches, num_samples=None, device=None):
+    """PreciseBN's pass: ``({layer: BatchAggregate}, {layer: device}, samples used)``.
+
+    Batches are forwarded (under ``torch.no_grad``) until at least ``num_samples``
+    samples were seen (``None``: every batch), whole batches only."""
+    layers = _core.bn_layers(model)
+    _core.check_training(layers, "precise_statistics")
+    if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) < 1):
+        raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+    device = _device(model, device)
+    aggs = {n: est.BatchAggregate(m.num_features, unbiased=True) for n, m in layers.items()}
+    devices = {}
+    used = 0
+    with _core.preserved(model) as hooks, torch.no_grad():
+        guard = _core.PassGuard(model, hooks)
+
+        def make_hook(name):
+            def hook(module, args):
+                guard.check(name)
+                mean, var, count = _core.batch_moments(args[0])
+                aggs[name].update(_core.to_numpy(mean), _core.to_numpy(var), count)
+                devices[name] = args[0].device
+
+            return hook
+
+        for name, layer in layers.items():
+            hooks.pre(layer, make_hook(name))
+        for x, _ in _core.iterate(batches, device, "precise_statistics"):
+            model(x)
+            used += x.shape[0]
+            if num_samples is not None and used >= num_samples:
+                break
+    missing = [n for n, a in aggs.items() if a.count == 0]
+    if missing:
+        raise ValueError(f"BN layer(s) {missing} never ran in the forward passes")
+    return aggs, devices, used
+
+
+def aggregated(aggs, devices, aggregation):
+    """Statistics of PreciseBN aggregates: ``"total_variance"`` is fvcore's current
+    ``_PopulationVarianceEstimator`` (count-weighted mean; biased variance of the union
+    of the batches: mean of batch variances plus variance of batch means, no Bessel over
+    the total); ``"mean_of_batch_variances"`` is old fvcore's
+    ``_MeanOfBatchVarianceEstimator`` and ``torch.optim.swa_utils.update_bn`` (mean of
+    the Bessel-corrected batch variances; they weigh batches equally, this weighs them
+    by size: the same for batches of equal size)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    out = {}
+    for name, a in aggs.items():
+        if aggregation == "total_variance":
+            var = a.var * ((a.count - 1) / a.count)  # the aggregate is Bessel-corrected
+        else:
+            var = a.mean_batch_var
+        out[name] = (_core.as_tensor(a.mean, devices[name]), _core.as_tensor(var, devices[name]))
+    return out
+
+
+def precise_statistics(model, batches, num_samples=None, aggregation="total_variance",
+                       device=None):  # fmt: skip
+    """PreciseBN statistics of ``model`` (BN layers in training mode, weights frozen)
+    over the first ``num_samples`` samples of ``batches`` (at least that many, whole
+    batches; ``None``: all); see :func:`aggregated` for ``aggregation``. Inputs are moved
+    to ``device`` (default: the model's). Returns :class:`Statistics`."""
+    t0 = time.perf_counter()
+    aggs, devices, used = precise_aggregates(model, batches, num_samples, device)
+    return _stats(aggregated(aggs, devices, aggregation), used, 1, t0)
+
+
+def _inference(layer, mean, var):
+    def forward(x):
+        return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), layer.weight, layer.bias,
+                            False, 0.0, layer.eps)  # fmt: skip
+
+    return forward
+
+
+def population_statistics(model, batches, device=None):
+    """Exact population statistics: each BN layer's mean and biased variance over every
+    sample of ``batches``, with the model in eval mode (dropout off) and every upstream BN
+    layer normalising with its own population statistics, as at test time.
+
+    Layer by layer, in the order the forward pass calls them: pass ``j`` normalises the
+    ``j`` layers already done with their statistics, skips the rest (identity) and
+    aggregates layer ``j``'s input. **It costs one pass over ``batches`` per BN layer**,
+    so ``batches`` must be re-iterable (a list or a ``DataLoader``) and give the same
+    samples each time. Over the training set these are the ``population`` statistics;
+    over unlabeled test data, AdaBN's (Li et al. 2016). Returns :class:`Statistics`."""
+    t0 = time.perf_counter()
+    layers = _core.bn_layers(model)
+    _core.check_training(layers, "population_statistics")
+    if iter(batches) is batches:
+        raise TypeError(
+            "population_statistics makes one pass over batches per BN layer: pass a "
+            "re-iterable (a list or a DataLoader), not an iterator or generator"
+        )
+    device = _device(model, device)
+    done, samples = {}, 0
+    with _core.preserved(model) as outer, torch.no_grad():
+        model.eval()
+        guard = _core.PassGuard(model, outer)
+        while len(done) < len(layers):
+            name, stats, samples = _population_pass(model, layers, done, guard, batches, device)
+            done[name] = stats
+    return _stats({n: done[n] for n in layers}, samples, len(layers), t0)
+
+
+def _population_pass(model, layers, done, guard, batches, device):
+    """One pass of :func:`population_statistics`: the layers of ``done`` normalise with
+    their statistics, the others are skipped, and the first of them to run is measured.
+    Returns ``(its name, (mean, var), samples)``."""
+    aggs, devices = {}, {}
+
+    def make_hook(name):
+        def hook(module, args):
+            guard.check(name)
+            if name in done or (aggs and name not in aggs):
+                return  # one layer per pass: the first one not done
+            mean, var, count = _core.batch_moments(args[0])
+            agg = aggs.setdefault(name, est.BatchAggregate(len(mean), unbiased=False))
+            agg.update(_core.to_numpy(mean), _core.to_numpy(var), count)
+            devices[name] = args[0].device
+
+        return hook
+
+    samples = 0
+    with _core.preserved(model) as hooks:
+        for name, layer in layers.items():
+            hooks.pre(layer, make_hook(name))
+            forward = _inference(layer, *done[name]) if name in done else (lambda x: x)
+            hooks.override(layer, forward)
+        for x, _ in _core.iterate(batches, device, "population_statistics"):
+            model(x)
+            samples += x.shape[0]
+    if not aggs:
+        missing = [n for n in layers if n not in done]
+        raise ValueError(f"BN layer(s) {missing} never ran in the forward passes")
+    ((name, agg),) = aggs.items()
+    stats = tuple(_core.as_tensor(s, devices[name]) for s in (agg.mean, agg.var))
+    return name, stats, samples
+
+
+def load_statistics(model, statistics):
+    """Copy ``statistics`` ``{layer: (mean, var)}`` into the layers' ``running_mean`` and
+    ``running_var`` (cast to their dtype and device), so that the model in eval mode
+    normalises with them. Every layer must be named, and everything is checked before
+    anything is written."""
+    layers = _core.bn_layers(model)
+    if not isinstance(statistics, dict):
+        raise TypeError(f"statistics must be a dict {{layer: (mean, var)}}, got {statistics!r}")
+    if set(statistics) != set(layers):
+        raise ValueError(
+            f"statistics must name every BN layer of the model: missing "
+            f"{sorted(set(layers) - set(statistics))}, unknown {sorted(set(statistics) - set(layers))}"
+        )
+    for name, layer in layers.items():
+        if layer.running_mean is None or layer.running_var is None:
+            raise ValueError(
+                f"BN layer {name!r} has no running buffers (track_running_stats=False)"
+            )
+        for what, s in zip(("mean", "var"), statistics[name], strict=True):
+            if tuple(s.shape) != (layer.num_features,):
+                raise ValueError(
+                    f"statistics[{name!r}] {what} must have shape ({layer.num_features},), "
+                    f"got {tuple(s.shape)}"
+                )
+    with torch.no_grad():
+        for name, layer in layers.items():
+            mean, var = statistics[name]
+            layer.running_mean.copy_(torch.as_tensor(mean))
+            layer.running_var.copy_(torch.as_tensor(var))
