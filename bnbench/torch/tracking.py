@@ -109,7 +109,9 @@ def track(model, momenta=(0.1,), estimators=tuple(RUNNING), unbiased=True):
     ignored, as PyTorch ignores it; a BN layer in eval mode while the model trains
     (frozen BN) and a BN layer called twice in one forward pass are errors. The hooks are
     removed when the context exits, however it exits; the model's parameters, buffers and
-    flags are never touched by the hooks::
+    flags are never touched by the hooks. An error raised by a hook comes from inside the
+    user's forward pass: what that pass did before it (say, the first call of a reused BN
+    layer updating its buffers) is the user's own computation and stays::
 
         with track(model, momenta=[0.01, 0.1]) as tracker:
             for x, y in loader:
