@@ -54,7 +54,16 @@ TRAIN_HELP = {
     "adapt_samples": "AdaBN sample counts besides the whole test set",
     "prior_strengths": "prior strengths N of the source/test-batch prior (Schneider et al.)",
     "online_momenta": "momenta of the online EMA adaptation",
+    "depth": "BN layers of the resnet model (even, 2-64; resnet only)",
+    "eval_every": "score every estimator during training too: every N steps (an integer) "
+    "or at fractions of training (comma-separated, e.g. 0.25,0.5,0.75)",
 }
+
+
+def _steps_or_fractions(text):
+    if "," in text or "." in text:
+        return _list_of(float)(text)
+    return int(text)
 
 
 #: older spellings kept working
@@ -82,14 +91,16 @@ def _add_train_options(parser):
     from .train import TrainConfig
 
     choices = _train_choices()
-    ints = {"batch_size", "epochs", "steps", "seed", "num_samples", "test_batch_sizes",
+    ints = {"batch_size", "epochs", "steps", "seed", "num_samples", "test_batch_sizes", "depth",
             "precise_samples", "precise_batch_sizes", "adapt_samples", "severities"}  # fmt: skip
     for field in dataclasses.fields(TrainConfig):
         name, default = field.name, field.default
         flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, ())]
         number = int if name in ints else float
         help_text = f"{TRAIN_HELP[name]}; default {default!r}"
-        if isinstance(default, tuple):  # lists: a choice of names, or numbers
+        if name == "eval_every":
+            parser.add_argument(*flags, type=_steps_or_fractions, help=help_text)
+        elif isinstance(default, tuple):  # lists: a choice of names, or numbers
             if name in choices:
                 help_text += f" (comma-separated, of: {', '.join(choices[name])})"
             parser.add_argument(*flags, type=_list_of(str if name in choices else number),
@@ -171,6 +182,8 @@ def format_result(result):
             parts.append(f"{e['test_order']} batch {e['test_batch_size']}")
         setting = " ".join(parts)
         where = "clean" if e["corruption"] == "none" else f"{e['corruption']} s{e['severity']}"
+        if e["step"] != t["steps"]:  # a checkpoint during training
+            where = f"step {e['step']}: {where}"
 
         def num(v, fmt):
             return format(v, fmt) if v is not None else f"{'-':>10}"

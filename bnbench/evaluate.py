@@ -162,7 +162,7 @@ def _fields(**fields):
 
 
 EVALUATION_KEYS = (
-    "estimator", "corruption", "severity", "momentum", "precise_samples",
+    "step", "estimator", "corruption", "severity", "momentum", "precise_samples",
     "precise_samples_used", "precise_batch_size", "aggregation", "adapt_samples",
     "prior_strength", "test_batch_size", "test_order", "test_accuracy", "test_nll",
     "test_ece", "mean_error", "var_error", "layer_mean_error", "layer_var_error",

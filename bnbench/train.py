@@ -21,7 +21,7 @@ from . import adaptation
 from . import data as datasets
 from . import estimators as est
 from .evaluate import AGGREGATIONS, ORDERS, evaluate_network, observe
-from .nn import MODELS, SGD, build, cosine_lr, cross_entropy
+from .nn import MODELS, SGD, build, check_depth, cosine_lr, cross_entropy
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 #: test-time adaptation modes, scored when named in ``estimators``
@@ -50,6 +50,10 @@ class TrainConfig:
     normalise test batches use ``test_batch_sizes`` x ``test_orders``. ``corruptions``
     (MNIST-1D-C names, :mod:`bnbench.shift`) at ``severities`` add shifted test sets;
     the clean test set is always scored.
+
+    ``depth``: the number of BN layers of the ``resnet`` model (default 8). ``eval_every``:
+    score every estimator during training too, every so many steps or at fractions of
+    training (e.g. ``(0.05, 0.1, ..., 0.95)``); each evaluation carries its ``step``.
     """
 
     dataset: str = "mnist1d"
@@ -76,6 +80,8 @@ class TrainConfig:
     adapt_samples: tuple = ()
     prior_strengths: tuple = (1, 4, 16, 64, 256)
     online_momenta: tuple = (0.1,)
+    depth: int | None = None
+    eval_every: int | tuple | None = None
 
     def __post_init__(self):
         # tuples, so that configurations hash and serialise the same way
@@ -94,6 +100,8 @@ class TrainConfig:
             "online_momenta",
         ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.eval_every, (list, tuple)):
+            object.__setattr__(self, "eval_every", tuple(self.eval_every))
         self.validate()
 
     def validate(self):
@@ -115,6 +123,21 @@ class TrainConfig:
         positive_int("steps", optional=True)
         positive_int("seed", 0)
         positive_int("num_samples", 10, optional=True)
+        if self.depth is not None:
+            if self.model != "resnet":
+                raise ValueError(f"depth applies to model 'resnet' only, got model {self.model!r}")
+            check_depth(self.depth)
+        if isinstance(self.eval_every, tuple):
+            if not self.eval_every or any(
+                isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
+                for f in self.eval_every
+            ):
+                raise ValueError(
+                    "eval_every must be a step count >= 1 or fractions of training in (0, 1], "
+                    f"got {self.eval_every!r}"
+                )
+        elif self.eval_every is not None:
+            positive_int("eval_every")
         for name in ("lr", "max_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -211,14 +234,48 @@ def _batches(n, batch_size, rng=None):
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
-def train_network(config, data, progress=None):
+def checkpoint_steps(config, total):
+    """The steps (1..total-1) after which a checkpoint is scored: every ``eval_every``
+    steps, or at each fraction of ``total`` in ``eval_every``; the end of training is
+    scored anyway. A step count beyond the training length is an error."""
+    every = config.eval_every
+    if every is None:
+        return []
+    if isinstance(every, tuple):
+        steps = {max(1, round(f * total)) for f in every}
+    else:
+        if every > total:
+            raise ValueError(
+                f"eval_every must be at most the training length ({total} steps), got {every}"
+            )
+        steps = set(range(every, total + 1, every))
+    return sorted(s for s in steps if s < total)
+
+
+@contextmanager
+def _observers_paused(model):
+    """Detach every BN layer's observers for the duration (a checkpoint evaluation
+    forwards data in training mode and must not feed the running estimators)."""
+    saved = [layer.observers for layer in model.bn_layers]
+    for layer in model.bn_layers:
+        layer.observers = []
+    try:
+        yield
+    finally:
+        for layer, observers in zip(model.bn_layers, saved, strict=True):
+            layer.observers = observers
+
+
+def train_network(config, data, progress=None, at_checkpoint=None):
     """Train the model of ``config`` on ``data``; running estimators ride along.
 
-    Returns ``(model, running, timing)``: ``running`` maps estimator name -> list (one per
-    BN layer) of timed estimators.
+    ``at_checkpoint(step, model, running)`` is called after each step of
+    :func:`checkpoint_steps`, with the running estimators detached, and its time is kept
+    out of the training time. Returns ``(model, running, timing)``: ``running`` maps
+    estimator name -> list (one per BN layer) of timed estimators.
     """
     init_rng, shuffle_rng = (np.random.default_rng([config.seed, i]) for i in range(2))
-    model = build(config.model, data.num_features, data.num_classes, init_rng)
+    model = build(config.model, data.num_features, data.num_classes, init_rng, depth=config.depth)
     n = data.x_train.shape[0]
     if config.batch_size > n:
         raise ValueError(
@@ -226,10 +283,11 @@ def train_network(config, data, progress=None):
         )
     steps_per_epoch = n // config.batch_size
     total = config.steps or config.epochs * steps_per_epoch
+    checkpoints = set(checkpoint_steps(config, total)) if at_checkpoint else set()
     lr = min(config.lr * config.batch_size / 64, config.max_lr)
     opt = SGD(model, lr, config.momentum, config.weight_decay)
     with _attached(model, _running_estimators(config)) as running:
-        step, losses = 0, []
+        step, losses, checkpoint_seconds = 0, [], 0.0
         t0 = time.perf_counter()
         while step < total:
             for idx in _batches(n, config.batch_size, shuffle_rng):
@@ -241,14 +299,20 @@ def train_network(config, data, progress=None):
                 opt.step(cosine_lr(lr, step, total, warmup_steps=steps_per_epoch))
                 losses.append(loss)
                 step += 1
+                if step in checkpoints:
+                    t_check = time.perf_counter()
+                    with _observers_paused(model):
+                        at_checkpoint(step, model, running)
+                    checkpoint_seconds += time.perf_counter() - t_check
                 if progress:
                     progress(step, total, loss)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - checkpoint_seconds
     timing = {
         "train_seconds": seconds,
         "steps": total,
         "seconds_per_step": seconds / total,
         "final_train_loss": float(np.mean(losses[-steps_per_epoch:])),
+        "checkpoint_seconds": checkpoint_seconds,
     }
     return model, running, timing
 
@@ -271,7 +335,11 @@ def run(config, progress=None):
 
 
 def _check_sizes(config, data):
-    """Test batch sizes and adaptation sample counts fit the test set (before training)."""
+    """Test batch sizes, adaptation sample counts and the checkpoint interval fit the
+    data (checked before training)."""
+    steps = config.steps or config.epochs * (data.x_train.shape[0] // config.batch_size)
+    if steps >= 1:
+        checkpoint_steps(config, steps)
     n = data.x_test.shape[0]
     for name in ("test_batch_sizes", "adapt_samples"):
         too_big = [v for v in getattr(config, name) if v > n]
@@ -282,23 +350,33 @@ def _check_sizes(config, data):
 def _run(config, progress):
     data = datasets.load(config.dataset, config.num_samples)
     _check_sizes(config, data)
-    model, running, timing = train_network(config, data, progress)
+    evaluations = []
+
+    def at_checkpoint(step, model, running):
+        for e in evaluate_network(model, data, config, running):
+            evaluations.append({**e, "step": step})
+
+    model, running, timing = train_network(config, data, progress, at_checkpoint)
+    for e in evaluate_network(model, data, config, running):
+        evaluations.append({**e, "step": timing["steps"]})
     return {
         "config": config.to_dict(),
         "dataset": {"train": int(data.x_train.shape[0]), "test": int(data.x_test.shape[0])},
         "training": timing,
-        "evaluations": evaluate_network(model, data, config, running),
+        "evaluations": evaluations,
     }
 
 
 def costs(result):
-    """Extra seconds per estimator on the clean test set of one run's result: a
+    """Extra seconds per estimator at the end of training, on the clean test set, of one
+    run's result: a
     computation shared by several evaluations (the running estimators' updates by every
     momentum, a PreciseBN pass by both aggregations) counts once; evaluation passes of
     the modes that normalise test batches add up."""
     out, seen = {}, set()
+    final = result["training"]["steps"]
     for e in result["evaluations"]:
-        if e.get("corruption", "none") != "none":
+        if e.get("corruption", "none") != "none" or e.get("step", final) != final:
             continue
         name = e["estimator"]
         shared = (name, e["precise_samples"], e["precise_batch_size"], e.get("adapt_samples"))

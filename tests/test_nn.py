@@ -20,11 +20,16 @@ def check_layer(layer, x, rng, mode="train"):
     layer.forward(x, mode)
     dx = layer.backward(G)
     np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
-    for name, p in layer.params.items():
+    # a container's parameters live in its layers
+    owned = (
+        layer.parameters() if hasattr(layer, "parameters") else [(layer, n) for n in layer.params]
+    )
+    for owner, name in owned:
         layer.forward(x, mode)
         layer.backward(G)
-        analytic = layer.grads[name].copy()
-        np.testing.assert_allclose(analytic, numeric_grad(loss, p), rtol=1e-6, atol=1e-8)
+        analytic = owner.grads[name].copy()
+        np.testing.assert_allclose(analytic, numeric_grad(loss, owner.params[name]), rtol=1e-6,
+                                   atol=1e-8, err_msg=name)  # fmt: skip
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -151,3 +156,36 @@ def test_sgd_step_and_schedule(rng):
     assert nn.cosine_lr(1.0, 0, 100, warmup_steps=10) == pytest.approx(0.1)
     assert nn.cosine_lr(1.0, 10, 100, warmup_steps=10) == pytest.approx(1.0)
     assert nn.cosine_lr(1.0, 100, 100, warmup_steps=10) == pytest.approx(0.0)
+
+
+def test_residual_block_and_pooling_gradients(rng):
+    body = [nn.Conv1d(3, 3, 3, rng, padding=1, dtype=F64), nn.BatchNorm(3, dtype=F64), nn.ReLU(),
+            nn.Conv1d(3, 3, 3, rng, padding=1, bias=False, dtype=F64)]  # fmt: skip
+    block = nn.Residual(body)
+    check_layer(block, rng.normal(size=(4, 3, 7)), rng)
+    check_layer(nn.GlobalAvgPool(), rng.normal(size=(3, 2, 5)), rng)
+    assert block.bn_layers == [body[1]] and len(block.parameters()) == 5
+
+
+@pytest.mark.parametrize("depth", [2, 4, 16])
+def test_resnet_has_depth_bn_layers_and_starts_as_identity_blocks(depth, rng):
+    model = nn.resnet(depth=depth, rng=rng, dtype=F64)
+    assert len(model.bn_layers) == depth
+    blocks = [layer for layer in model.layers if isinstance(layer, nn.Residual)]
+    assert len(blocks) == depth // 2
+    x = rng.normal(size=(8, 32, 20))  # 32 channels after the stem, length 40 / 2
+    for block in blocks:  # the last BN of a block starts at weight 0: the block is x
+        np.testing.assert_array_equal(block.forward(x, "train"), x)
+    y = model.forward(rng.normal(size=(8, 40)), "train")
+    assert y.shape == (8, 10)
+    # the whole network's gradient, through every block, by finite differences
+    small = nn.resnet(length=6, classes=3, channels=2, depth=2, rng=rng, dtype=F64)
+    for layer in small.bn_layers:
+        layer.params["weight"][:] = rng.uniform(0.5, 1.5, 2)
+    check_layer(small, rng.normal(size=(3, 6)), rng)
+
+
+@pytest.mark.parametrize("depth", [0, 3, 66, 8.0, True])
+def test_resnet_depth_must_match_the_block_structure(depth):
+    with pytest.raises(ValueError, match=r"depth must be an even integer in 2-64"):
+        nn.resnet(depth=depth)

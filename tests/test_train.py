@@ -62,13 +62,10 @@ def test_different_seed_differs(result):
     assert other["training"]["final_train_loss"] != result["training"]["final_train_loss"]
 
 
-def test_population_matches_brute_force(rng):
-    """Layer by layer over the whole training set, upstream BN in inference mode."""
-    d = data.gaussian_mixture(num_samples=400, num_features=12)
-    cfg = train.TrainConfig(model="cnn", batch_size=16, **{**FAST, "epochs": 1})
-    model, _, _ = train.train_network(cfg, d)
-    got = evaluate.population_statistics(model, d.x_train)
-    h = d.x_train.astype(np.float64)
+def brute_force_population(model, x):
+    """Layer by layer over ``x`` in float64, upstream BN in inference mode with the
+    statistics found for it (Sequential models of Linear/Conv1d/BN/ReLU/...)."""
+    h = x.astype(np.float64)
     expected = []
     for layer in model.layers:
         if layer in model.bn_layers:
@@ -81,10 +78,85 @@ def test_population_matches_brute_force(rng):
             h = (h - m.reshape(shape)) / np.sqrt(v.reshape(shape) + layer.eps) * w + b
         else:
             h = layer.forward(h.astype(np.float32), "eval").astype(np.float64)
-    assert len(got) == 3
+    return expected
+
+
+def assert_stats_close(got, expected):
+    assert len(got) == len(expected)
     for (gm, gv), (em, ev) in zip(got, expected, strict=True):
         np.testing.assert_allclose(gm, em, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(gv, ev, rtol=1e-4, atol=1e-6)
+
+
+def test_population_matches_brute_force(rng):
+    """Layer by layer over the whole training set, upstream BN in inference mode."""
+    d = data.gaussian_mixture(num_samples=400, num_features=12)
+    cfg = train.TrainConfig(model="cnn", batch_size=16, **{**FAST, "epochs": 1})
+    model, _, _ = train.train_network(cfg, d)
+    got = evaluate.population_statistics(model, d.x_train)
+    assert_stats_close(got, brute_force_population(model, d.x_train))
+
+
+def test_checkpoint_population_is_that_networks_exact_statistics():
+    d = data.gaussian_mixture(num_samples=400, num_features=12)
+    cfg = train.TrainConfig(model="cnn", batch_size=16, eval_every=5, **{**FAST, "epochs": 1})
+    seen = []
+
+    def at_checkpoint(step, model, running):
+        got = evaluate.population_statistics(model, d.x_train)
+        assert_stats_close(got, brute_force_population(model, d.x_train))
+        assert all(layer.observers == [] for layer in model.bn_layers)  # estimators detached
+        seen.append((step, got[0][1].copy()))
+
+    train.train_network(cfg, d, at_checkpoint=at_checkpoint)
+    assert [s for s, _ in seen] == list(range(5, 300 // 16, 5))
+    assert not np.array_equal(seen[0][1], seen[-1][1])  # the network moved in between
+
+
+def test_checkpoints_are_scored_without_changing_training(result):
+    cfg = train.TrainConfig(model="mlp", batch_size=32, eval_every=(0.25, 0.5, 0.75), **FAST)
+    res = train.run(cfg)
+    total = res["training"]["steps"]
+    steps = sorted({e["step"] for e in res["evaluations"]})
+    assert steps == [round(f * total) for f in (0.25, 0.5, 0.75)] + [total]
+
+    def final(r):
+        return [{k: v for k, v in e.items() if k != "estimator_seconds"}
+                for e in r["evaluations"] if e["step"] == total]  # fmt: skip
+
+    assert final(res) == final(result)  # bitwise the same training and final scores
+    assert res["training"]["final_train_loss"] == result["training"]["final_train_loss"]
+    assert res["training"]["checkpoint_seconds"] > 0 == result["training"]["checkpoint_seconds"]
+    at = {e["estimator"]: e for e in res["evaluations"] if e["step"] == steps[0]}
+    # statistics errors at a checkpoint are against that checkpoint's own population
+    assert at["population"]["mean_error"] == 0 and at["ema"]["mean_error"] > 0
+    assert set(train.costs(res)) == set(train.costs(result))
+
+
+@pytest.mark.parametrize(
+    ("eval_every", "match"),
+    [
+        (0, r"eval_every must be an integer >= 1, got 0"),
+        ((0.5, 1.5), r"eval_every must be a step count >= 1 or fractions of training in \(0, 1\]"),
+        ((), r"eval_every must be a step count >= 1 or fractions"),
+        (10_000, r"eval_every must be at most the training length \(84 steps\), got 10000"),
+    ],
+)  # fmt: skip
+def test_bad_checkpoint_interval(eval_every, match):
+    with pytest.raises(ValueError, match=match):
+        train.run(train.TrainConfig(model="mlp", batch_size=32, eval_every=eval_every, **FAST))
+
+
+def test_resnet_trains_and_depth_is_checked():
+    cfg = train.TrainConfig(model="resnet", depth=4, batch_size=32, estimators=("population",),
+                            **{**FAST, "epochs": 3})  # fmt: skip
+    res = train.run(cfg)
+    (pop,) = res["evaluations"]
+    assert pop["test_accuracy"] > 0.9 and len(pop["layer_mean_error"]) == 4
+    with pytest.raises(ValueError, match=r"depth must be an even integer in 2-64"):
+        train.TrainConfig(model="resnet", depth=5)
+    with pytest.raises(ValueError, match=r"depth applies to model 'resnet' only, got model 'cnn'"):
+        train.TrainConfig(model="cnn", depth=8)
 
 
 def test_sorted_test_batches_hurt(result):
@@ -100,7 +172,7 @@ def test_sorted_test_batches_hurt(result):
     [
         ("estimators", ("ema", "magic"), r"estimators must be a non-empty subset of .* 'magic'"),
         ("estimators", (), r"estimators must be a non-empty subset"),
-        ("model", "resnet", r"model must be one of \['cnn', 'mlp'\], got 'resnet'"),
+        ("model", "resnet50", r"model must be one of \['cnn', 'mlp', 'resnet'\], got 'resnet50'"),
         ("dataset", "cifar", r"dataset must be one of .* got 'cifar'"),
         ("bn_momenta", (0.1, 0.0), r"momenta must be one or more values in \(0, 1\]"),
         ("bn_momenta", (1.1,), r"momenta must be one or more values in \(0, 1\]"),

@@ -1,23 +1,38 @@
 """Small networks on the bnbench kernels: layers, the MNIST-1D models, an optimizer."""
 
-from .layers import BatchNorm, Conv1d, Flatten, Linear, ReLU, Reshape
+from .layers import BatchNorm, Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 from .losses import cross_entropy
-from .models import MODELS, Sequential, build, cnn, mlp
+from .models import (
+    MODELS,
+    RESNET_DEPTHS,
+    Residual,
+    Sequential,
+    build,
+    check_depth,
+    cnn,
+    mlp,
+    resnet,
+)
 from .optim import SGD, cosine_lr
 
 __all__ = [
     "MODELS",
+    "RESNET_DEPTHS",
     "SGD",
     "BatchNorm",
     "Conv1d",
     "Flatten",
+    "GlobalAvgPool",
     "Linear",
     "ReLU",
     "Reshape",
+    "Residual",
     "Sequential",
     "build",
+    "check_depth",
     "cnn",
     "cosine_lr",
     "cross_entropy",
     "mlp",
+    "resnet",
 ]

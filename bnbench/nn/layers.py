@@ -114,6 +114,17 @@ class ReLU(Layer):
         return dy * self.mask
 
 
+class GlobalAvgPool(Layer):
+    """Mean over the length axis: ``(N, C, L)`` -> ``(N, C)``."""
+
+    def forward(self, x, mode):
+        self.length = x.shape[2]
+        return x.mean(axis=2)
+
+    def backward(self, dy):
+        return np.repeat(dy[:, :, None] / self.length, self.length, axis=2)
+
+
 class Flatten(Layer):
     def forward(self, x, mode):
         self.shape = x.shape

@@ -1,12 +1,14 @@
-"""The two MNIST-1D baselines (Greydanus 2020), with BN after each hidden layer."""
+"""The MNIST-1D networks: the two baselines (Greydanus 2020) with BN after each hidden
+layer, and a residual CNN whose depth (number of BN layers) is a parameter."""
 
 import numpy as np
 
-from .layers import BatchNorm, Conv1d, Flatten, Linear, ReLU, Reshape
+from .layers import BatchNorm, Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 
 
 class Sequential:
-    """Layers applied in order; ``backward`` runs them in reverse."""
+    """Layers applied in order; ``backward`` runs them in reverse. A layer may itself be a
+    container (:class:`Residual`): BN layers and parameters are found inside it too."""
 
     def __init__(self, layers):
         self.layers = list(layers)
@@ -23,11 +25,34 @@ class Sequential:
 
     @property
     def bn_layers(self):
-        return [layer for layer in self.layers if isinstance(layer, BatchNorm)]
+        """Every BN layer, in forward order (nested ones included)."""
+        out = []
+        for layer in self.layers:
+            if isinstance(layer, BatchNorm):
+                out.append(layer)
+            elif hasattr(layer, "bn_layers"):
+                out += layer.bn_layers
+        return out
 
     def parameters(self):
-        """``(layer, name)`` pairs of every parameter, in layer order."""
-        return [(layer, name) for layer in self.layers for name in layer.params]
+        """``(layer, name)`` pairs of every parameter, in layer order (nested included)."""
+        out = []
+        for layer in self.layers:
+            if hasattr(layer, "parameters"):
+                out += layer.parameters()
+            else:
+                out += [(layer, name) for name in layer.params]
+        return out
+
+
+class Residual(Sequential):
+    """``y = x + body(x)`` (an identity skip): ``body`` keeps the shape of ``x``."""
+
+    def forward(self, x, mode="train"):
+        return x + super().forward(x, mode)
+
+    def backward(self, dy):
+        return dy + super().backward(dy)
 
 
 def mlp(in_features=40, classes=10, hidden=100, rng=None, dtype=np.float32):
@@ -65,11 +90,55 @@ def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32):
     return Sequential(layers)
 
 
-MODELS = {"mlp": mlp, "cnn": cnn}
+#: depths (BN layers) the residual CNN supports: two per block
+RESNET_DEPTHS = range(2, 65, 2)
 
 
-def build(name, in_features, classes, rng, dtype=np.float32):
-    """A model by name (``"mlp"`` or ``"cnn"``) for inputs of ``in_features`` values."""
+def check_depth(depth):
+    """``depth`` as a number of BN layers of :func:`resnet`, or a clear error."""
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, (int, np.integer))
+        or depth not in RESNET_DEPTHS
+    ):
+        raise ValueError(
+            "depth must be an even integer in 2-64 (two BN layers per residual block), "
+            f"got {depth!r}"
+        )
+    return int(depth)
+
+
+def resnet(length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float32):
+    """A residual MNIST-1D CNN with ``depth`` BN layers: a stem Conv1d (kernel 5, stride 2,
+    ``channels``, ReLU; no BN), then ``depth / 2`` blocks ``x + BN(Conv(ReLU(BN(Conv(x)))))``
+    (kernel 3, padding 1, identity skips; He et al. 2016's basic block), each followed by
+    ReLU, global average pooling and a linear layer. The last BN of each block starts
+    with weight 0 (Goyal et al. 2017), so every block starts as the identity and depth 64
+    trains as easily as depth 2."""
+    depth = check_depth(depth)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    layers = [Reshape((1, length)),
+              Conv1d(1, channels, 5, rng, stride=2, padding=2, dtype=dtype), ReLU()]  # fmt: skip
+    for _ in range(depth // 2):
+        last = BatchNorm(channels, dtype=dtype)
+        last.params["weight"][:] = 0
+        body = [Conv1d(channels, channels, 3, rng, padding=1, bias=False, dtype=dtype),
+                BatchNorm(channels, dtype=dtype), ReLU(),
+                Conv1d(channels, channels, 3, rng, padding=1, bias=False, dtype=dtype), last]  # fmt: skip
+        layers += [Residual(body), ReLU()]
+    layers += [GlobalAvgPool(), Linear(channels, classes, rng, dtype=dtype)]
+    return Sequential(layers)
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
+
+
+def build(name, in_features, classes, rng, dtype=np.float32, depth=None):
+    """A model by name (``"mlp"``, ``"cnn"`` or ``"resnet"``) for inputs of
+    ``in_features`` values; ``depth`` (BN layers) for the resnet only."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](in_features, classes, rng=rng, dtype=dtype)
+    if depth is not None and name != "resnet":
+        raise ValueError(f"depth applies to model 'resnet' only, got model {name!r}")
+    extra = {} if depth is None else {"depth": depth}
+    return MODELS[name](in_features, classes, rng=rng, dtype=dtype, **extra)
