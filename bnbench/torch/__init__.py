@@ -10,8 +10,8 @@ Every estimator of :mod:`bnbench.estimators`, scored, on a user's own
 * :func:`evaluate` (accuracy, NLL, ECE) with fixed statistics or a test-time adaptation
   mode (:func:`prediction_time`, :func:`prior`, :func:`online_ema`; AdaBN is
   :func:`population_statistics` over unlabeled test data), and :func:`load_statistics`;
-* :class:`BatchNorm1d`, :class:`BatchNorm2d` and :func:`batch_norm`: drop-in modules and
-  an autograd function running bnbench's kernels.
+* :class:`BatchNorm1d`, :class:`BatchNorm2d`, :func:`batch_norm` and :func:`convert`:
+  drop-in modules and an autograd op running bnbench's kernels (:mod:`bnbench.torch.op`).
 
 Importing :mod:`bnbench` never imports torch; importing this package does.
 """
@@ -25,6 +25,7 @@ from .evaluation import (
     prior,
     statistics_error,
 )
+from .op import BatchNorm1d, BatchNorm2d, batch_norm, convert
 from .statistics import (
     AGGREGATIONS,
     Statistics,
@@ -38,8 +39,12 @@ __all__ = [
     "AGGREGATIONS",
     "RUNNING",
     "Adaptation",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "Statistics",
     "Tracker",
+    "batch_norm",
+    "convert",
     "evaluate",
     "load_statistics",
     "online_ema",
