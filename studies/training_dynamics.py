@@ -98,7 +98,7 @@ def _final_figure(df):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy minus population (points)")
         ax.set_title(f"gap to the population statistics at the end of training, by {x}")
-    next(ax for ax in axes[0][::-1] if ax.lines).legend(fontsize=7)
+    next(ax for ax in axes[0][::-1] if ax.get_legend_handles_labels()[0]).legend(fontsize=7)
     return fig
 
 
