@@ -4,10 +4,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .functional import (
     BackwardResult,
+    GroupStats,
+    RenormResult,
     TrainResult,
     batch_norm_backward,
     batch_norm_eval,
     batch_norm_train,
+    batch_renorm_backward,
+    batch_renorm_train,
+    merge_group_stats,
     update_running_stats,
 )
 
@@ -18,10 +23,15 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "BackwardResult",
+    "GroupStats",
+    "RenormResult",
     "TrainResult",
     "__version__",
     "batch_norm_backward",
     "batch_norm_eval",
     "batch_norm_train",
+    "batch_renorm_backward",
+    "batch_renorm_train",
+    "merge_group_stats",
     "update_running_stats",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import registry
 from .kernels import is_device_array as _is_device
+from .kernels import supports as _supports
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -37,6 +38,30 @@ class TrainResult(NamedTuple):
     mean: np.ndarray
     var: np.ndarray  # biased (divides by M)
     invstd: np.ndarray  # 1 / sqrt(var + eps)
+
+
+class RenormResult(NamedTuple):
+    """Output of :func:`batch_renorm_train`: ``y`` like ``x``; the rest ``(C,)``.
+
+    ``mean``, ``var`` (biased) and ``invstd`` are the batch's, as in :class:`TrainResult`
+    (what the running-statistics update takes); ``r`` and ``d`` are Batch Renorm's
+    correction, constants of the backward pass."""
+
+    y: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray  # biased (divides by M)
+    invstd: np.ndarray  # 1 / sqrt(var + eps)
+    r: np.ndarray
+    d: np.ndarray
+
+
+class GroupStats(NamedTuple):
+    """Output of :func:`merge_group_stats`: the whole batch's ``(C,)`` float64 mean and
+    biased variance, and its number of values per channel."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    count: int
 
 
 class BackwardResult(NamedTuple):
@@ -92,14 +117,17 @@ def _check_like(a, name, x, impl):
     return a
 
 
-def _check_channel(a, name, x, impl, default=None):
-    """A per-channel ``(C,)`` array of x's dtype; ``None`` becomes ``default`` if given."""
+def _check_channel(a, name, x, impl, default=None, groups=None):
+    """A per-channel ``(C,)`` array of x's dtype; ``None`` becomes ``default`` if given.
+    With ``groups``, a per-group ``(groups, C)`` array (ghost batch norm statistics)."""
     C = x.shape[1]
     if a is None and default is not None:
         return np.full(C, default, dtype=x.dtype)
-    _check_kind(a, name, impl, f" of shape ({C},)")
-    if tuple(a.shape) != (C,):
-        raise ValueError(f"{name} must have shape ({C},) (one value per channel), got {a.shape}")
+    shape = (C,) if groups is None else (groups, C)
+    _check_kind(a, name, impl, f" of shape {shape}")
+    if tuple(a.shape) != shape:
+        what = "one value per channel" if groups is None else "one row per ghost batch"
+        raise ValueError(f"{name} must have shape {shape} ({what}), got {tuple(a.shape)}")
     if a.dtype != x.dtype:
         raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}")
     return a
@@ -144,13 +172,50 @@ def _as3d(a):
     return a.reshape(N, C, a.size // (N * C))
 
 
-def batch_norm_train(x, weight=None, bias=None, *, eps=1e-5, backend="cpu", out=None):
+def _require(impl, backend, operation, argument):
+    """A clear error where a backend (a peer) lacks ``operation``."""
+    if not _supports(impl, operation):
+        from .kernels import backends_supporting
+
+        raise ValueError(
+            f"backend {backend!r} has no {operation} kernel ({argument}); backends that "
+            f"have one: {', '.join(backends_supporting(operation, peers=True))}"
+        )
+
+
+def _check_ghost(ghost_batch_size, x):
+    """The number of groups for ``ghost_batch_size`` (an integer >= 2 dividing N)."""
+    G, N = ghost_batch_size, x.shape[0]
+    if isinstance(G, bool) or not isinstance(G, (int, np.integer)):
+        raise ValueError(
+            f"ghost_batch_size must be an integer (samples per ghost batch) or None, "
+            f"got {G!r} ({type(G).__name__})"
+        )
+    if G < 2:
+        raise ValueError(f"ghost_batch_size must be at least 2, got {G}")
+    if N % G:
+        raise ValueError(
+            f"ghost_batch_size must divide the batch size N = {N} (groups of equal size), got {G}"
+        )
+    return int(G), N // int(G)
+
+
+def batch_norm_train(
+    x, weight=None, bias=None, *, eps=1e-5, ghost_batch_size=None, backend="cpu", out=None
+):
     """Batch norm in training mode: normalise ``x`` with its own per-channel statistics.
 
     ``x``: ``(N, C, *spatial)``; ``weight``, ``bias``: ``(C,)`` or ``None`` (no affine
     transform); ``eps`` (keyword-only, as every argument after ``bias``): added to the
     variance; ``out``: optional preallocated result. Returns
     ``TrainResult(y, mean, var, invstd)`` with ``var`` biased.
+
+    Ghost batch norm (Hoffer et al. 2017): with ``ghost_batch_size=G`` (an integer >= 2
+    that divides N) the batch axis is split into ``N // G`` groups of ``G`` consecutive
+    samples, each normalised with its own statistics, and ``mean``, ``var``, ``invstd``
+    are per group, ``(N // G, C)``. ``G = N`` gives plain batch norm bit for bit (its
+    statistics as one row). Running estimates take the groups' exact aggregate: see
+    :func:`merge_group_stats`.
     """
     impl = registry.get_backend(backend)
     x = _check_tensor(x, "x", impl)
@@ -162,8 +227,14 @@ def batch_norm_train(x, weight=None, bias=None, *, eps=1e-5, backend="cpu", out=
             "x must have more than one value per channel in training mode "
             f"(N * prod(spatial) >= 2), got shape {x.shape}"
         )
+    if ghost_batch_size is not None:
+        _require(impl, backend, "ghost", "ghost_batch_size")
+        G, _ = _check_ghost(ghost_batch_size, x)
     out = _check_out(out, x, impl)
-    stats = impl.forward_train(_as3d(x), weight, bias, eps, _as3d(out))
+    if ghost_batch_size is None:
+        stats = impl.forward_train(_as3d(x), weight, bias, eps, _as3d(out))
+    else:
+        stats = impl.forward_train_ghost(_as3d(x), weight, bias, eps, G, _as3d(out))
     return TrainResult(out, *(_stat(s, x) for s in stats))
 
 
@@ -187,23 +258,37 @@ def batch_norm_eval(x, weight=None, bias=None, *, mean, var, eps=1e-5, backend="
     return out
 
 
-def batch_norm_backward(dy, x, weight=None, *, mean, invstd, backend="cpu", out=None):
+def batch_norm_backward(
+    dy, x, weight=None, *, mean, invstd, ghost_batch_size=None, backend="cpu", out=None
+):
     """Gradients of :func:`batch_norm_train` given ``dy = dL/dy``.
 
     ``mean`` and ``invstd`` (keyword arguments) are those returned by the forward pass;
     ``weight`` may be ``None`` (no affine transform). Returns ``BackwardResult(dx, dweight, dbias)``;
-    ``dweight`` and ``dbias`` are what an affine weight and bias would receive.
+    ``dweight`` and ``dbias`` are what an affine weight and bias would receive. With
+    ``ghost_batch_size=G``, as in the forward pass, ``mean`` and ``invstd`` are the
+    per-group ``(N // G, C)`` statistics it returned.
     """
     impl = registry.get_backend(backend)
     x = _check_tensor(x, "x", impl)
     dy = _check_like(dy, "dy", x, impl)
     weight = _check_channel(weight, "weight", x, impl, default=1.0)
-    mean = _check_channel(mean, "mean", x, impl)
-    invstd = _check_channel(invstd, "invstd", x, impl)
+    groups = None
+    if ghost_batch_size is not None:
+        _require(impl, backend, "ghost", "ghost_batch_size")
+        G, groups = _check_ghost(ghost_batch_size, x)
+    mean = _check_channel(mean, "mean", x, impl, groups=groups)
+    invstd = _check_channel(invstd, "invstd", x, impl, groups=groups)
     if _per_channel_count(x) < 2:
         raise ValueError(
             f"x must have more than one value per channel (training mode), got shape {x.shape}"
         )
+    if groups is not None:
+        out = _check_out(out, x, impl)
+        dweight, dbias = impl.backward_ghost(
+            _as3d(dy), _as3d(x), weight, mean, invstd, G, _as3d(out)
+        )
+        return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
     fresh = getattr(impl, "backward_fresh", None)
     if out is None and fresh is not None:
         # a peer without an out= backward (PyTorch): its own dx, no copy
@@ -212,6 +297,122 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, backend="cpu", out=
     out = _check_out(out, x, impl)
     dweight, dbias = impl.backward(_as3d(dy), _as3d(x), weight, mean, invstd, _as3d(out))
     return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
+
+
+def _check_clip(value, name, low):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a float >= {low}, got {type(value).__name__}")
+    if math.isnan(value) or value < low:
+        raise ValueError(f"{name} must be >= {low} ({low} is plain batch norm), got {value!r}")
+    return float(value)
+
+
+def batch_renorm_train(
+    x, weight=None, bias=None, *, running_mean, running_var, rmax, dmax, eps=1e-5,
+    backend="cpu", out=None,
+):  # fmt: skip
+    """Batch Renormalization in training mode (Ioffe 2017).
+
+    ``y = ((x - mean) / sigma_B * r + d) * weight + bias`` with the batch's ``mean`` and
+    ``sigma_B = sqrt(var + eps)`` (``var`` biased), corrected towards the running
+    estimates ``running_mean``, ``running_var`` (``(C,)``, x's dtype) through
+    ``sigma = sqrt(running_var + eps)``:
+
+    * ``r = clip(sigma_B / sigma, 1 / rmax, rmax)``, ``rmax >= 1``;
+    * ``d = clip((mean - running_mean) / sigma, -dmax, dmax)``, ``dmax >= 0``.
+
+    ``eps`` enters both sigmas, as in Keras' and torchrl's implementations. ``rmax = 1``,
+    ``dmax = 0`` is plain batch norm (``r = 1``, ``d = 0``, the same ``y`` bit for bit
+    on bnbench's compiled backends). Returns ``RenormResult(y, mean, var, invstd, r,
+    d)``: the batch's ``mean``, biased ``var`` and ``invstd = 1 / sigma_B`` (for the
+    backward pass and :func:`update_running_stats`), and ``r``, ``d`` (constants of the
+    backward pass, :func:`batch_renorm_backward`).
+    """
+    impl = registry.get_backend(backend)
+    x = _check_tensor(x, "x", impl)
+    _require(impl, backend, "renorm", "batch_renorm_train")
+    weight = _check_channel(weight, "weight", x, impl, default=1.0)
+    bias = _check_channel(bias, "bias", x, impl, default=0.0)
+    running_mean = _check_channel(running_mean, "running_mean", x, impl)
+    running_var = _check_channel(running_var, "running_var", x, impl)
+    if isinstance(running_var, np.ndarray) and np.any(running_var < 0):
+        raise ValueError(
+            f"running_var must be non-negative, got minimum {float(running_var.min())!r}"
+        )
+    rmax, dmax = _check_clip(rmax, "rmax", 1), _check_clip(dmax, "dmax", 0)
+    eps = _check_eps(eps)
+    if _per_channel_count(x) < 2:
+        raise ValueError(
+            "x must have more than one value per channel in training mode "
+            f"(N * prod(spatial) >= 2), got shape {x.shape}"
+        )
+    out = _check_out(out, x, impl)
+    stats = impl.forward_train_renorm(
+        _as3d(x), weight, bias, running_mean, running_var, rmax, dmax, eps, _as3d(out)
+    )
+    return RenormResult(out, *(_stat(s, x) for s in stats))
+
+
+def batch_renorm_backward(dy, x, weight=None, *, mean, invstd, r, d, backend="cpu", out=None):
+    """Gradients of :func:`batch_renorm_train` with ``r`` and ``d`` held constant
+    (stop-gradient, as in Ioffe 2017): ``mean``, ``invstd``, ``r``, ``d`` are what the
+    forward pass returned. Returns ``BackwardResult(dx, dweight, dbias)``."""
+    impl = registry.get_backend(backend)
+    x = _check_tensor(x, "x", impl)
+    _require(impl, backend, "renorm", "batch_renorm_backward")
+    dy = _check_like(dy, "dy", x, impl)
+    weight = _check_channel(weight, "weight", x, impl, default=1.0)
+    mean, invstd, r, d = (
+        _check_channel(a, name, x, impl)
+        for a, name in ((mean, "mean"), (invstd, "invstd"), (r, "r"), (d, "d"))
+    )
+    if _per_channel_count(x) < 2:
+        raise ValueError(
+            f"x must have more than one value per channel (training mode), got shape {x.shape}"
+        )
+    out = _check_out(out, x, impl)
+    dweight, dbias = impl.backward_renorm(
+        _as3d(dy), _as3d(x), weight, mean, invstd, r, d, _as3d(out)
+    )
+    return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
+
+
+def merge_group_stats(mean, var, *, count):
+    """The exact statistics of a whole batch from its ghost batches' statistics.
+
+    ``mean``, ``var``: ``(groups, C)`` per-group mean and biased variance, as
+    :func:`batch_norm_train` returns them with ``ghost_batch_size``; ``count``: values
+    per channel in one group (``G * prod(spatial)``). Returns ``GroupStats(mean, var,
+    count)``: float64 ``(C,)`` mean and biased variance of the whole batch (Chan's merge
+    of equal-count groups: the mean of the group means, and the mean of the group
+    variances plus the variance of the group means) and ``groups * count``: equal to
+    plain batch norm's statistics of the same batch up to rounding.
+
+    This is how ghost batch norm feeds running estimates in bnbench: one update per SGD
+    step with the aggregate, ``update_running_stats(..., mean=s.mean, var=s.var,
+    count=s.count)``, so every estimator sees the same statistics as with plain batch
+    norm and targets the same population statistics. Keras' ``virtual_batch_size`` also
+    updates once, but with the mean of the group means and the mean of the groups'
+    biased variances: that omits the variance of the group means, which for iid groups
+    of ``M`` values is about ``var / M`` (half the variance at ``G = 2``, ``L = 1``).
+    MosaicML Composer's ``GhostBatchNorm`` runs PyTorch's batch norm once per chunk, so
+    the running estimates take one update per group with the momentum divided by the
+    number of groups, each with that group's Bessel-corrected variance: close to one
+    update with the mean of the groups' unbiased variances, again without the variance
+    of the group means (which matters when groups differ, as with non-iid batches).
+    """
+    mean, var = (
+        np.asarray(a.copy_to_host() if _is_device(a) else a, np.float64) for a in (mean, var)
+    )
+    if mean.ndim != 2 or mean.shape[0] < 1:
+        raise ValueError(f"mean must have shape (groups, C), got {mean.shape}")
+    if var.shape != mean.shape:
+        raise ValueError(f"var must have the shape of mean {mean.shape}, got {var.shape}")
+    if isinstance(count, bool) or int(count) != count or count < 1:
+        raise ValueError(f"count must be a positive integer (values per group), got {count!r}")
+    total = mean.mean(axis=0)
+    merged_var = var.mean(axis=0) + ((mean - total) ** 2).mean(axis=0)
+    return GroupStats(total, merged_var, int(count) * mean.shape[0])
 
 
 def update_running_stats(

@@ -54,3 +54,21 @@ def numeric_grad(f, a, h=1e-6):
         a[i] = old
         grad[i] = (up - down) / (2 * h)
     return grad
+
+
+def backends_for(operation, backends=None):
+    """``backends`` (default ``WITH_PEERS``) as pytest parameters for ``operation`` (a key
+    of :data:`bnbench.kernels.OPERATIONS`): a peer without it is skipped with the reason;
+    bnbench's own backends always run, so a missing kernel there fails."""
+    import pytest
+
+    from bnbench.kernels import supports
+
+    params = []
+    for name in WITH_PEERS if backends is None else backends:
+        if name in registry.BACKENDS or supports(registry.get_backend(name), operation):
+            params.append(name)
+        else:
+            reason = f"peer {name!r} has no {operation} kernel"
+            params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason)))
+    return params

@@ -22,16 +22,22 @@ F64_1, F64_2 = t.float64[::1], t.float64[:, ::1]
 
 def signatures(dtype):
     """Argument types of every kernel as the host code launches it."""
-    X, V = dtype[:, :, ::1], dtype[::1]
+    X, V, S = dtype[:, :, ::1], dtype[::1], dtype[:, ::1]  # x, (C,) and (groups, C) arrays
+    F64_3 = t.float64[:, :, ::1]  # per-block partials (groups, C, nb)
+    N, F = t.int64, t.float64  # integer and float scalars
     return {
-        "moments_partial": (X, t.int64, F64_2, F64_2, F64_2),
-        "moments_finish": (F64_2, F64_2, F64_2, V, V, t.float64, V, V, V, F64_1, F64_1),
-        "eval_coefficients": (V, V, V, V, t.float64, F64_1, F64_1),
-        "affine": (X, F64_1, F64_1, X),
-        "grad_partial": (X, X, t.int64, F64_2, F64_2),
-        "grad_finish": (F64_2, F64_2, V, V, V, t.float64, F64_1, F64_1, F64_1, V, V),
-        "grad_input": (X, X, F64_1, F64_1, F64_1, X),
-        "ema_update": (dtype[:, ::1], dtype[:, ::1], F64_1, F64_1, F64_1),
+        "moments_partial": (X, N, N, F64_3, F64_3, F64_3),
+        "moments_finish": (F64_3, F64_3, F64_3, V, V, F, S, S, S, F64_2, F64_2),
+        # counts, means, M2s; weight, bias, running mean and var; rmax, dmax, eps;
+        # mean, var, invstd, r, d; scale, shift
+        "renorm_finish": (F64_3,) * 3 + (V,) * 4 + (F,) * 3 + (V,) * 5 + (F64_2,) * 2,
+        "eval_coefficients": (V, V, V, V, F, F64_2, F64_2),
+        "affine": (X, N, F64_2, F64_2, X),
+        "grad_partial": (X, X, N, N, F64_3, F64_3),
+        "grad_finish": (F64_3, F64_3, V, S, S, F, F64_2, F64_2, F64_2, V, V),
+        "renorm_grad_finish": (F64_3, F64_3, V, V, V, V, V, F, F64_2, F64_2, F64_2, V, V),
+        "grad_input": (X, X, N, F64_2, F64_2, F64_2, X),
+        "ema_update": (S, S, F64_1, F64_1, F64_1),
     }
 
 

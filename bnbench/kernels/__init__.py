@@ -15,6 +15,25 @@ parameters of the input's dtype:
     advances ``(K, C)`` running estimates in place, one row per momentum:
     ``r <- (1 - m) r + m * stat``.
 
+Ghost batch norm and Batch Renorm (every bnbench backend; a peer may lack them, see
+:data:`OPERATIONS` and :func:`supports`):
+
+``forward_train_ghost(x, weight, bias, eps, group_size, out) -> (mean, var, invstd)``
+    the batch axis split into ``N // group_size`` groups of ``group_size`` consecutive
+    samples, each normalised with its own statistics; ``mean``, ``var`` (biased),
+    ``invstd`` are ``(N // group_size, C)``. ``group_size = N`` is ``forward_train``
+    bit for bit (its statistics as ``(1, C)``).
+``backward_ghost(dy, x, weight, mean, invstd, group_size, out) -> (dweight, dbias)``
+    ``mean``, ``invstd`` ``(N // group_size, C)``; writes ``out = dx``.
+``forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax, eps, out)
+-> (mean, var, invstd, r, d)``
+    Batch Renorm (Ioffe 2017): ``out = ((x - mean) * invstd * r + d) * weight + bias``
+    with ``r = clip(sqrt(var + eps) / sigma, 1/rmax, rmax)``,
+    ``d = clip((mean - running_mean) / sigma, -dmax, dmax)``,
+    ``sigma = sqrt(running_var + eps)``; all ``(C,)``.
+``backward_renorm(dy, x, weight, mean, invstd, r, d, out) -> (dweight, dbias)``
+    ``r`` and ``d`` held constant (stop-gradient); writes ``out = dx``.
+
 Optional, for a peer without an out= backward:
 ``backward_fresh(dy, x, weight, mean, invstd) -> (dx, dweight, dbias)`` with ``dx``
 allocated by the peer; :mod:`bnbench.functional` uses it when no ``out=`` is given, and
@@ -34,3 +53,27 @@ def is_device_array(a):
     if isinstance(a, np.ndarray):
         return False
     return hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")
+
+
+#: Operations beyond the plain four (``forward_train``, ``forward_eval``, ``backward``,
+#: ``update_running``, which every backend and peer provides), by name: the module
+#: functions that implement each. Every bnbench backend provides all of them
+#: (tests/test_functional.py checks it); a peer provides those its library has.
+OPERATIONS = {
+    "ghost": ("forward_train_ghost", "backward_ghost"),
+    "renorm": ("forward_train_renorm", "backward_renorm"),
+}
+
+
+def supports(impl, operation):
+    """Whether backend module ``impl`` implements ``operation`` (a key of
+    :data:`OPERATIONS`, or one of the plain four)."""
+    return all(hasattr(impl, fn) for fn in OPERATIONS.get(operation, (operation,)))
+
+
+def backends_supporting(operation, peers=False):
+    """Names of the available backends (and peers) that implement ``operation``."""
+    from .. import registry
+
+    names = registry.available(peers=peers)
+    return [n for n in names if supports(registry.get_backend(n), operation)]

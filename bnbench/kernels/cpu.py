@@ -15,6 +15,14 @@ Statistics are one pass of float64 sums shifted by a value of the data
 of ``x`` instead of two (the two-pass version took 6.4 ms against 5.9 ms on
 ``(16, 64, 224, 224)`` float32, 2 threads) and no ``E[x^2] - E[x]^2`` cancellation.
 
+Ghost batch norm (groups of ``G`` consecutive samples, each with its own statistics)
+is the same code on ``(N // G, G, C, L)`` views: the parallel units are (group, chunk of
+the group) pairs, statistics and coefficients are ``(groups, C)``, and the elementwise
+passes read row ``n // G`` of them. Plain batch norm is the single group ``G = N``, so
+``ghost_batch_size=N`` is plain batch norm bit for bit, by construction. Batch Renorm
+is plain batch norm's passes with other per-channel coefficients
+(:func:`~bnbench.kernels.scalar.renorm_affine_coefficients`).
+
 Per-chunk partials are merged in a fixed order, so results are bitwise deterministic for a
 fixed input and thread count. Elementwise passes compute in float64 (``x * a + b`` with
 per-channel float64 ``a``, ``b``) and round once on store.
@@ -30,11 +38,19 @@ from .scalar import (
     chan_merge,
     ema_step,
     grad_coefficients,
+    renorm_affine_coefficients,
+    renorm_grad_coefficients,
     shifted_moments,
 )
 
 _JIT = {"cache": config.CACHE, "fastmath": config.FASTMATH}
 _PJIT = {"parallel": True, **_JIT}
+#: The per-channel coefficient loops (O(C) work) compile without fast-math: with
+#: ``reassoc`` LLVM regrouped ``(weight * r) * invstd * ...`` differently from plain batch
+#: norm's ``weight * invstd * ...``, so Batch Renorm's dx at ``r = 1`` differed from plain
+#: batch norm's in the last bit on ~10% of float64 elements (tests/test_renorm.py,
+#: test_no_correction_is_plain_batch_norm). Strict IEEE order costs nothing measurable here.
+_EXACT = {"cache": config.CACHE}
 
 
 @numba.njit(inline="always")
@@ -58,59 +74,63 @@ def _channels(n, n0, c0, n1, c1, C):
 
 
 @numba.njit(**_PJIT)
-def _spatial_moments(x, nchunks):
-    # Per (chunk, channel): sums shifted by the first value the chunk sees of that
+def _spatial_moments(x, splits):
+    # x: (groups, G, C, L). Unit u = (group u // splits, chunk u % splits of its G * C
+    # rows). Per (unit, channel): sums shifted by the first value the unit sees of that
     # channel, turned into (mean, M2) once at the end. Merging every row instead cost two
     # divisions per row. callgrind, float32, per call: 1.78M -> 1.63M instructions on
     # (128, 32, 40), 8.09M -> 7.94M on (32, 64, 56, 56); wall-clock gains (~5%) were
     # within this VM's run-to-run noise.
-    N, C, L = x.shape
-    count = np.zeros((nchunks, C))
-    mean = np.zeros((nchunks, C))
-    m2 = np.zeros((nchunks, C))
-    for k in prange(nchunks):
-        n0, c0, n1, c1 = _row_span(k, nchunks, N, C)
+    groups, G, C, L = x.shape
+    count = np.zeros((groups * splits, C))
+    mean = np.zeros((groups * splits, C))
+    m2 = np.zeros((groups * splits, C))
+    for u in prange(groups * splits):
+        xg = x[u // splits]
+        n0, c0, n1, c1 = _row_span(u % splits, splits, G, C)
         shift = np.zeros(C)
         s = np.zeros(C)
         q = np.zeros(C)
-        for n in range(n0, min(n1 + 1, N)):
+        for n in range(n0, min(n1 + 1, G)):
             cs, ce = _channels(n, n0, c0, n1, c1, C)
             for c in range(cs, ce):
-                if count[k, c] == 0:
-                    shift[c] = x[n, c, 0]
+                if count[u, c] == 0:
+                    shift[c] = xg[n, c, 0]
                 sh = shift[c]
                 rs = 0.0
                 rq = 0.0
                 for i in range(L):
-                    d = x[n, c, i] - sh
+                    d = xg[n, c, i] - sh
                     rs += d
                     rq += d * d
                 s[c] += rs
                 q[c] += rq
-                count[k, c] += L
+                count[u, c] += L
         for c in range(C):
-            if count[k, c] > 0:
-                mean[k, c], m2[k, c] = shifted_moments(shift[c], s[c], q[c], count[k, c])
+            if count[u, c] > 0:
+                mean[u, c], m2[u, c] = shifted_moments(shift[c], s[c], q[c], count[u, c])
     return count, mean, m2
 
 
 @numba.njit(**_PJIT)
-def _dense_moments(x, nchunks):
-    # Four rows per sweep over C: the float64 partials are loaded and stored once per
-    # four rows. (4096, 1024) float32, 2 threads: 0.26 ms against 0.38 ms one row at a
-    # time (the loop is bound by L1 traffic on the partials, not by DRAM).
-    N, C = x.shape
-    count = np.zeros((nchunks, C))
-    mean = np.zeros((nchunks, C))
-    m2 = np.zeros((nchunks, C))
-    for k in prange(nchunks):
-        lo, hi = _chunk(k, nchunks, N)
-        shift = x[lo].astype(np.float64)
+def _dense_moments(x, splits):
+    # x: (groups, G, C), units as in _spatial_moments (chunks of a group's G rows). Four
+    # rows per sweep over C: the float64 partials are loaded and stored once per four
+    # rows. (4096, 1024) float32, 2 threads: 0.26 ms against 0.38 ms one row at a time
+    # (the loop is bound by L1 traffic on the partials, not by DRAM).
+    groups, G, C = x.shape
+    count = np.zeros((groups * splits, C))
+    mean = np.zeros((groups * splits, C))
+    m2 = np.zeros((groups * splits, C))
+    for u in prange(groups * splits):
+        xg = x[u // splits]
+        lo, hi = _chunk(u % splits, splits, G)
+        shift = xg[lo].astype(np.float64)
         s = np.zeros(C)
         q = np.zeros(C)
         n = lo
         while n + 4 <= hi:
-            r0, r1, r2, r3 = x[n], x[n + 1], x[n + 2], x[n + 3]
+            r0, r1, r2, r3 = xg[n], xg[n + 1], xg[n + 2], xg[n + 3]
             for c in range(C):
                 d0, d1 = r0[c] - shift[c], r1[c] - shift[c]
                 d2, d3 = r2[c] - shift[c], r3[c] - shift[c]
@@ -119,137 +139,195 @@ def _dense_moments(x, nchunks):
             n += 4
         for m in range(n, hi):
             for c in range(C):
-                d = x[m, c] - shift[c]
+                d = xg[m, c] - shift[c]
                 s[c] += d
                 q[c] += d * d
         for c in range(C):
-            count[k, c] = hi - lo
-            mean[k, c], m2[k, c] = shifted_moments(shift[c], s[c], q[c], hi - lo)
+            count[u, c] = hi - lo
+            mean[u, c], m2[u, c] = shifted_moments(shift[c], s[c], q[c], hi - lo)
     return count, mean, m2
 
 
-@numba.njit(**_JIT)
-def _merge_chunks(count, mean, m2):
-    """Merge per-chunk partials ``(nchunks, C)`` in order; returns mean and biased var."""
-    C = count.shape[1]
-    out_mean = np.empty(C)
-    out_var = np.empty(C)
-    for c in range(C):
-        n, mu, q = 0.0, 0.0, 0.0
-        for k in range(count.shape[0]):
-            n, mu, q = chan_merge(n, mu, q, count[k, c], mean[k, c], m2[k, c])
-        out_mean[c] = mu
-        out_var[c] = q / n
+@numba.njit(**_EXACT)
+def _merge_chunks(count, mean, m2, splits):
+    """Merge each group's ``splits`` consecutive partials (rows of ``(groups * splits,
+    C)``) in order; returns ``(groups, C)`` mean and biased var."""
+    groups, C = count.shape[0] // splits, count.shape[1]
+    out_mean = np.empty((groups, C))
+    out_var = np.empty((groups, C))
+    for g in range(groups):
+        for c in range(C):
+            n, mu, q = 0.0, 0.0, 0.0
+            for k in range(g * splits, (g + 1) * splits):
+                n, mu, q = chan_merge(n, mu, q, count[k, c], mean[k, c], m2[k, c])
+            out_mean[g, c] = mu
+            out_var[g, c] = q / n
     return out_mean, out_var
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_EXACT)
 def _affine_coefficients(weight, bias, mean, var, eps):
-    """Per-channel ``(scale, shift, invstd)`` float64 arrays for ``y = x * scale + shift``."""
-    C = mean.shape[0]
-    scale, shift, invstd = np.empty(C), np.empty(C), np.empty(C)
-    for c in range(C):
-        scale[c], shift[c], invstd[c] = affine_coefficients(
-            np.float64(weight[c]), np.float64(bias[c]), np.float64(mean[c]),
-            np.float64(var[c]), eps,
-        )  # fmt: skip
+    """Per (group, channel) ``(scale, shift, invstd)`` float64 arrays, shaped like
+    ``mean``, for ``y = x * scale + shift``."""
+    groups, C = mean.shape
+    scale, shift, invstd = np.empty((groups, C)), np.empty((groups, C)), np.empty((groups, C))
+    for g in range(groups):
+        for c in range(C):
+            scale[g, c], shift[g, c], invstd[g, c] = affine_coefficients(
+                np.float64(weight[c]), np.float64(bias[c]), np.float64(mean[g, c]),
+                np.float64(var[g, c]), eps,
+            )  # fmt: skip
     return scale, shift, invstd
 
 
-@numba.njit(**_JIT)
-def _grad_coefficients(sum_dy, sum_dy_x, weight, mean, invstd, count):
-    """Per-channel dx coefficients ``a, b, d``, dweight and dbias from the chunk sums."""
-    C = mean.shape[0]
-    out = np.empty((5, C))
-    s_dy, s_dy_x = sum_dy.sum(axis=0), sum_dy_x.sum(axis=0)
+@numba.njit(**_EXACT)
+def _renorm_coefficients(weight, bias, mean, var, running_mean, running_var, rmax, dmax, eps):
+    """Batch Renorm's per-channel ``(scale, shift, invstd, r, d)``, ``(1, C)`` each."""
+    C = mean.shape[1]
+    out = np.empty((5, 1, C))
     for c in range(C):
-        out[0, c], out[1, c], out[2, c], out[3, c], out[4, c] = grad_coefficients(
-            np.float64(weight[c]), np.float64(mean[c]), np.float64(invstd[c]),
-            s_dy[c], s_dy_x[c], count,
+        out[0, 0, c], out[1, 0, c], out[2, 0, c], out[3, 0, c], out[4, 0, c] = (
+            renorm_affine_coefficients(
+                np.float64(weight[c]), np.float64(bias[c]), mean[0, c], var[0, c],
+                np.float64(running_mean[c]), np.float64(running_var[c]), rmax, dmax, eps,
+            )
         )  # fmt: skip
     return out[0], out[1], out[2], out[3], out[4]
 
 
+@numba.njit(**_EXACT)
+def _group_sums(sums, splits):
+    """``(groups * splits, C)`` partial sums -> ``(groups, C)``, in order."""
+    groups, C = sums.shape[0] // splits, sums.shape[1]
+    out = np.zeros((groups, C))
+    for g in range(groups):
+        for k in range(g * splits, (g + 1) * splits):
+            for c in range(C):
+                out[g, c] += sums[k, c]
+    return out
+
+
+@numba.njit(**_EXACT)
+def _grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, count):
+    """Per (group, channel) dx coefficients ``a, b, d``; dweight and dbias ``(C,)`` summed
+    over the groups in order."""
+    s_dy, s_dy_x = _group_sums(sum_dy, splits), _group_sums(sum_dy_x, splits)
+    groups, C = s_dy.shape
+    a, b, d = np.empty((groups, C)), np.empty((groups, C)), np.empty((groups, C))
+    dweight, dbias = np.zeros(C), np.zeros(C)
+    for g in range(groups):
+        for c in range(C):
+            a[g, c], b[g, c], d[g, c], dw, db = grad_coefficients(
+                np.float64(weight[c]), np.float64(mean[g, c]), np.float64(invstd[g, c]),
+                s_dy[g, c], s_dy_x[g, c], count,
+            )  # fmt: skip
+            dweight[c] += dw
+            dbias[c] += db
+    return a, b, d, dweight, dbias
+
+
+@numba.njit(**_EXACT)
+def _renorm_grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, r, d, count):
+    """Batch Renorm's ``a, b, d`` ``(1, C)`` and dweight, dbias ``(C,)``."""
+    s_dy, s_dy_x = _group_sums(sum_dy, splits), _group_sums(sum_dy_x, splits)
+    C = s_dy.shape[1]
+    out = np.empty((5, C))
+    for c in range(C):
+        out[0, c], out[1, c], out[2, c], out[3, c], out[4, c] = renorm_grad_coefficients(
+            np.float64(weight[c]), np.float64(mean[c]), np.float64(invstd[c]),
+            np.float64(r[c]), np.float64(d[c]), s_dy[0, c], s_dy_x[0, c], count,
+        )  # fmt: skip
+    return out[0:1], out[1:2], out[2:3], out[3], out[4]
+
+
 @numba.njit(**_PJIT)
-def _spatial_affine(x, a, b, out):
+def _spatial_affine(x, group_size, a, b, out):
+    """``out[n, c] = x[n, c] * a[g, c] + b[g, c]`` with ``g = n // group_size``."""
     C = x.shape[1]
     for r in prange(x.shape[0] * C):
         n, c = r // C, r % C
-        ac, bc = a[c], b[c]
+        g = n // group_size
+        ac, bc = a[g, c], b[g, c]
         src, dst = x[n, c], out[n, c]
         for i in range(x.shape[2]):
             dst[i] = src[i] * ac + bc
 
 
 @numba.njit(**_PJIT)
-def _dense_affine(x, a, b, out):
+def _dense_affine(x, group_size, a, b, out):
     for n in prange(x.shape[0]):
         src, dst = x[n], out[n]
+        ag, bg = a[n // group_size], b[n // group_size]
         for c in range(x.shape[1]):
-            dst[c] = src[c] * a[c] + b[c]
+            dst[c] = src[c] * ag[c] + bg[c]
 
 
 @numba.njit(**_PJIT)
-def _spatial_grad_sums(dy, x, nchunks):
-    N, C, L = dy.shape
-    sum_dy = np.zeros((nchunks, C))
-    sum_dy_x = np.zeros((nchunks, C))
-    for k in prange(nchunks):
-        n0, c0, n1, c1 = _row_span(k, nchunks, N, C)
-        for n in range(n0, min(n1 + 1, N)):
+def _spatial_grad_sums(dy, x, splits):
+    # (groups, G, C, L) views; units as in _spatial_moments
+    groups, G, C, L = dy.shape
+    sum_dy = np.zeros((groups * splits, C))
+    sum_dy_x = np.zeros((groups * splits, C))
+    for u in prange(groups * splits):
+        dyg, xg = dy[u // splits], x[u // splits]
+        n0, c0, n1, c1 = _row_span(u % splits, splits, G, C)
+        for n in range(n0, min(n1 + 1, G)):
             cs, ce = _channels(n, n0, c0, n1, c1, C)
             for c in range(cs, ce):
                 s = 0.0
                 q = 0.0
                 for i in range(L):
-                    g = dy[n, c, i]
+                    g = dyg[n, c, i]
                     s += g
-                    q += g * np.float64(x[n, c, i])
-                sum_dy[k, c] += s
-                sum_dy_x[k, c] += q
+                    q += g * np.float64(xg[n, c, i])
+                sum_dy[u, c] += s
+                sum_dy_x[u, c] += q
     return sum_dy, sum_dy_x
 
 
 @numba.njit(**_PJIT)
-def _dense_grad_sums(dy, x, nchunks):
-    # Two rows per sweep over C, for the reason given in _dense_moments.
-    N, C = dy.shape
-    sum_dy = np.zeros((nchunks, C))
-    sum_dy_x = np.zeros((nchunks, C))
-    for k in prange(nchunks):
-        lo, hi = _chunk(k, nchunks, N)
-        s, q = sum_dy[k], sum_dy_x[k]
+def _dense_grad_sums(dy, x, splits):
+    # (groups, G, C) views. Two rows per sweep over C, for the reason in _dense_moments.
+    groups, G, C = dy.shape
+    sum_dy = np.zeros((groups * splits, C))
+    sum_dy_x = np.zeros((groups * splits, C))
+    for u in prange(groups * splits):
+        dyg, xg = dy[u // splits], x[u // splits]
+        lo, hi = _chunk(u % splits, splits, G)
+        s, q = sum_dy[u], sum_dy_x[u]
         n = lo
         while n + 2 <= hi:
-            g0, g1, v0, v1 = dy[n], dy[n + 1], x[n], x[n + 1]
+            g0, g1, v0, v1 = dyg[n], dyg[n + 1], xg[n], xg[n + 1]
             for c in range(C):
                 s[c] += np.float64(g0[c]) + g1[c]
                 q[c] += g0[c] * np.float64(v0[c]) + g1[c] * np.float64(v1[c])
             n += 2
         for m in range(n, hi):
             for c in range(C):
-                s[c] += dy[m, c]
-                q[c] += dy[m, c] * np.float64(x[m, c])
+                s[c] += dyg[m, c]
+                q[c] += dyg[m, c] * np.float64(xg[m, c])
     return sum_dy, sum_dy_x
 
 
 @numba.njit(**_PJIT)
-def _spatial_grad_input(dy, x, a, b, d, out):
+def _spatial_grad_input(dy, x, group_size, a, b, d, out):
     C = x.shape[1]
     for r in prange(x.shape[0] * C):
         n, c = r // C, r % C
-        ac, bc, dc = a[c], b[c], d[c]
-        g, v, dst = dy[n, c], x[n, c], out[n, c]
+        g = n // group_size
+        ac, bc, dc = a[g, c], b[g, c], d[g, c]
+        gr, v, dst = dy[n, c], x[n, c], out[n, c]
         for i in range(x.shape[2]):
-            dst[i] = g[i] * ac + v[i] * bc + dc
+            dst[i] = gr[i] * ac + v[i] * bc + dc
 
 
 @numba.njit(**_PJIT)
-def _dense_grad_input(dy, x, a, b, d, out):
+def _dense_grad_input(dy, x, group_size, a, b, d, out):
     for n in prange(x.shape[0]):
-        g, v, dst = dy[n], x[n], out[n]
+        gr, v, dst = dy[n], x[n], out[n]
+        ag, bg, dg = a[n // group_size], b[n // group_size], d[n // group_size]
         for c in range(x.shape[1]):
-            dst[c] = g[c] * a[c] + v[c] * b[c] + d[c]
+            dst[c] = gr[c] * ag[c] + v[c] * bg[c] + dg[c]
 
 
 @numba.njit(**_JIT)
@@ -270,49 +348,95 @@ def _layout(*arrays):
     return [a.reshape(a.shape[:2]) for a in arrays] if _dense(arrays[0]) else list(arrays)
 
 
-def _nchunks(x):
-    """One chunk per thread, never more chunks than rows in the layout's loop order."""
-    rows = x.shape[0] if _dense(x) else x.shape[0] * x.shape[1]
-    return max(1, min(numba.get_num_threads(), rows))
+def _grouped(group_size, *arrays):
+    """``(groups, G, ...)`` views of the layout's arrays (no copies)."""
+    return [a.reshape(a.shape[0] // group_size, group_size, *a.shape[1:]) for a in arrays]
 
 
-def _moment_partials(x):
+def _splits(x, group_size):
+    """Chunks per group: one unit of work per thread while there are fewer groups than
+    threads, never more chunks than a group has rows in the layout's loop order. Plain
+    batch norm (one group) splits into one chunk per thread."""
+    groups = x.shape[0] // group_size
+    rows = group_size if _dense(x) else group_size * x.shape[1]
+    return max(1, min(rows, numba.get_num_threads() // groups))
+
+
+def _moment_partials(x, group_size):
     kernel = _dense_moments if _dense(x) else _spatial_moments
-    return kernel(*_layout(x), _nchunks(x))
+    splits = _splits(x, group_size)
+    return (*kernel(*_grouped(group_size, *_layout(x)), splits), splits)
 
 
 def moments(x):
     """Per-channel mean and biased variance of ``x`` ``(N, C, L)``, both float64 ``(C,)``."""
-    return _merge_chunks(*_moment_partials(x))
+    mean, var = _merge_chunks(*_moment_partials(x, x.shape[0]))
+    return mean[0], var[0]
 
 
-def affine(x, a, b, out):
-    """``out = x * a[c] + b[c]`` elementwise; ``a``, ``b`` float64 ``(C,)``."""
+def affine(x, a, b, out, group_size=None):
+    """``out = x * a[g, c] + b[g, c]`` elementwise, ``g = n // group_size``; ``a``, ``b``
+    float64 ``(groups, C)`` (``(1, C)`` without groups)."""
     kernel = _dense_affine if _dense(x) else _spatial_affine
     x2, out2 = _layout(x, out)
-    kernel(x2, a, b, out2)
+    kernel(x2, group_size or x.shape[0], a, b, out2)
 
 
-def forward_train(x, weight, bias, eps, out):
-    mean, var = moments(x)
+def forward_train_ghost(x, weight, bias, eps, group_size, out):
+    mean, var = _merge_chunks(*_moment_partials(x, group_size))
     scale, shift, invstd = _affine_coefficients(weight, bias, mean, var, eps)
-    affine(x, scale, shift, out)
+    affine(x, scale, shift, out, group_size)
     return mean, var, invstd
 
 
+def forward_train(x, weight, bias, eps, out):
+    mean, var, invstd = forward_train_ghost(x, weight, bias, eps, x.shape[0], out)
+    return mean[0], var[0], invstd[0]
+
+
+def forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax, eps, out):
+    mean, var = _merge_chunks(*_moment_partials(x, x.shape[0]))
+    scale, shift, invstd, r, d = _renorm_coefficients(
+        weight, bias, mean, var, running_mean, running_var, rmax, dmax, eps
+    )
+    affine(x, scale, shift, out)
+    return mean[0], var[0], invstd[0], r[0], d[0]
+
+
 def forward_eval(x, weight, bias, mean, var, eps, out):
-    scale, shift, _ = _affine_coefficients(weight, bias, mean, var, eps)
+    scale, shift, _ = _affine_coefficients(weight, bias, mean[None], var[None], eps)
     affine(x, scale, shift, out)
 
 
-def backward(dy, x, weight, mean, invstd, out):
+def _grad_sums(dy, x, group_size):
+    kernel = _dense_grad_sums if _dense(x) else _spatial_grad_sums
+    splits = _splits(x, group_size)
+    return (*kernel(*_grouped(group_size, *_layout(dy, x)), splits), splits)
+
+
+def _grad_input(dy, x, group_size, a, b, d, out):
     dy2, x2, out2 = _layout(dy, x, out)
-    grad_sums = _dense_grad_sums if _dense(x) else _spatial_grad_sums
-    sums = grad_sums(dy2, x2, _nchunks(x))
+    (_dense_grad_input if _dense(x) else _spatial_grad_input)(dy2, x2, group_size, a, b, d, out2)
+
+
+def backward_ghost(dy, x, weight, mean, invstd, group_size, out):
     a, b, d, dweight, dbias = _grad_coefficients(
-        *sums, weight, mean, invstd, x.shape[0] * x.shape[2]
+        *_grad_sums(dy, x, group_size), weight, mean, invstd, group_size * x.shape[2]
     )
-    (_dense_grad_input if _dense(x) else _spatial_grad_input)(dy2, x2, a, b, d, out2)
+    _grad_input(dy, x, group_size, a, b, d, out)
+    return dweight, dbias
+
+
+def backward(dy, x, weight, mean, invstd, out):
+    return backward_ghost(dy, x, weight, mean[None], invstd[None], x.shape[0], out)
+
+
+def backward_renorm(dy, x, weight, mean, invstd, r, d, out):
+    N = x.shape[0]
+    a, b, dc, dweight, dbias = _renorm_grad_coefficients(
+        *_grad_sums(dy, x, N), weight, mean, invstd, r, d, N * x.shape[2]
+    )
+    _grad_input(dy, x, N, a, b, dc, out)
     return dweight, dbias
 
 

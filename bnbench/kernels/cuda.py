@@ -55,25 +55,37 @@ _chan_merge = _device(scalar.chan_merge)
 _ema_step = _device(scalar.ema_step)
 _affine_coefficients = _device(scalar.affine_coefficients)
 _grad_coefficients = _device(scalar.grad_coefficients)
+_renorm_affine_coefficients = _device(scalar.renorm_affine_coefficients)
+_renorm_grad_coefficients = _device(scalar.renorm_grad_coefficients)
 
 
 @functools.cache
 def kernels(tpb):
-    """The kernels for ``tpb`` threads per block (a power of two): a namespace."""
+    """The kernels for ``tpb`` threads per block (a power of two): a namespace.
+
+    Ghost batch norm: statistics are per (group of ``G`` consecutive samples, channel),
+    arrays of ``(groups, C)``; plain batch norm is the single group ``G = N``. The
+    partial-statistics grid is ``(blocks_per_channel * groups, C)``: block x index
+    ``g * nb + b`` holds values ``[b * per_block, (b + 1) * per_block)`` of group ``g``
+    (the grid's x dimension takes 2^31 - 1 blocks, y only 65535).
+    """
     if tpb < 1 or tpb & (tpb - 1):
         raise ValueError(f"threads per block must be a power of two, got {tpb}")
 
     @cuda.jit
-    def moments_partial(x, per_block, count, mean, m2):
-        """Block (b, c) summarises values [b * per_block, (b + 1) * per_block) of channel c."""
-        b, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+    def moments_partial(x, group_size, per_block, count, mean, m2):
+        """Partials ``(groups, C, nb)`` of each block's values of one group and channel."""
+        nb = count.shape[2]
+        g, b = cuda.blockIdx.x // nb, cuda.blockIdx.x % nb
+        c, t = cuda.blockIdx.y, cuda.threadIdx.x
         L = x.shape[2]
-        M = x.shape[0] * L
+        M = group_size * L
+        n0 = g * group_size
         lo = b * per_block
         hi = min(lo + per_block, M)
         n, mu, q = 0.0, 0.0, 0.0
         for i in range(lo + t, hi, tpb):  # Welford, one value at a time
-            v = np.float64(x[i // L, c, i % L])
+            v = np.float64(x[n0 + i // L, c, i % L])
             n += 1.0
             d = v - mu
             mu += d / n
@@ -92,54 +104,81 @@ def kernels(tpb):
             cuda.syncthreads()
             s //= 2
         if t == 0:
-            count[c, b], mean[c, b], m2[c, b] = sn[0], sm[0], sq[0]
+            count[g, c, b], mean[g, c, b], m2[g, c, b] = sn[0], sm[0], sq[0]
+
+    @cuda.jit(device=True, inline=True)
+    def merge_blocks(count, mean, m2, g, c):
+        n, mu, q = 0.0, 0.0, 0.0
+        for b in range(count.shape[2]):
+            n, mu, q = _chan_merge(n, mu, q, count[g, c, b], mean[g, c, b], m2[g, c, b])
+        return mu, q / n
 
     @cuda.jit
     def moments_finish(
         count, mean, m2, weight, bias, eps, out_mean, out_var, out_invstd, scale, shift
     ):
-        c = cuda.grid(1)
-        if c >= count.shape[0]:
+        """One thread per (group, channel): merge the blocks, then the coefficients."""
+        i = cuda.grid(1)
+        C = count.shape[1]
+        if i >= count.shape[0] * C:
             return
-        n, mu, q = 0.0, 0.0, 0.0
-        for b in range(count.shape[1]):
-            n, mu, q = _chan_merge(n, mu, q, count[c, b], mean[c, b], m2[c, b])
-        var = q / n
-        scale[c], shift[c], invstd = _affine_coefficients(
+        g, c = i // C, i % C
+        mu, var = merge_blocks(count, mean, m2, g, c)
+        scale[g, c], shift[g, c], invstd = _affine_coefficients(
             np.float64(weight[c]), np.float64(bias[c]), mu, var, eps
         )
-        out_mean[c], out_var[c], out_invstd[c] = mu, var, invstd
+        out_mean[g, c], out_var[g, c], out_invstd[g, c] = mu, var, invstd
+
+    @cuda.jit
+    def renorm_finish(
+        count, mean, m2, weight, bias, running_mean, running_var, rmax, dmax, eps,
+        out_mean, out_var, out_invstd, out_r, out_d, scale, shift,
+    ):  # fmt: skip
+        """Batch Renorm's coefficients (one group): one thread per channel."""
+        c = cuda.grid(1)
+        if c >= count.shape[1]:
+            return
+        mu, var = merge_blocks(count, mean, m2, 0, c)
+        scale[0, c], shift[0, c], invstd, r, d = _renorm_affine_coefficients(
+            np.float64(weight[c]), np.float64(bias[c]), mu, var,
+            np.float64(running_mean[c]), np.float64(running_var[c]), rmax, dmax, eps,
+        )  # fmt: skip
+        out_mean[c], out_var[c], out_invstd[c], out_r[c], out_d[c] = mu, var, invstd, r, d
 
     @cuda.jit
     def eval_coefficients(weight, bias, mean, var, eps, scale, shift):
         c = cuda.grid(1)
         if c < mean.shape[0]:
-            scale[c], shift[c], _ = _affine_coefficients(
+            scale[0, c], shift[0, c], _ = _affine_coefficients(
                 np.float64(weight[c]), np.float64(bias[c]), np.float64(mean[c]),
                 np.float64(var[c]), eps,
             )  # fmt: skip
 
     @cuda.jit
-    def affine(x, scale, shift, out):
+    def affine(x, group_size, scale, shift, out):
         C, L = x.shape[1], x.shape[2]
         start, step = cuda.grid(1), cuda.gridsize(1)
         for i in range(start, x.size, step):
             n, r = i // (C * L), i % (C * L)
             c, j = r // L, r % L
-            out[n, c, j] = x[n, c, j] * scale[c] + shift[c]
+            g = n // group_size
+            out[n, c, j] = x[n, c, j] * scale[g, c] + shift[g, c]
 
     @cuda.jit
-    def grad_partial(dy, x, per_block, sum_dy, sum_dy_x):
-        b, c, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+    def grad_partial(dy, x, group_size, per_block, sum_dy, sum_dy_x):
+        nb = sum_dy.shape[2]
+        g, b = cuda.blockIdx.x // nb, cuda.blockIdx.x % nb
+        c, t = cuda.blockIdx.y, cuda.threadIdx.x
         L = x.shape[2]
-        M = x.shape[0] * L
+        M = group_size * L
+        n0 = g * group_size
         lo = b * per_block
         hi = min(lo + per_block, M)
         s, q = 0.0, 0.0
         for i in range(lo + t, hi, tpb):
-            g = np.float64(dy[i // L, c, i % L])
-            s += g
-            q += g * x[i // L, c, i % L]
+            v = np.float64(dy[n0 + i // L, c, i % L])
+            s += v
+            q += v * x[n0 + i // L, c, i % L]
         ss = cuda.shared.array(tpb, np.float64)
         sq = cuda.shared.array(tpb, np.float64)
         ss[t], sq[t] = s, q
@@ -152,30 +191,55 @@ def kernels(tpb):
             cuda.syncthreads()
             k //= 2
         if t == 0:
-            sum_dy[c, b], sum_dy_x[c, b] = ss[0], sq[0]
+            sum_dy[g, c, b], sum_dy_x[g, c, b] = ss[0], sq[0]
+
+    @cuda.jit(device=True, inline=True)
+    def sum_blocks(sum_dy, sum_dy_x, g, c):
+        s, q = 0.0, 0.0
+        for k in range(sum_dy.shape[2]):
+            s += sum_dy[g, c, k]
+            q += sum_dy_x[g, c, k]
+        return s, q
 
     @cuda.jit
     def grad_finish(sum_dy, sum_dy_x, weight, mean, invstd, count, a, b, d, dweight, dbias):
+        """One thread per channel, looping over the groups in order (deterministic)."""
         c = cuda.grid(1)
-        if c >= sum_dy.shape[0]:
+        if c >= sum_dy.shape[1]:
             return
-        s, q = 0.0, 0.0
-        for k in range(sum_dy.shape[1]):
-            s += sum_dy[c, k]
-            q += sum_dy_x[c, k]
-        a[c], b[c], d[c], dw, db = _grad_coefficients(
-            np.float64(weight[c]), np.float64(mean[c]), np.float64(invstd[c]), s, q, count
-        )
+        dw, db = 0.0, 0.0
+        for g in range(sum_dy.shape[0]):
+            s, q = sum_blocks(sum_dy, sum_dy_x, g, c)
+            a[g, c], b[g, c], d[g, c], dwg, dbg = _grad_coefficients(
+                np.float64(weight[c]), np.float64(mean[g, c]), np.float64(invstd[g, c]),
+                s, q, count,
+            )  # fmt: skip
+            dw += dwg
+            db += dbg
         dweight[c], dbias[c] = dw, db
 
     @cuda.jit
-    def grad_input(dy, x, a, b, d, out):
+    def renorm_grad_finish(
+        sum_dy, sum_dy_x, weight, mean, invstd, r, rd, count, a, b, d, dweight, dbias
+    ):
+        c = cuda.grid(1)
+        if c >= sum_dy.shape[1]:
+            return
+        s, q = sum_blocks(sum_dy, sum_dy_x, 0, c)
+        a[0, c], b[0, c], d[0, c], dweight[c], dbias[c] = _renorm_grad_coefficients(
+            np.float64(weight[c]), np.float64(mean[c]), np.float64(invstd[c]),
+            np.float64(r[c]), np.float64(rd[c]), s, q, count,
+        )  # fmt: skip
+
+    @cuda.jit
+    def grad_input(dy, x, group_size, a, b, d, out):
         C, L = x.shape[1], x.shape[2]
         start, step = cuda.grid(1), cuda.gridsize(1)
         for i in range(start, x.size, step):
             n, r = i // (C * L), i % (C * L)
             c, j = r // L, r % L
-            out[n, c, j] = dy[n, c, j] * a[c] + x[n, c, j] * b[c] + d[c]
+            g = n // group_size
+            out[n, c, j] = dy[n, c, j] * a[g, c] + x[n, c, j] * b[g, c] + d[g, c]
 
     @cuda.jit
     def ema_update(running_mean, running_var, mean, var, momenta):
@@ -186,7 +250,10 @@ def kernels(tpb):
             running_mean[k, c] = _ema_step(running_mean[k, c], mean[c], momenta[k])
             running_var[k, c] = _ema_step(running_var[k, c], var[c], momenta[k])
 
-    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "tpb"})
+    names = ["moments_partial", "moments_finish", "renorm_finish", "eval_coefficients",
+             "affine", "grad_partial", "grad_finish", "renorm_grad_finish", "grad_input",
+             "ema_update"]  # fmt: skip
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k in names})
 
 
 def _k():
@@ -205,7 +272,8 @@ def empty_like(a):
 
 
 def _blocks_per_channel(M, C):
-    """Enough blocks to fill the GPU when C is small, one when C alone is enough."""
+    """Enough blocks to fill the GPU when C is small, one when C alone is enough.
+    ``M`` values per channel (of one group); ``C``: channels times groups."""
     tpb = config.CUDA_THREADS_PER_BLOCK
     wanted = max(1, config.CUDA_TARGET_BLOCKS // C)
     useful = max(1, math.ceil(M / (tpb * config.CUDA_VALUES_PER_THREAD)))
@@ -232,47 +300,110 @@ def _deliver(host, out_dev, out, *arrays):
     return tuple(a.copy_to_host() for a in arrays)
 
 
-def forward_train(x, weight, bias, eps, out):
+def _moment_partials(dx, group_size):
+    """Launch the partial statistics of every (group, channel): ``(groups, C, nb)`` x 3."""
+    N, C, L = dx.shape
+    groups = N // group_size
+    nb, per_block = _blocks_per_channel(group_size * L, C * groups)
+    parts = [cuda.device_array((groups, C, nb)) for _ in range(3)]
+    grid = (nb * groups, C), config.CUDA_THREADS_PER_BLOCK
+    _k().moments_partial[grid](dx, group_size, per_block, *parts)
+    return parts
+
+
+def forward_train_ghost(x, weight, bias, eps, group_size, out):
     k, host = _k(), not is_device(x)
     dx, dout = _dev(x), (empty_like(x) if host else out)
-    N, C, L = x.shape
-    nb, per_block = _blocks_per_channel(N * L, C)
-    parts = [cuda.device_array((C, nb)) for _ in range(3)]
-    k.moments_partial[(nb, C), config.CUDA_THREADS_PER_BLOCK](dx, per_block, *parts)
-    mean, var, invstd = (cuda.device_array(C, x.dtype) for _ in range(3))
-    scale, shift = cuda.device_array(C), cuda.device_array(C)
-    k.moments_finish[_channel_grid(C)](
+    N, C, _ = x.shape
+    groups = N // group_size
+    parts = _moment_partials(dx, group_size)
+    mean, var, invstd = (cuda.device_array((groups, C), x.dtype) for _ in range(3))
+    scale, shift = cuda.device_array((groups, C)), cuda.device_array((groups, C))
+    k.moments_finish[_channel_grid(groups * C)](
         *parts, _dev(weight), _dev(bias), eps, mean, var, invstd, scale, shift
     )
-    k.affine[_elementwise_grid(x.size)](dx, scale, shift, dout)
+    k.affine[_elementwise_grid(x.size)](dx, group_size, scale, shift, dout)
     return _deliver(host, dout, out, mean, var, invstd)
+
+
+def forward_train(x, weight, bias, eps, out):
+    return tuple(s[0] for s in forward_train_ghost(x, weight, bias, eps, x.shape[0], out))
+
+
+def forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax, eps, out):
+    k, host = _k(), not is_device(x)
+    dx, dout = _dev(x), (empty_like(x) if host else out)
+    N, C, _ = x.shape
+    parts = _moment_partials(dx, N)
+    stats = [cuda.device_array(C, x.dtype) for _ in range(5)]  # mean, var, invstd, r, d
+    scale, shift = cuda.device_array((1, C)), cuda.device_array((1, C))
+    k.renorm_finish[_channel_grid(C)](
+        *parts, _dev(weight), _dev(bias), _dev(running_mean), _dev(running_var),
+        rmax, dmax, eps, *stats, scale, shift,
+    )  # fmt: skip
+    k.affine[_elementwise_grid(x.size)](dx, N, scale, shift, dout)
+    return _deliver(host, dout, out, *stats)
 
 
 def forward_eval(x, weight, bias, mean, var, eps, out):
     k, host = _k(), not is_device(x)
     dx, dout = _dev(x), (empty_like(x) if host else out)
     C = x.shape[1]
-    scale, shift = cuda.device_array(C), cuda.device_array(C)
+    scale, shift = cuda.device_array((1, C)), cuda.device_array((1, C))
     k.eval_coefficients[_channel_grid(C)](
         _dev(weight), _dev(bias), _dev(mean), _dev(var), eps, scale, shift
     )
-    k.affine[_elementwise_grid(x.size)](dx, scale, shift, dout)
+    k.affine[_elementwise_grid(x.size)](dx, x.shape[0], scale, shift, dout)
     _deliver(host, dout, out)
 
 
-def backward(dy, x, weight, mean, invstd, out):
+def _grad_sums(ddy, dx, group_size):
+    N, C, L = dx.shape
+    groups = N // group_size
+    nb, per_block = _blocks_per_channel(group_size * L, C * groups)
+    sums = [cuda.device_array((groups, C, nb)) for _ in range(2)]
+    grid = (nb * groups, C), config.CUDA_THREADS_PER_BLOCK
+    _k().grad_partial[grid](ddy, dx, group_size, per_block, *sums)
+    return sums
+
+
+def backward_ghost(dy, x, weight, mean, invstd, group_size, out):
     k, host = _k(), not is_device(x)
     ddy, dx, dout = _dev(dy), _dev(x), (empty_like(x) if host else out)
     N, C, L = x.shape
-    nb, per_block = _blocks_per_channel(N * L, C)
-    sums = [cuda.device_array((C, nb)) for _ in range(2)]
-    k.grad_partial[(nb, C), config.CUDA_THREADS_PER_BLOCK](ddy, dx, per_block, *sums)
-    a, b, d = (cuda.device_array(C) for _ in range(3))
+    groups = N // group_size
+    sums = _grad_sums(ddy, dx, group_size)
+    a, b, d = (cuda.device_array((groups, C)) for _ in range(3))
     dweight, dbias = cuda.device_array(C, x.dtype), cuda.device_array(C, x.dtype)
     k.grad_finish[_channel_grid(C)](
-        *sums, _dev(weight), _dev(mean), _dev(invstd), float(N * L), a, b, d, dweight, dbias
-    )
-    k.grad_input[_elementwise_grid(x.size)](ddy, dx, a, b, d, dout)
+        *sums, _dev(weight), _dev(mean), _dev(invstd), float(group_size * L),
+        a, b, d, dweight, dbias,
+    )  # fmt: skip
+    k.grad_input[_elementwise_grid(x.size)](ddy, dx, group_size, a, b, d, dout)
+    return _deliver(host, dout, out, dweight, dbias)
+
+
+def _row(a):
+    """A ``(C,)`` statistic as ``(1, C)``, host or device, without a copy."""
+    return a.reshape(1, a.shape[0])
+
+
+def backward(dy, x, weight, mean, invstd, out):
+    return backward_ghost(dy, x, weight, _row(mean), _row(invstd), x.shape[0], out)
+
+
+def backward_renorm(dy, x, weight, mean, invstd, r, d, out):
+    k, host = _k(), not is_device(x)
+    ddy, dx, dout = _dev(dy), _dev(x), (empty_like(x) if host else out)
+    N, C, L = x.shape
+    sums = _grad_sums(ddy, dx, N)
+    a, b, dc = (cuda.device_array((1, C)) for _ in range(3))
+    dweight, dbias = cuda.device_array(C, x.dtype), cuda.device_array(C, x.dtype)
+    k.renorm_grad_finish[_channel_grid(C)](
+        *sums, _dev(weight), _dev(mean), _dev(invstd), _dev(r), _dev(d), float(N * L),
+        a, b, dc, dweight, dbias,
+    )  # fmt: skip
+    k.grad_input[_elementwise_grid(x.size)](ddy, dx, N, a, b, dc, dout)
     return _deliver(host, dout, out, dweight, dbias)
 
 

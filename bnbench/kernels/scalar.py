@@ -70,3 +70,47 @@ def grad_coefficients(weight, mean, invstd, sum_dy, sum_dy_x, count):
     b = -a * invstd * invstd * s_xc / count
     d = -a * sum_dy / count - b * mean
     return a, b, d, s_xc * invstd, sum_dy
+
+
+@numba.njit(inline="always", cache=config.CACHE)
+def renorm_factors(mean, var, running_mean, running_var, rmax, dmax, eps):
+    """Batch Renorm's ``(r, d)`` of one channel (Ioffe 2017, Algorithm 1).
+
+    ``sigma_B = sqrt(var + eps)`` with ``var`` the biased batch variance and
+    ``sigma = sqrt(running_var + eps)``; ``r = clip(sigma_B / sigma, 1/rmax, rmax)``,
+    ``d = clip((mean - running_mean) / sigma, -dmax, dmax)``. ``rmax = 1``, ``dmax = 0``
+    give exactly ``r = 1``, ``d = 0`` (plain batch norm).
+    """
+    sigma = (running_var + eps) ** 0.5
+    r = min(max((var + eps) ** 0.5 / sigma, 1.0 / rmax), rmax)
+    d = min(max((mean - running_mean) / sigma, -dmax), dmax)
+    return r, d
+
+
+@numba.njit(inline="always", cache=config.CACHE)
+def renorm_affine_coefficients(
+    weight, bias, mean, var, running_mean, running_var, rmax, dmax, eps
+):
+    """``(scale, shift, invstd, r, d)`` of one channel so that Batch Renorm's
+    ``y = ((x - mean) * invstd * r + d) * weight + bias`` is ``x * scale + shift``.
+
+    Written as plain batch norm with the statistics ``mean - d / (invstd * r)`` and
+    ``invstd * r``, so that ``r = 1, d = 0`` runs the same operations on the same values
+    as :func:`affine_coefficients` (plain batch norm bit for bit; see
+    tests/test_renorm.py).
+    """
+    invstd = 1.0 / (var + eps) ** 0.5
+    r, d = renorm_factors(mean, var, running_mean, running_var, rmax, dmax, eps)
+    inv = invstd * r
+    scale = weight * inv
+    return scale, bias - (mean - d / inv) * scale, invstd, r, d
+
+
+@numba.njit(inline="always", cache=config.CACHE)
+def renorm_grad_coefficients(weight, mean, invstd, r, d, sum_dy, sum_dy_x, count):
+    """Batch Renorm's backward of one channel with ``r`` and ``d`` held constant
+    (stop-gradient, Ioffe 2017): ``dx`` is plain batch norm's with the weight ``weight * r``;
+    ``dweight = sum(dy * (r * xhat_B + d)) = r * sum(dy * xhat_B) + d * sum(dy)``.
+    Returns ``(a, b, d_coef, dweight, dbias)`` as :func:`grad_coefficients`."""
+    a, b, dc, dw, db = grad_coefficients(weight * r, mean, invstd, sum_dy, sum_dy_x, count)
+    return a, b, dc, r * dw + d * db, db
