@@ -27,25 +27,54 @@ from . import report, sweep
 
 @dataclass
 class Study:
-    """``presets``: name -> zero-argument function returning the job list.
+    """``presets``: name -> function returning the job list: with no argument, or, for
+    a study that declares ``arguments``, with the dict of its options.
     ``analyse(df)`` -> ``(markdown body, [(png name, figure), ...])``.
-    ``max_jobs``: a cap on parallel jobs (1 for studies that time things)."""
+    ``max_jobs``: a cap on parallel jobs (1 for studies that time things).
+    ``arguments(parser)``: adds the study's own command-line options to an
+    ``argparse`` parser (e.g. ``--model package.module:factory``); their values (defaults
+    filled in) reach the preset functions, are recorded in the output folder's
+    ``study.json`` and so rebuild the same report."""
 
     name: str
     title: str
-    presets: dict[str, Callable[[], list]]
+    presets: dict[str, Callable[..., list]]
     analyse: Callable
     description: str = ""
     max_jobs: int | None = None
     default_preset: str = "quick"
+    arguments: Callable | None = None
 
-    def jobs(self, preset):
+    def options(self, given=None):
+        """The study's options: its declared defaults updated with ``given`` (a dict, or
+        an ``argparse.Namespace`` from which the study's options are read); ``{}`` for
+        a study without ``arguments``."""
+        if self.arguments is None:
+            return {}
+        parser = argparse.ArgumentParser(add_help=False)
+        self.arguments(parser)
+        defaults = vars(parser.parse_args([]))
+        if isinstance(given, argparse.Namespace):
+            given = {k: getattr(given, k) for k in defaults if hasattr(given, k)}
+        given = dict(given or {})
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise ValueError(
+                f"study {self.name!r} has no option(s) {sorted(unknown)}; "
+                f"its options are {sorted(defaults)}"
+            )
+        return {**defaults, **given}
+
+    def jobs(self, preset, options=None):
         if preset not in self.presets:
             raise ValueError(
                 f"preset must be one of {sorted(self.presets)} for study {self.name!r}, "
                 f"got {preset!r}"
             )
-        jobs = self.presets[preset]()
+        if self.arguments is None:
+            jobs = self.presets[preset]()
+        else:
+            jobs = self.presets[preset](self.options(options))
         if not jobs:
             raise ValueError(f"study {self.name!r}, preset {preset!r}: the grid is empty")
         return jobs
@@ -112,9 +141,9 @@ def _read_meta(out):
         return {}
 
 
-def _claim(study, preset, out, n_jobs):
-    """Mark ``out`` as this study's and preset's folder, refusing one that holds another
-    study's or preset's runs."""
+def _claim(study, preset, out, n_jobs, options=None):
+    """Mark ``out`` as this study's and preset's folder (and options, for a study that
+    declares some), refusing one that holds another study's, preset's or options' runs."""
     meta = _read_meta(out)
     theirs = (meta.get("study"), meta.get("preset"))
     if meta and theirs != (study.name, preset):
@@ -123,7 +152,14 @@ def _claim(study, preset, out, n_jobs):
             f"a report never mixes presets; choose another --out for {study.name!r}, preset "
             f"{preset!r} (the default is {str(default_out(study, preset))!r})"
         )
+    if meta and meta.get("options", {}) != (options or {}):
+        raise ValueError(
+            f"out folder {str(out)!r} holds runs of study {study.name!r} with options "
+            f"{meta.get('options', {})}, not {options}: choose another --out"
+        )
     meta = {"study": study.name, "preset": preset, "jobs": n_jobs}
+    if options:
+        meta["options"] = options
     (out / "study.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -156,7 +192,8 @@ def build_report(study, out, command=None):
     out = Path(out)
     meta = _read_meta(out)
     preset = meta.get("preset", study.default_preset)
-    jobs = study.jobs(preset)
+    options = meta.get("options")
+    jobs = study.jobs(preset, options)
     records = sweep.latest(out / "runs", jobs)
     if not records:
         raise ValueError(
@@ -168,6 +205,12 @@ def build_report(study, out, command=None):
     if failed:
         body += f"\n\n## Failed runs\n\n{len(failed)} run(s) failed; their errors are in runs/."
     notes = f"Preset `{preset}`: {len(records)} finished run(s)"
+    if options:
+        notes += (
+            " (options: "
+            + ", ".join(f"`--{k.replace('_', '-')} {v}`" for k, v in options.items())
+            + ")"
+        )
     if len(records) < len(jobs):
         notes += f" of {len(jobs)} (a partial study: re-run the same command to resume)"
     summary, disagreements = runs_provenance(records)
@@ -176,19 +219,22 @@ def build_report(study, out, command=None):
     body = f"{notes}.\n\n{body}"
     return report.write_report(
         out, study.title, body, df, figures, command=command,
-        extra_provenance={"study": study.name, "preset": preset, "runs": summary,
-                          "runs_disagree": disagreements},
+        extra_provenance={"study": study.name, "preset": preset, "options": options or {},
+                          "runs": summary, "runs_disagree": disagreements},
     )  # fmt: skip
 
 
-def run(study, preset, out, n_jobs=None, scheduler=None, command=None, progress=True):
-    """Run (or resume) ``study`` with ``preset`` into ``out``; returns the number of
-    failed runs (0 on success)."""
-    jobs = study.jobs(preset)
+def run(study, preset, out, n_jobs=None, scheduler=None, command=None, progress=True,
+        options=None):  # fmt: skip
+    """Run (or resume) ``study`` with ``preset`` (and ``options``, for a study that
+    declares ``arguments``) into ``out``; returns the number of failed runs (0 on
+    success)."""
+    options = study.options(options)
+    jobs = study.jobs(preset, options)
     out = _check_writable(out)
     if study.max_jobs is not None:
         n_jobs = min(n_jobs or study.max_jobs, study.max_jobs)
-    _claim(study, preset, out, len(jobs))
+    _claim(study, preset, out, len(jobs), options)
     meta = {"study": study.name, "preset": preset}
     done, failed, skipped = sweep.run(jobs, out / "runs", n_jobs, scheduler, progress, meta)
     print(f"{study.name}: {done} run(s) done, {skipped} already done, {failed} failed")
@@ -217,7 +263,8 @@ def add_arguments(parser):
 def run_from_args(study, args, command=None):
     preset = args.preset or study.default_preset
     out = args.out or default_out(study, preset)
-    failed = run(study, preset, out, args.jobs, args.scheduler, command or " ".join(sys.argv))
+    failed = run(study, preset, out, args.jobs, args.scheduler, command or " ".join(sys.argv),
+                 options=study.options(args))  # fmt: skip
     if failed:
         print(f"{failed} run(s) failed; see {out}/runs", file=sys.stderr)
     return min(failed, 100)
@@ -227,6 +274,8 @@ def main(study, argv=None):
     """Entry point of a study script: ``python studies/<name>.py [--preset ...]``."""
     parser = argparse.ArgumentParser(description=study.title, epilog=EXIT_STATUS)
     add_arguments(parser)
+    if study.arguments is not None:
+        study.arguments(parser.add_argument_group(f"{study.name} options"))
     args = parser.parse_args(argv)
     try:
         return run_from_args(study, args)

@@ -1,0 +1,207 @@
+"""The sweep job kind ``"torch"``: train a PyTorch model with the estimators tracked,
+then score every estimator (the ``torch-estimators`` study).
+
+``params``: ``model`` and ``data`` (``"default"`` or an import path
+``package.module:factory``), ``batch_size``, ``epochs``, ``seed``, ``lr`` (``None``:
+``0.05 * batch_size / 64`` capped at 0.4, as the NumPy networks), ``momenta`` (tracked
+EMAs), ``precise_samples`` (PreciseBN sample counts, ``0`` = the whole training set),
+``test_batch_sizes`` (prediction-time BN). A model factory is called with no argument
+after ``torch.manual_seed(seed)`` and returns a ``torch.nn.Module`` taking the data's
+inputs and returning logits; a data factory returns ``(x_train, y_train, x_test,
+y_test)`` (tensors or arrays, integer labels). The default is a small CNN on MNIST-1D.
+
+The sweep maps a kind to a module through ``bnbench.sweep.KINDS``; importing this module
+registers ``"torch"`` there, and the job's kind (:data:`KIND`) re-registers it when a
+sweep worker unpickles the job, so worker processes need no other set-up.
+"""
+
+import importlib
+import time
+
+import numpy as np
+import torch
+
+from .. import sweep
+from . import evaluation, statistics, tracking
+
+DEFAULTS = {
+    "model": "default", "data": "default", "batch_size": 32, "epochs": 6, "seed": 0,
+    "lr": None, "momenta": [0.01, 0.1], "precise_samples": [0], "test_batch_sizes": [64],
+}  # fmt: skip
+
+
+def register():
+    sweep.KINDS.setdefault("torch", __name__)
+
+
+def _kind():
+    register()
+    return "torch"
+
+
+class _Kind(str):
+    """The kind ``"torch"``; unpickling it (in a sweep worker) registers the kind."""
+
+    def __reduce__(self):
+        return (_kind, ())
+
+
+KIND = _Kind("torch")
+register()
+
+
+def jobs(**params_lists):
+    """Jobs of kind ``"torch"``: every combination of ``params_lists`` (name -> list)."""
+    return [{"kind": KIND, "params": p} for p in sweep.grid(**params_lists)]
+
+
+def load_factory(path):
+    """The callable named by ``"package.module:factory"``, or a clear error."""
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise ValueError(f"a factory must be given as 'package.module:factory', got {path!r}")
+    module, name = path.split(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load factory {path!r}: {err}") from err
+    if not callable(factory):
+        raise ValueError(f"factory {path!r} is not callable")
+    return factory
+
+
+def default_model():
+    """A small CNN for MNIST-1D ``(N, 1, 40)``: three conv + BN + ReLU blocks, a linear
+    layer with BN, and a linear classifier (10 classes)."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv1d(1, 32, 5, padding=2), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.Conv1d(32, 32, 3, stride=2, padding=1), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.Conv1d(32, 32, 3, stride=2, padding=1), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 10, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+def default_data():
+    """MNIST-1D (:func:`bnbench.data.mnist1d`) as ``(N, 1, 40)`` signals."""
+    from ..data import mnist1d
+
+    d = mnist1d()
+    return d.x_train[:, None, :], d.y_train, d.x_test[:, None, :], d.y_test
+
+
+def resolve_params(params):
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown torch job parameter(s) {sorted(unknown)}")
+    p = {**DEFAULTS, **params}
+    if p["lr"] is None:
+        p["lr"] = min(0.4, 0.05 * p["batch_size"] / 64)
+    return p
+
+
+def _tensors(data):
+    x_tr, y_tr, x_te, y_te = (torch.as_tensor(np.asarray(a)) for a in data)
+    return x_tr.float(), y_tr.long(), x_te.float(), y_te.long()
+
+
+def _batches(x, y, size, generator=None, drop_last=False):
+    idx = torch.randperm(len(x), generator=generator) if generator is not None else None
+    out = []
+    for start in range(0, len(x), size):
+        sel = slice(start, start + size) if idx is None else idx[start : start + size]
+        if drop_last and len(x[sel]) < size:
+            break
+        out.append((x[sel], y[sel]))
+    return out
+
+
+def train(model, x, y, p, tracker_args):
+    """SGD (momentum 0.9, weight decay 5e-4, cosine decay) with the estimators tracked;
+    returns ``(tracker, training seconds)``."""
+    g = torch.Generator().manual_seed(p["seed"])
+    opt = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=0.9, weight_decay=5e-4)
+    steps = p["epochs"] * (len(x) // p["batch_size"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    t0 = time.perf_counter()
+    with tracking.track(model, **tracker_args) as tracker:
+        model.train()
+        for _ in range(p["epochs"]):
+            for xb, yb in _batches(x, y, p["batch_size"], g, drop_last=True):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                sched.step()
+    return tracker, time.perf_counter() - t0
+
+
+def _bn(model):
+    from . import _core
+
+    return _core.bn_layers(model)
+
+
+def _score(model, test, stats, reference, eps):
+    scores = evaluation.evaluate(model, test, stats)
+    row = {"test_accuracy": scores["accuracy"], "test_nll": scores["nll"],
+           "test_ece": scores["ece"]}  # fmt: skip
+    if isinstance(stats, dict):
+        row["mean_error"], row["var_error"] = evaluation.statistics_error(stats, reference, eps)
+    return row
+
+
+def run_job(params):
+    p = resolve_params(params)
+    import numba
+
+    torch.set_num_threads(numba.get_num_threads())
+    data = default_data() if p["data"] == "default" else load_factory(p["data"])()
+    x_tr, y_tr, x_te, y_te = _tensors(data)
+    torch.manual_seed(p["seed"])
+    model = default_model() if p["model"] == "default" else load_factory(p["model"])()
+    tracker, train_s = train(model, x_tr, y_tr, p, {"momenta": p["momenta"]})
+    model.train()
+    train_batches = _batches(x_tr, y_tr, p["batch_size"])
+    test = _batches(x_te, y_te, 500)
+    eps = next(iter(_bn(model).values())).eps
+    population = statistics.population_statistics(model, train_batches)
+    rows = []
+
+    def add(estimator, stats, seconds, **fields):
+        rows.append({"estimator": estimator, **fields, "estimator_seconds": seconds,
+                     **_score(model, test, stats, population, eps)})  # fmt: skip
+
+    per_update = tracker.seconds  # shared by every running estimator and momentum
+    for name in ("ema", "ema_debiased"):
+        for m in p["momenta"]:
+            add(name, tracker.statistics(name, m), per_update, momentum=m)
+    add("cumulative", tracker.statistics("cumulative"), per_update)
+    own = {n: (m.running_mean.double(), m.running_var.double()) for n, m in _bn(model).items()}
+    add("running_buffers", own, 0.0)  # the model's own running_mean/var, as PyTorch left them
+    for samples in p["precise_samples"]:
+        t0 = time.perf_counter()
+        aggs, devices, used = statistics.precise_aggregates(
+            model, _batches(x_tr, y_tr, p["batch_size"], torch.Generator().manual_seed(p["seed"] + 1)),
+            samples or None,
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        for aggregation in statistics.AGGREGATIONS:
+            add("precise", statistics.aggregated(aggs, devices, aggregation), seconds,
+                precise_samples=used, aggregation=aggregation)  # fmt: skip
+    add("population", population, population.seconds, passes=population.passes)
+    for size in p["test_batch_sizes"]:
+        t0 = time.perf_counter()
+        scores = _score(model, _batches(x_te, y_te, size), evaluation.prediction_time(), None, eps)
+        rows.append({"estimator": "test_batch", "test_batch_size": size,
+                     "estimator_seconds": time.perf_counter() - t0, **scores})  # fmt: skip
+    return {
+        "config": p,
+        "training": {"train_seconds": train_s, "hook_seconds": tracker.seconds,
+                     "hook_updates": tracker.updates,
+                     "bn_layers": len(population), "train_size": len(x_tr), "test_size": len(x_te)},
+        "evaluations": rows,
+    }  # fmt: skip
+
+
+def result_rows(result):
+    base = {k: v for k, v in result["config"].items() if not isinstance(v, (list, tuple))}
+    return [{**base, **result["training"], **e} for e in result["evaluations"]]
