@@ -34,10 +34,11 @@ AGGREGATIONS = ("total_variance", "mean_of_batch_variances")
 def population_statistics(model, x):
     """Exact per-layer statistics ``[(mean, var_biased), ...]`` of ``model`` over ``x``,
     every upstream BN layer in inference mode with its own statistics over ``x``: one
-    training-mode pass with the whole set as a single batch computes exactly that. Over
+    pass of plain batch norm (mode ``"stats"``) with the whole set as a single batch
+    computes exactly that. Over
     the training set these are the ``population`` (source) statistics; over an unlabeled
     test set, AdaBN's."""
-    model.forward(x, "train")
+    model.forward(x, "stats")
     return [tuple(np.asarray(s, np.float64) for s in layer.last_batch[:2])
             for layer in model.bn_layers]  # fmt: skip
 
@@ -75,7 +76,7 @@ def precise_statistics(model, x, samples, batch_size, rng, unbiased=True):
     aggs, detach = observe(model, lambda layer: est.BatchAggregate(layer.num_features, unbiased))
     try:
         for start in range(0, used, batch_size):
-            model.forward(x[idx[start : start + batch_size]], "train")
+            model.forward(x[idx[start : start + batch_size]], "stats")
     finally:
         detach()
     return aggs, used
@@ -179,7 +180,7 @@ def _running_candidates(config, running):
             [t.estimator.mean for t in per_layer],
             [t.estimator.var for t in per_layer],
         )
-        if name == "cumulative":
+        if means[0].ndim == 1:  # one estimate (cumulative, FrozenBN's fixed statistics)
             out.append(({"estimator": name}, list(zip(means, variances, strict=True)), seconds))
             continue
         for k, m in enumerate(config.bn_momenta):

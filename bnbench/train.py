@@ -13,6 +13,7 @@ import dataclasses
 import json
 import time
 from contextlib import ExitStack, contextmanager
+from functools import partial
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -20,14 +21,33 @@ from threadpoolctl import threadpool_limits
 from . import adaptation
 from . import data as datasets
 from . import estimators as est
-from .evaluate import AGGREGATIONS, ORDERS, evaluate_network, observe
-from .nn import MODELS, SGD, build, check_depth, cosine_lr, cross_entropy
+from .evaluate import (
+    AGGREGATIONS,
+    ORDERS,
+    evaluate_network,
+    observe,
+    population_statistics,
+    timed,
+)
+from .nn import (
+    MODELS,
+    SGD,
+    BatchNorm,
+    BatchRenorm,
+    build,
+    check_depth,
+    cosine_lr,
+    cross_entropy,
+    renorm_clip,
+)
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 #: test-time adaptation modes, scored when named in ``estimators``
 ADAPTATION = ("adabn", "prior", "online_ema")
 #: every name ``TrainConfig.estimators`` accepts
 ESTIMATORS = est.NAMES + ADAPTATION
+BN_VARIANTS = ("bn", "renorm")
+BATCH_ORDERS = ("iid", "non_iid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +70,14 @@ class TrainConfig:
     normalise test batches use ``test_batch_sizes`` x ``test_orders``. ``corruptions``
     (MNIST-1D-C names, :mod:`bnbench.shift`) at ``severities`` add shifted test sets;
     the clean test set is always scored.
+
+    BN variants (Wu & Johnson 2021, section 4; Ioffe 2017): ``bn`` is ``"bn"`` or
+    ``"renorm"`` (Batch Renorm, its ``rmax``/``dmax`` warm-up from
+    :func:`bnbench.nn.renorm_clip`); ``ghost_batch_size`` normalises groups of that many
+    samples (the normalization batch size; plain BN only); ``frozen_fraction`` trains the
+    last fraction of the steps with fixed population statistics computed exactly at the
+    switch (FrozenBN; scored as estimator ``frozen``); ``batch_order="non_iid"`` draws
+    each training batch from ``classes_per_batch`` random classes only.
 
     ``depth``: the number of BN layers of the ``resnet`` model (default 8). ``eval_every``:
     score every estimator during training too, every so many steps or at fractions of
@@ -82,6 +110,11 @@ class TrainConfig:
     online_momenta: tuple = (0.1,)
     depth: int | None = None
     eval_every: int | tuple | None = None
+    bn: str = "bn"
+    ghost_batch_size: int | None = None
+    frozen_fraction: float = 0.0
+    batch_order: str = "iid"
+    classes_per_batch: int = 2
 
     def __post_init__(self):
         # tuples, so that configurations hash and serialise the same way
@@ -127,6 +160,29 @@ class TrainConfig:
             if self.model != "resnet":
                 raise ValueError(f"depth applies to model 'resnet' only, got model {self.model!r}")
             check_depth(self.depth)
+        if self.bn not in BN_VARIANTS:
+            raise ValueError(f"bn must be one of {BN_VARIANTS}, got {self.bn!r}")
+        if self.ghost_batch_size is not None:
+            positive_int("ghost_batch_size", 2)
+            if self.bn != "bn":
+                raise ValueError(f"ghost_batch_size applies to bn='bn' only, got bn={self.bn!r}")
+            if self.batch_size % self.ghost_batch_size:
+                raise ValueError(
+                    f"ghost_batch_size must divide batch_size {self.batch_size}, "
+                    f"got {self.ghost_batch_size}"
+                )
+        if isinstance(self.frozen_fraction, bool) or not 0 <= self.frozen_fraction < 1:
+            raise ValueError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction!r}")
+        if self.batch_order not in BATCH_ORDERS:
+            raise ValueError(
+                f"batch_order must be one of {BATCH_ORDERS}, got {self.batch_order!r}"
+            )
+        positive_int("classes_per_batch", 1)
+        if self.batch_order == "non_iid" and self.batch_size < self.classes_per_batch:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be at least classes_per_batch "
+                f"({self.classes_per_batch}) for non_iid batches"
+            )
         if isinstance(self.eval_every, tuple):
             if not self.eval_every or any(
                 isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
@@ -217,6 +273,21 @@ class _Timed:
         self.seconds += time.perf_counter() - t0
 
 
+class _Fixed:
+    """Statistics fixed during training (FrozenBN's), read like an estimator's."""
+
+    def __init__(self, mean, var):
+        self._mean, self._var = mean, var
+
+    @property
+    def mean(self):
+        return self._mean.copy()
+
+    @property
+    def var(self):
+        return self._var.copy()
+
+
 def _running_estimators(config):
     """name -> factory(bn_layer) for the estimators that watch training."""
     m, u = config.bn_momenta, config.unbiased
@@ -232,6 +303,32 @@ def _batches(n, batch_size, rng=None):
     """Index arrays of ``batch_size`` (the ragged remainder is dropped), shuffled if rng."""
     order = rng.permutation(n) if rng is not None else np.arange(n)
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def _non_iid_batches(labels, batch_size, classes, rng):
+    """One epoch of ``len(labels) // batch_size`` batches, each drawn (without
+    replacement within the batch) from the examples of ``classes`` random classes, as in
+    Ioffe's (2017) non-iid experiment."""
+    by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+    if classes > len(by_class):
+        raise ValueError(
+            f"classes_per_batch must be at most the number of classes {len(by_class)}, "
+            f"got {classes}"
+        )
+    out = []
+    for _ in range(len(labels) // batch_size):
+        pool = np.concatenate(
+            [by_class[c] for c in rng.choice(len(by_class), classes, replace=False)]
+        )
+        out.append(rng.choice(pool, batch_size, replace=len(pool) < batch_size))
+    return out
+
+
+def _norm_layer(config):
+    """The BN layer factory of the configuration's variant."""
+    if config.bn == "renorm":
+        return BatchRenorm
+    return partial(BatchNorm, ghost_batch_size=config.ghost_batch_size)
 
 
 def checkpoint_steps(config, total):
@@ -275,7 +372,8 @@ def train_network(config, data, progress=None, at_checkpoint=None):
     estimator name -> list (one per BN layer) of timed estimators.
     """
     init_rng, shuffle_rng = (np.random.default_rng([config.seed, i]) for i in range(2))
-    model = build(config.model, data.num_features, data.num_classes, init_rng, depth=config.depth)
+    model = build(config.model, data.num_features, data.num_classes, init_rng,
+                  depth=config.depth, norm=_norm_layer(config))  # fmt: skip
     n = data.x_train.shape[0]
     if config.batch_size > n:
         raise ValueError(
@@ -284,15 +382,31 @@ def train_network(config, data, progress=None, at_checkpoint=None):
     steps_per_epoch = n // config.batch_size
     total = config.steps or config.epochs * steps_per_epoch
     checkpoints = set(checkpoint_steps(config, total)) if at_checkpoint else set()
+    freeze_at = total - round(config.frozen_fraction * total) if config.frozen_fraction else None
+    frozen = None
     lr = min(config.lr * config.batch_size / 64, config.max_lr)
     opt = SGD(model, lr, config.momentum, config.weight_decay)
     with _attached(model, _running_estimators(config)) as running:
         step, losses, checkpoint_seconds = 0, [], 0.0
         t0 = time.perf_counter()
         while step < total:
-            for idx in _batches(n, config.batch_size, shuffle_rng):
+            if config.batch_order == "non_iid":
+                epoch = _non_iid_batches(data.y_train, config.batch_size,
+                                         config.classes_per_batch, shuffle_rng)  # fmt: skip
+            else:
+                epoch = _batches(n, config.batch_size, shuffle_rng)
+            for idx in epoch:
                 if step == total:
                     break
+                if step == freeze_at:  # FrozenBN: exact population statistics at the switch
+                    with _observers_paused(model):
+                        frozen, freeze_seconds = timed(population_statistics, model, data.x_train)
+                    for layer, stats in zip(model.bn_layers, frozen, strict=True):
+                        layer.freeze(stats)
+                if config.bn == "renorm":
+                    clip = renorm_clip(step / total)
+                    for layer in model.bn_layers:
+                        layer.rmax, layer.dmax = clip
                 logits = model.forward(data.x_train[idx], "train")
                 loss, grad = cross_entropy(logits, data.y_train[idx])
                 model.backward(grad)
@@ -314,6 +428,11 @@ def train_network(config, data, progress=None, at_checkpoint=None):
         "final_train_loss": float(np.mean(losses[-steps_per_epoch:])),
         "checkpoint_seconds": checkpoint_seconds,
     }
+    if frozen is not None:  # scored like an estimator: the statistics the last phase used
+        for layer in model.bn_layers:
+            layer.freeze(None)
+        running["frozen"] = [_Timed(_Fixed(*stats)) for stats in frozen]
+        running["frozen"][0].seconds = freeze_seconds  # one pass for every layer
     return model, running, timing
 
 

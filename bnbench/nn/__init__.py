@@ -1,6 +1,6 @@
 """Small networks on the bnbench kernels: layers, the MNIST-1D models, an optimizer."""
 
-from .layers import BatchNorm, Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
+from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 from .losses import cross_entropy
 from .models import (
     MODELS,
@@ -13,6 +13,7 @@ from .models import (
     mlp,
     resnet,
 )
+from .norm import BatchNorm, BatchRenorm, renorm_clip
 from .optim import SGD, cosine_lr
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "RESNET_DEPTHS",
     "SGD",
     "BatchNorm",
+    "BatchRenorm",
     "Conv1d",
     "Flatten",
     "GlobalAvgPool",
@@ -34,5 +36,6 @@ __all__ = [
     "cosine_lr",
     "cross_entropy",
     "mlp",
+    "renorm_clip",
     "resnet",
 ]

@@ -9,8 +9,6 @@ to NumPy's BLAS, batch norm to the bnbench kernels.
 
 import numpy as np
 
-from .. import functional as F
-
 
 class Layer:
     params: dict
@@ -147,48 +145,3 @@ class Reshape(Layer):
 
     def backward(self, dy):
         return dy.reshape(self.in_shape)
-
-
-class BatchNorm(Layer):
-    """Batch norm over channel axis 1, on the bnbench kernels.
-
-    In ``"train"`` mode it normalises with the batch's statistics and hands them, with
-    the number of values per channel, to every estimator in ``observers``. In ``"eval"``
-    mode it uses ``eval_stats``, set by whoever evaluates: ``(mean, var)``, or a callable
-    ``(x) -> (mean, var)`` given the layer's input (test-time adaptation,
-    :mod:`bnbench.adaptation`).
-    """
-
-    def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu"):
-        super().__init__()
-        self.num_features, self.eps, self.backend = num_features, eps, backend
-        self._param("weight", np.ones(num_features, dtype))
-        self._param("bias", np.zeros(num_features, dtype))
-        self.observers = []
-        self.eval_stats = None
-        self.last_batch = None  # (mean, var, count) of the last train-mode batch
-
-    def forward(self, x, mode):
-        w, b = self.params["weight"], self.params["bias"]
-        if mode == "train":
-            res = F.batch_norm_train(x, w, b, eps=self.eps, backend=self.backend)
-            count = x.size // self.num_features
-            self.x, self.mean, self.invstd = x, res.mean, res.invstd
-            self.last_batch = (res.mean, res.var, count)
-            for observer in self.observers:
-                observer.update(res.mean, res.var, count)
-            return res.y
-        if self.eval_stats is None:
-            raise RuntimeError("BatchNorm in eval mode needs eval_stats = (mean, var)")
-        stats = self.eval_stats(x) if callable(self.eval_stats) else self.eval_stats
-        mean, var = (np.asarray(s, dtype=x.dtype) for s in stats)
-        return F.batch_norm_eval(x, w, b, mean=mean, var=var, eps=self.eps, backend=self.backend)
-
-    def backward(self, dy):
-        dx, dw, db = F.batch_norm_backward(
-            np.ascontiguousarray(dy), self.x, self.params["weight"],
-            mean=self.mean, invstd=self.invstd, backend=self.backend,
-        )  # fmt: skip
-        self.grads["weight"][...] = dw
-        self.grads["bias"][...] = db
-        return dx

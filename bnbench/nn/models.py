@@ -3,7 +3,8 @@ layer, and a residual CNN whose depth (number of BN layers) is a parameter."""
 
 import numpy as np
 
-from .layers import BatchNorm, Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
+from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
+from .norm import BatchNorm
 
 
 class Sequential:
@@ -55,24 +56,24 @@ class Residual(Sequential):
         return dy + super().backward(dy)
 
 
-def mlp(in_features=40, classes=10, hidden=100, rng=None, dtype=np.float32):
+def mlp(in_features=40, classes=10, hidden=100, rng=None, dtype=np.float32, norm=BatchNorm):
     """MNIST-1D's MLP baseline (40 -> 100 -> 100 -> 10, ReLU) with BN after each hidden
     linear layer (whose bias BN makes redundant, so it has none)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     return Sequential(
         [
             Linear(in_features, hidden, rng, bias=False, dtype=dtype),
-            BatchNorm(hidden, dtype=dtype),
+            norm(hidden, dtype=dtype),
             ReLU(),
             Linear(hidden, hidden, rng, bias=False, dtype=dtype),
-            BatchNorm(hidden, dtype=dtype),
+            norm(hidden, dtype=dtype),
             ReLU(),
             Linear(hidden, classes, rng, dtype=dtype),
         ]
     )
 
 
-def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32):
+def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32, norm=BatchNorm):
     """MNIST-1D's CNN baseline: three Conv1d of ``channels`` (kernel 5, 3, 3; stride 2;
     padding 1), each followed by BN and ReLU, then a linear layer on the flattened
     ``channels x 5`` features (for ``length`` 40)."""
@@ -82,7 +83,7 @@ def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32):
     for k in (5, 3, 3):
         layers += [
             Conv1d(c_in, channels, k, rng, stride=2, padding=1, bias=False, dtype=dtype),
-            BatchNorm(channels, dtype=dtype),
+            norm(channels, dtype=dtype),
             ReLU(),
         ]
         c_in, L = channels, (L + 2 - k) // 2 + 1
@@ -108,7 +109,9 @@ def check_depth(depth):
     return int(depth)
 
 
-def resnet(length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float32):
+def resnet(
+    length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float32, norm=BatchNorm
+):
     """A residual MNIST-1D CNN with ``depth`` BN layers: a stem Conv1d (kernel 5, stride 2,
     ``channels``, ReLU; no BN), then ``depth / 2`` blocks ``x + BN(Conv(ReLU(BN(Conv(x)))))``
     (kernel 3, padding 1, identity skips; He et al. 2016's basic block), each followed by
@@ -120,10 +123,10 @@ def resnet(length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float
     layers = [Reshape((1, length)),
               Conv1d(1, channels, 5, rng, stride=2, padding=2, dtype=dtype), ReLU()]  # fmt: skip
     for _ in range(depth // 2):
-        last = BatchNorm(channels, dtype=dtype)
+        last = norm(channels, dtype=dtype)
         last.params["weight"][:] = 0
         body = [Conv1d(channels, channels, 3, rng, padding=1, bias=False, dtype=dtype),
-                BatchNorm(channels, dtype=dtype), ReLU(),
+                norm(channels, dtype=dtype), ReLU(),
                 Conv1d(channels, channels, 3, rng, padding=1, bias=False, dtype=dtype), last]  # fmt: skip
         layers += [Residual(body), ReLU()]
     layers += [GlobalAvgPool(), Linear(channels, classes, rng, dtype=dtype)]
@@ -133,12 +136,13 @@ def resnet(length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float
 MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
 
 
-def build(name, in_features, classes, rng, dtype=np.float32, depth=None):
+def build(name, in_features, classes, rng, dtype=np.float32, depth=None, norm=BatchNorm):
     """A model by name (``"mlp"``, ``"cnn"`` or ``"resnet"``) for inputs of
-    ``in_features`` values; ``depth`` (BN layers) for the resnet only."""
+    ``in_features`` values; ``depth`` (BN layers) for the resnet only; ``norm(channels,
+    dtype=...)`` makes each BN layer (e.g. a ghost BatchNorm or BatchRenorm)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     if depth is not None and name != "resnet":
         raise ValueError(f"depth applies to model 'resnet' only, got model {name!r}")
     extra = {} if depth is None else {"depth": depth}
-    return MODELS[name](in_features, classes, rng=rng, dtype=dtype, **extra)
+    return MODELS[name](in_features, classes, rng=rng, dtype=dtype, norm=norm, **extra)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from .layers import BatchNorm
+from .norm import BatchNorm
 
 
 class SGD:

@@ -1,0 +1,167 @@
+"""Batch-norm layers on the bnbench kernels: BatchNorm (with the ghost and FrozenBN
+options) and Batch Renormalization.
+
+Modes: ``"train"`` normalises as training does (ghost batches, Batch Renorm's correction
+or frozen statistics, by variant) and keeps what ``backward`` needs; ``"stats"`` is plain
+batch norm with the whole batch's statistics, for the evaluation passes that measure
+statistics (population, PreciseBN); ``"eval"`` uses ``eval_stats``, set by whoever
+evaluates: ``(mean, var)``, or a callable ``(x) -> (mean, var)`` given the layer's input
+(test-time adaptation, :mod:`bnbench.adaptation`). In ``"train"`` and ``"stats"`` mode
+the statistics of the whole batch go, with the number of values per channel, to every
+estimator in ``observers`` (for ghost batches: their exact aggregate,
+:func:`bnbench.merge_group_stats`).
+"""
+
+import numpy as np
+
+from .. import functional as F
+from .layers import Layer
+
+
+class BatchNorm(Layer):
+    """Batch norm over channel axis 1.
+
+    ``ghost_batch_size=G`` (Hoffer et al. 2017): in training, each group of G consecutive
+    samples is normalised with its own statistics (a batch of exactly G, or smaller
+    than G, is plain batch norm). :meth:`freeze` (Wu & Johnson 2021, section 4, FrozenBN):
+    training goes on with fixed statistics, the layer then an affine map whose backward
+    has no batch terms.
+    """
+
+    def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu",
+                 ghost_batch_size=None):  # fmt: skip
+        super().__init__()
+        self.num_features, self.eps, self.backend = num_features, eps, backend
+        self.ghost_batch_size = ghost_batch_size
+        self._param("weight", np.ones(num_features, dtype))
+        self._param("bias", np.zeros(num_features, dtype))
+        self.observers = []
+        self.eval_stats = None
+        self.frozen = None  # (mean, var) while FrozenBN trains with fixed statistics
+        self.last_batch = None  # (mean, var, count) of the last train/stats-mode batch
+
+    def freeze(self, stats):
+        """Train on with fixed ``(mean, var)`` (``None``: back to batch statistics)."""
+        self.frozen = None if stats is None else tuple(np.asarray(s, np.float64) for s in stats)
+
+    def _observe(self, mean, var, count):
+        self.last_batch = (mean, var, count)
+        for observer in self.observers:
+            observer.update(mean, var, count)
+
+    def forward(self, x, mode):
+        w, b = self.params["weight"], self.params["bias"]
+        count = x.size // self.num_features
+        if mode == "eval":
+            if self.eval_stats is None:
+                raise RuntimeError("BatchNorm in eval mode needs eval_stats = (mean, var)")
+            stats = self.eval_stats(x) if callable(self.eval_stats) else self.eval_stats
+            mean, var = (np.asarray(s, dtype=x.dtype) for s in stats)
+            return F.batch_norm_eval(x, w, b, mean=mean, var=var, eps=self.eps,
+                                     backend=self.backend)  # fmt: skip
+        self.x, self.kind = x, "plain"
+        if mode == "train" and self.frozen is not None:
+            return self._frozen_forward(x, count)
+        G = self.ghost_batch_size
+        if mode == "train" and G is not None and x.shape[0] > G:
+            res = F.batch_norm_train(x, w, b, eps=self.eps, ghost_batch_size=G,
+                                     backend=self.backend)  # fmt: skip
+            self.kind, self.mean, self.invstd = "ghost", res.mean, res.invstd
+            whole = F.merge_group_stats(res.mean, res.var, count=count // (x.shape[0] // G))
+            self._observe(whole.mean, whole.var, whole.count)
+            return res.y
+        res = self._train_forward(x) if mode == "train" else self._plain(x)
+        self._observe(res.mean, res.var, count)
+        return res.y
+
+    def _plain(self, x):
+        w, b = self.params["weight"], self.params["bias"]
+        return F.batch_norm_train(x, w, b, eps=self.eps, backend=self.backend)
+
+    def _train_forward(self, x):
+        res = self._plain(x)
+        self.mean, self.invstd = res.mean, res.invstd
+        return res
+
+    def _frozen_forward(self, x, count):
+        mean, var = self.frozen
+        x3 = x.reshape(x.shape[0], self.num_features, -1).astype(np.float64)
+        self._observe(x3.mean(axis=(0, 2)), x3.var(axis=(0, 2)), count)  # estimators go on
+        self.kind, self.invstd = "frozen", 1.0 / np.sqrt(var + self.eps)
+        self.xhat = (x3 - mean[:, None]) * self.invstd[:, None]
+        w, b = (self.params[k].astype(np.float64)[:, None] for k in ("weight", "bias"))
+        return (self.xhat * w + b).astype(x.dtype).reshape(x.shape)
+
+    def backward(self, dy):
+        dy = np.ascontiguousarray(dy)
+        w = self.params["weight"]
+        if self.kind == "frozen":  # an affine map with constant statistics
+            d3 = dy.reshape(dy.shape[0], self.num_features, -1).astype(np.float64)
+            self.grads["weight"][...] = (d3 * self.xhat).sum(axis=(0, 2))
+            self.grads["bias"][...] = d3.sum(axis=(0, 2))
+            scale = (w.astype(np.float64) * self.invstd)[:, None]
+            return (d3 * scale).astype(dy.dtype).reshape(dy.shape)
+        dx, dw, db = self._backward(dy)
+        self.grads["weight"][...] = dw
+        self.grads["bias"][...] = db
+        return dx
+
+    def _backward(self, dy):
+        ghost = self.ghost_batch_size if self.kind == "ghost" else None
+        return F.batch_norm_backward(dy, self.x, self.params["weight"], mean=self.mean,
+                                     invstd=self.invstd, ghost_batch_size=ghost,
+                                     backend=self.backend)  # fmt: skip
+
+
+def renorm_clip(progress, rmax=3.0, dmax=5.0):
+    """Batch Renorm's warm-up: ``(rmax, dmax)`` at ``progress`` (fraction of training).
+
+    Ioffe (2017, section 4) trains with ``rmax = 1, dmax = 0`` (plain BN) for the first
+    5k of 130k steps, then relaxes them to 3 and 5, reached at 40k and 25k steps. The
+    same schedule as fractions of training: plain BN up to 4%, ``rmax`` linear to its
+    maximum at 31%, ``dmax`` at 19%. For comparison, torchrl's ``BatchRenorm1d`` defaults
+    to ``max_r=3, max_d=5, momentum=0.01`` and switches from BN to the full clipping
+    after ``warmup_steps=10000`` (linearly with ``smooth=True``); Keras'
+    ``BatchNormalization(renorm=True)`` takes ``renorm_clipping={"rmax", "rmin", "dmax"}``
+    without a schedule (unclipped by default) and ``renorm_momentum=0.99`` (0.01 here).
+    """
+    start = 5 / 130
+    tr = min(1.0, max(0.0, (progress - start) / (40 / 130 - start)))
+    td = min(1.0, max(0.0, (progress - start) / (25 / 130 - start)))
+    return 1.0 + (rmax - 1.0) * tr, dmax * td
+
+
+class BatchRenorm(BatchNorm):
+    """Batch Renormalization (Ioffe 2017): training batches normalised with the batch's
+    statistics corrected towards the layer's own running estimates by ``r`` and ``d``
+    (clipped to ``rmax``, ``dmax``; constants in the backward pass), so that training
+    and inference agree. ``rmax``/``dmax`` are set by the trainer
+    (:func:`renorm_clip`); the running estimates are an EMA with ``momentum`` (PyTorch
+    convention, 0.01 as in the paper and torchrl) of the batch mean and unbiased
+    variance. Test-time statistics come, as for every layer, from the estimators."""
+
+    def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu", momentum=0.01):
+        super().__init__(num_features, eps, dtype, backend)
+        self.momentum = momentum
+        self.running_mean = np.zeros(num_features)
+        self.running_var = np.ones(num_features)
+        self.rmax, self.dmax = 1.0, 0.0
+
+    def _train_forward(self, x):
+        w, b = self.params["weight"], self.params["bias"]
+        res = F.batch_renorm_train(
+            x, w, b, running_mean=self.running_mean.astype(x.dtype),
+            running_var=self.running_var.astype(x.dtype), rmax=self.rmax, dmax=self.dmax,
+            eps=self.eps, backend=self.backend,
+        )  # fmt: skip
+        self.mean, self.invstd, self.r, self.d = res.mean, res.invstd, res.r, res.d
+        count = x.size // self.num_features
+        self.running_mean += self.momentum * (res.mean - self.running_mean)
+        unbiased = res.var.astype(np.float64) * count / max(count - 1, 1)
+        self.running_var += self.momentum * (unbiased - self.running_var)
+        return res
+
+    def _backward(self, dy):
+        return F.batch_renorm_backward(dy, self.x, self.params["weight"], mean=self.mean,
+                                       invstd=self.invstd, r=self.r, d=self.d,
+                                       backend=self.backend)  # fmt: skip

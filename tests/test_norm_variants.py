@@ -1,0 +1,154 @@
+"""BN variants in the networks and training: ghost batches, FrozenBN, Batch Renorm,
+non-iid training batches (the kernels themselves are tested in test_ghost/test_renorm)."""
+
+import numpy as np
+import pytest
+from helpers import numeric_grad
+
+import bnbench as bn
+from bnbench import data, nn, train
+
+F64 = np.float64
+FAST = dict(dataset="gaussian_mixture", epochs=2, bn_momenta=(0.1,), test_batch_sizes=(32,),
+            test_orders=("iid",), estimators=("ema", "population", "test_batch"))  # fmt: skip
+
+
+def layer_grads(layer, x, G):
+    layer.forward(x, "train")
+    dx = layer.backward(G)
+    return dx, {k: g.copy() for k, g in layer.grads.items()}
+
+
+def fd_check(layer, x, rng):
+    G = rng.normal(size=x.shape)
+
+    def loss():
+        return float(np.sum(layer.forward(x, "train") * G))
+
+    dx, grads = layer_grads(layer, x, G)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    for name, p in layer.params.items():
+        np.testing.assert_allclose(grads[name], numeric_grad(loss, p), rtol=1e-6, atol=1e-8)
+
+
+def test_ghost_layer_normalises_each_group_and_reports_the_whole_batch(rng):
+    layer = nn.BatchNorm(3, dtype=F64, ghost_batch_size=4)
+    seen = []
+    layer.observers.append(type("O", (), {"update": lambda self, *a: seen.append(a)})())
+    x = rng.normal(size=(12, 3, 5)) * np.arange(1, 13)[:, None, None]
+    y = layer.forward(x, "train")
+    for g in range(3):  # each group of 4 samples by itself
+        part = x[4 * g : 4 * g + 4]
+        np.testing.assert_allclose(y[4 * g : 4 * g + 4], bn.batch_norm_train(part).y, rtol=1e-10)
+    ((mean, var, count),) = seen  # the exact statistics of the whole batch
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-10)
+    assert count == 60
+    fd_check(layer, x[:8], rng)
+    # "stats" mode (population, PreciseBN passes) is plain BN over the whole batch
+    np.testing.assert_allclose(layer.forward(x, "stats"), bn.batch_norm_train(x).y, rtol=1e-10)
+
+
+def test_frozen_layer_is_an_affine_map_with_fixed_statistics(rng):
+    layer = nn.BatchNorm(3, dtype=F64)
+    layer.params["weight"][:] = [0.5, 1.0, 2.0]
+    mean, var = rng.normal(size=3), rng.uniform(0.5, 2, 3)
+    layer.freeze((mean, var))
+    x = rng.normal(size=(6, 3, 4))
+    expected = bn.batch_norm_eval(
+        x, layer.params["weight"], layer.params["bias"], mean=mean, var=var
+    )
+    np.testing.assert_allclose(layer.forward(x, "train"), expected, rtol=1e-12)
+    fd_check(layer, x, rng)  # no batch terms: the gradient of the affine map
+
+
+def test_renorm_layer_gradient_holds_r_and_d_fixed(rng):
+    layer = nn.BatchRenorm(3, dtype=F64, momentum=0.0)  # running statistics stay put
+    layer.running_mean[:] = [3.0, -3.0, 0.0]
+    layer.running_var[:] = [9.0, 0.1, 1.0]
+    layer.rmax, layer.dmax = 1.05, 0.1  # r and d clipped: locally constant, as stop-gradient
+    x = rng.normal(size=(8, 3, 4))
+    fd_check(layer, x, rng)
+    assert np.all(np.isin(np.round(layer.r, 12), np.round([1 / 1.05, 1.05], 12)))
+    # rmax = 1, dmax = 0 is plain BN
+    layer.rmax, layer.dmax = 1.0, 0.0
+    np.testing.assert_allclose(layer.forward(x, "train"), bn.batch_norm_train(x).y, rtol=1e-12)
+
+
+def test_renorm_running_statistics_and_schedule(rng):
+    layer = nn.BatchRenorm(2, dtype=F64, momentum=0.25)
+    x = rng.normal(2.0, 3.0, size=(10, 2))
+    layer.forward(x, "train")
+    np.testing.assert_allclose(layer.running_mean, 0.25 * x.mean(axis=0))
+    np.testing.assert_allclose(layer.running_var, 0.75 + 0.25 * x.var(axis=0, ddof=1))
+    layer.forward(x, "stats")  # evaluation passes leave them alone
+    np.testing.assert_allclose(layer.running_mean, 0.25 * x.mean(axis=0))
+    assert nn.renorm_clip(0.0) == (1.0, 0.0) and nn.renorm_clip(1.0) == (3.0, 5.0)
+    r_mid, d_mid = nn.renorm_clip(0.15)
+    assert 1 < r_mid < 3 and 0 < d_mid < 5 and nn.renorm_clip(25 / 130)[1] == pytest.approx(5.0)
+
+
+def run(**kw):
+    return train.run(train.TrainConfig(model="mlp", batch_size=32, **{**FAST, **kw}))
+
+
+def scores(result):
+    return {e["estimator"]: e["test_accuracy"] for e in result["evaluations"]}
+
+
+def test_every_variant_trains_and_every_estimator_scores_it():
+    def strip(result):
+        return [{k: v for k, v in e.items() if k != "estimator_seconds"}
+                for e in result["evaluations"]]  # fmt: skip
+
+    plain, whole = run(), run(ghost_batch_size=32)  # one ghost batch = the whole batch
+    assert strip(whole) == strip(plain)
+    assert whole["training"]["final_train_loss"] == plain["training"]["final_train_loss"]
+    for kw in ({"ghost_batch_size": 8}, {"bn": "renorm"}, {"frozen_fraction": 0.3},
+               {"batch_order": "non_iid", "classes_per_batch": 2}):  # fmt: skip
+        got = scores(run(**kw))
+        assert set(got) >= {"ema", "population", "test_batch"}, kw
+        assert got["population"] > 0.8, kw
+    frozen = run(frozen_fraction=0.3)
+    assert "frozen" in scores(frozen) and scores(frozen)["frozen"] > 0.8
+
+
+def test_non_iid_batches_hold_the_given_number_of_classes():
+    labels = np.repeat(np.arange(5), 40)
+    batches = train._non_iid_batches(labels, 16, 2, np.random.default_rng(0))
+    assert len(batches) == 200 // 16
+    assert all(len(b) == 16 and len(set(labels[b])) <= 2 for b in batches)
+    with pytest.raises(
+        ValueError, match=r"classes_per_batch must be at most the number of classes 5"
+    ):
+        train._non_iid_batches(labels, 16, 6, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"ghost_batch_size": 1}, r"ghost_batch_size must be an integer >= 2"),
+        ({"ghost_batch_size": 24}, r"ghost_batch_size must divide batch_size 64, got 24"),
+        ({"ghost_batch_size": 8, "bn": "renorm"}, r"ghost_batch_size applies to bn='bn' only"),
+        ({"bn": "groupnorm"}, r"bn must be one of \('bn', 'renorm'\)"),
+        ({"frozen_fraction": 1.0}, r"frozen_fraction must be in \[0, 1\)"),
+        ({"frozen_fraction": -0.1}, r"frozen_fraction must be in \[0, 1\)"),
+        ({"batch_order": "sorted"}, r"batch_order must be one of"),
+        ({"batch_order": "non_iid", "classes_per_batch": 0}, r"classes_per_batch must be an integer >= 1"),
+        ({"batch_order": "non_iid", "batch_size": 4, "classes_per_batch": 5},
+         r"batch_size \(4\) must be at least classes_per_batch \(5\)"),
+    ],
+)  # fmt: skip
+def test_bad_variant_configuration(kw, match):
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig(**kw)
+
+
+def test_non_iid_with_more_classes_than_the_dataset_is_refused():
+    d = data.gaussian_mixture()
+    cfg = train.TrainConfig(model="mlp", batch_order="non_iid", classes_per_batch=d.num_classes + 1,
+                            **FAST)  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"classes_per_batch must be at most the number of classes 4"
+    ):
+        train.run(cfg)
