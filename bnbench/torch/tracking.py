@@ -52,7 +52,6 @@ class Tracker:
     def observe(self, name, x):
         t0 = time.perf_counter()
         mean, var, count = _core.batch_moments(x)
-        mean, var = _core.to_numpy(mean), _core.to_numpy(var)
         self.devices[name] = x.device
         for kind, per_layer in self.estimators.items():
             if name not in per_layer:
