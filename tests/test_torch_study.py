@@ -106,3 +106,11 @@ def test_analysis_states_the_known_findings():
     ]
     for _, fig in figures:
         plt.close(fig)
+
+
+def test_overhead_command_reports_every_variant(capsys):
+    from bnbench.torch import overhead
+
+    assert overhead.main(["--batch-sizes", "256", "--repeats", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("batch size 256: untracked ") and "6 momenta" in line and "%)" in line
