@@ -114,3 +114,21 @@ def test_overhead_command_reports_every_variant(capsys):
     assert overhead.main(["--batch-sizes", "256", "--repeats", "1"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("batch size 256: untracked ") and "6 momenta" in line and "%)" in line
+
+
+def test_default_model_job_on_mnist1d():
+    """The quick preset's first job with its built-in CNN on MNIST-1D, shortened."""
+    from bnbench.torch import jobs as torch_jobs
+
+    job = study.load("torch-estimators").jobs("quick")[0]
+    assert job["params"]["model"] == "default" and job["params"]["data"] == "default"
+    params = {**job["params"], "epochs": 1, "batch_size": 128, "precise_samples": [512]}
+    result = torch_jobs.run_job(params)
+    rows = torch_jobs.result_rows(result)
+    assert result["training"]["bn_layers"] == 4 and result["training"]["train_size"] == 4000
+    by = {(r["estimator"], r.get("momentum"), r.get("aggregation")): r for r in rows}
+    assert by[("population", None, None)]["passes"] == 4
+    assert by[("population", None, None)]["test_accuracy"] > 0.3  # chance is 0.1
+    assert by[("precise", None, "total_variance")]["precise_samples"] == 512
+    for r in rows:
+        assert 0 <= r["test_ece"] <= 1 and r["test_nll"] > 0
