@@ -55,6 +55,13 @@ TRAIN_HELP = {
     "prior_strengths": "prior strengths N of the source/test-batch prior (Schneider et al.)",
     "online_momenta": "momenta of the online EMA adaptation",
     "depth": "BN layers of the resnet model (even, 2-64; resnet only)",
+    "bn": "BN variant",
+    "ghost_batch_size": "normalization batch size: ghost batches of this many samples (bn only)",
+    "frozen_fraction": "train the last fraction of the steps with frozen population "
+    "statistics (FrozenBN)",
+    "batch_order": "training batch order",
+    "classes_per_batch": "classes in each non_iid training batch",
+    "score_train_set": "also score every estimator on the training set",
     "eval_every": "score every estimator during training too: every N steps (an integer) "
     "or at fractions of training (comma-separated, e.g. 0.25,0.5,0.75)",
 }
@@ -81,6 +88,8 @@ def _train_choices():
         "precise_aggregations": list(train.AGGREGATIONS),
         "test_orders": list(train.ORDERS),
         "corruptions": list(shift.CORRUPTIONS),
+        "bn": list(train.BN_VARIANTS),
+        "batch_order": list(train.BATCH_ORDERS),
     }
 
 
@@ -92,6 +101,7 @@ def _add_train_options(parser):
 
     choices = _train_choices()
     ints = {"batch_size", "epochs", "steps", "seed", "num_samples", "test_batch_sizes", "depth",
+            "ghost_batch_size", "classes_per_batch",
             "precise_samples", "precise_batch_sizes", "adapt_samples", "severities"}  # fmt: skip
     for field in dataclasses.fields(TrainConfig):
         name, default = field.name, field.default

@@ -163,7 +163,7 @@ def _fields(**fields):
 
 
 EVALUATION_KEYS = (
-    "step", "estimator", "corruption", "severity", "momentum", "precise_samples",
+    "step", "estimator", "split", "corruption", "severity", "momentum", "precise_samples",
     "precise_samples_used", "precise_batch_size", "aggregation", "adapt_samples",
     "prior_strength", "test_batch_size", "test_order", "test_accuracy", "test_nll",
     "test_ece", "mean_error", "var_error", "layer_mean_error", "layer_var_error",
@@ -200,8 +200,8 @@ def _precise_candidates(model, data, config):
                        "precise_batch_size": bs}  # fmt: skip
             if min(samples, n_train) < bs:  # part of a grid that cannot run: say so
                 for aggregation in config.precise_aggregations:
-                    errors.append(_fields(**setting, aggregation=aggregation, corruption="none",
-                        severity=0, error=f"precise_samples ({samples}) < recompute batch size ({bs})"))  # fmt: skip
+                    errors.append(_fields(**setting, aggregation=aggregation, split="test",
+                        corruption="none", severity=0, error=f"precise_samples ({samples}) < recompute batch size ({bs})"))  # fmt: skip
                 continue
             rng = np.random.default_rng([config.seed, 2])
             (aggs, used), seconds = timed(
@@ -216,9 +216,11 @@ def _precise_candidates(model, data, config):
 
 
 def test_sets(data, config):
-    """``(corruption, severity, x, y)``: the clean test set, then every corruption x
-    severity of the configuration (MNIST-1D-C)."""
-    yield "none", 0, data.x_test, data.y_test
+    """``(split, corruption, severity, x, y)``: the clean test set, every corruption x
+    severity of the configuration (MNIST-1D-C), and the training set itself when
+    ``config.score_train_set`` (split ``"train"``: e.g. training error with batch
+    statistics)."""
+    yield "test", "none", 0, data.x_test, data.y_test
     if config.corruptions:
         from . import shift
 
@@ -227,7 +229,9 @@ def test_sets(data, config):
                 x, y = shift.corrupted_test_set(
                     corruption, severity, num_samples=config.num_samples or 5000
                 )
-                yield corruption, severity, x, y
+                yield "test", corruption, severity, x, y
+    if config.score_train_set:
+        yield "train", "none", 0, data.x_train, data.y_train
 
 
 def evaluate_network(model, data, config, running):
@@ -245,10 +249,10 @@ def evaluate_network(model, data, config, running):
     if "population" in config.estimators:
         fixed.append(({"estimator": "population"}, population, population_seconds))
 
-    for corruption, severity, x, y in test_sets(data, config):
-        where = {"corruption": corruption, "severity": int(severity)}
+    for split, corruption, severity, x, y in test_sets(data, config):
+        where = {"split": split, "corruption": corruption, "severity": int(severity)}
         target, target_seconds = timed(population_statistics, model, x)
-        reference = population if corruption == "none" else target
+        reference = population if corruption == "none" else target  # the training set's
         adabn = []
         if "adabn" in config.estimators:
             adabn.append(

@@ -78,6 +78,8 @@ class TrainConfig:
     last fraction of the steps with fixed population statistics computed exactly at the
     switch (FrozenBN; scored as estimator ``frozen``); ``batch_order="non_iid"`` draws
     each training batch from ``classes_per_batch`` random classes only.
+    ``score_train_set`` also scores every estimator and mode on the training set itself
+    (split ``"train"``: e.g. the training error with batch statistics).
 
     ``depth``: the number of BN layers of the ``resnet`` model (default 8). ``eval_every``:
     score every estimator during training too, every so many steps or at fractions of
@@ -115,6 +117,7 @@ class TrainConfig:
     frozen_fraction: float = 0.0
     batch_order: str = "iid"
     classes_per_batch: int = 2
+    score_train_set: bool = False
 
     def __post_init__(self):
         # tuples, so that configurations hash and serialise the same way
@@ -495,7 +498,9 @@ def costs(result):
     out, seen = {}, set()
     final = result["training"]["steps"]
     for e in result["evaluations"]:
-        if e.get("corruption", "none") != "none" or e.get("step", final) != final:
+        if (e.get("corruption", "none"), e.get("split", "test"), e.get("step", final)) != (
+            "none", "test", final,
+        ):  # fmt: skip
             continue
         name = e["estimator"]
         shared = (name, e["precise_samples"], e["precise_batch_size"], e.get("adapt_samples"))

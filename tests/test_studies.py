@@ -20,11 +20,13 @@ NAMES = [
     "kernel-throughput",
     "covariate-shift",
     "training-dynamics",
+    "normalization-batch-size",
 ]
 
 
 def test_all_studies_are_found():
-    assert sorted(study.available()) == sorted(NAMES)
+    # torch-estimators runs a PyTorch model: its tests are in test_torch_study.py
+    assert sorted(study.available()) == sorted([*NAMES, "torch-estimators"])
     # no study file reads as a pytest module
     assert not [p for p in study.available().values() if p.name.startswith("test_")]
 
@@ -230,5 +232,40 @@ def test_training_dynamics_findings_are_computed():
         "stable): consistent with these numbers" in body
     )
     assert "ema m=0.1 -1.0 +- 0.0 at 4 -> -4.0 +- 0.0 at 16" in body
+    for _, fig in figures:
+        plt.close(fig)
+
+
+def test_normalization_batch_size_findings_are_computed():
+    frames = []
+    for seed in range(3):
+        for g in (2, 32, 512):  # a U-shape: population error 30 / 10 / 20 %
+            pop = {2: 0.70, 32: 0.90, 512: 0.80}[g] + _noise({"seed": seed})
+            run = {"model": "cnn", "batch_size": 512, "seed": seed, "ghost_batch_size": g,
+                   "bn": "bn", "frozen_fraction": 0.0, "batch_order": "iid"}  # fmt: skip
+            evals = [{"estimator": "population", "split": "test", "acc": pop},
+                     {"estimator": "test_batch", "split": "test", "test_batch_size": g, "acc": pop + 0.05},
+                     {"estimator": "test_batch", "split": "train", "test_batch_size": g, "acc": pop + 0.08}]  # fmt: skip
+            frames.append(_rows([run], evals).assign(job_key=f"n{seed}{g}"))
+        for variant, extra, acc in (("BN", {}, 0.6), ("Batch Renorm", {"bn": "renorm"}, 0.7)):
+            run = {"model": "mlp", "batch_size": 4, "seed": seed, "ghost_batch_size": np.nan,
+                   "bn": "bn", "frozen_fraction": 0.0, "batch_order": "iid", **extra}  # fmt: skip
+            evals = [{"estimator": "population", "split": "test", "acc": acc}]
+            frames.append(_rows([run], evals).assign(job_key=f"v{seed}{variant}"))
+    body, figures = study.load("normalization-batch-size").analyse(
+        pd.concat(frames, ignore_index=True)
+    )
+    assert (
+        "**cnn**: test error with population statistics is lowest at NBS 32 (9.9%), against "
+        "29.9% at NBS 2 and 19.9% at NBS 512 (median seed sd 0.1): a U-shape" in body
+    )
+    assert (
+        "population minus batch statistics (test error), by NBS: 2: +5.0, 32: +5.0, 512: +5.0"
+        in body
+    )
+    assert (
+        "**mlp, iid training batches**, test accuracy (%) with population statistics (3 seeds): "
+        "batch 4: BN 60.0 +- 0.0, Batch Renorm 70.0 +- 0.0." in body
+    )
     for _, fig in figures:
         plt.close(fig)
