@@ -46,6 +46,9 @@ def arguments(parser):
 def jobs(options, batch_sizes, seeds, epochs):
     from bnbench.torch import jobs as torch_jobs
 
+    for name in ("model", "data"):  # a wrong path fails here, not in every run
+        if options[name] != "default":
+            torch_jobs.load_factory(options[name])
     return torch_jobs.jobs(
         model=[options["model"]], data=[options["data"]], batch_size=batch_sizes,
         seed=list(range(seeds)), epochs=[epochs], momenta=[MOMENTA],

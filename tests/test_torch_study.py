@@ -24,6 +24,15 @@ def test_study_declares_model_and_data_options():
     assert {j["params"]["model"] for j in s.jobs("quick", TINY)} == {TINY["model"]}
     with pytest.raises(ValueError, match="has no option"):
         s.jobs("quick", {"modle": "x:y"})
+    with pytest.raises(ValueError, match="cannot load factory 'no_such_module:f'"):
+        s.jobs("quick", {"model": "no_such_module:f"})
+    with pytest.raises(ValueError, match="must be given as 'package.module:factory'"):
+        s.jobs("quick", {"data": "torch_tiny_model.data"})
+
+
+def test_a_wrong_factory_path_is_a_usage_error(capsys):
+    assert study.main(study.load("torch-estimators"), ["--model", "no_such_module:f"]) == 2
+    assert "cannot load factory" in capsys.readouterr().err
 
 
 def test_study_runs_a_model_given_by_import_path(tmp_path, monkeypatch):
