@@ -310,3 +310,34 @@ def test_load_statistics_then_eval_equals_evaluate():
     with pytest.raises(ValueError, match=r"statistics\['4'\] mean must have shape \(5,\)"):
         bt.load_statistics(model, bad)
     assert_untouched(model, snap)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU (the CPU path is tested above)"
+)
+def test_every_estimator_on_cuda_matches_cpu():
+    batches = data()
+    model = cnn()
+    train(model, batches, epochs=1)
+    model.train()
+    gpu = copy.deepcopy(model).cuda()
+    gpu_batches = [(x.cuda(), y.cuda()) for x, y in batches]
+    with bt.track(gpu, momenta=[0.1]) as tracker:
+        with torch.no_grad():
+            for x, _ in gpu_batches:
+                gpu(x)
+    stats = {
+        "ema": tracker.statistics("ema"),
+        "precise": bt.precise_statistics(gpu, gpu_batches),
+        "population": bt.population_statistics(gpu, gpu_batches),
+    }
+    cpu = {"precise": bt.precise_statistics(model, batches),
+           "population": bt.population_statistics(model, batches)}  # fmt: skip
+    for name, s in stats.items():
+        for layer, (mean, var) in s.items():
+            assert mean.device.type == "cuda" and var.device.type == "cuda"
+            if name in cpu:
+                torch.testing.assert_close(mean.cpu(), cpu[name][layer][0], rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(var.cpu(), cpu[name][layer][1], rtol=1e-4, atol=1e-5)
+    scores = bt.evaluate(gpu, gpu_batches, stats["population"])
+    assert scores == pytest.approx(bt.evaluate(model, batches, cpu["population"]), abs=0.02)
