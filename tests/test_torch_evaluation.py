@@ -88,6 +88,20 @@ def test_prior_and_online_ema_against_hand_computations():
         np.testing.assert_allclose(logits, np.concatenate(online), rtol=1e-5, atol=1e-6)
 
 
+def test_adabn_is_the_population_of_the_test_data(trained):
+    model, batches = trained
+    test = data(seed=7)
+    shifted = [(x * 1.5 + 1, y) for x, y in test]
+    snap = snapshot(model)
+    ada = bt.adabn(model, [x for x, _ in shifted])  # unlabeled: bare tensors
+    pop = bt.population_statistics(model, shifted)
+    for name, (mean, var) in pop.items():
+        assert torch.equal(ada[name][0], mean) and torch.equal(ada[name][1], var)
+    assert ada.passes == 3 and ada.samples == 96
+    assert bt.evaluate(model, shifted, ada)["samples"] == 96
+    assert_untouched(model, snap)
+
+
 def test_adaptation_parameters_checked_up_front():
     src = {"0": (torch.zeros(4), torch.ones(4))}
     with pytest.raises(ValueError, match="prior strength N must be finite and > 0"):

@@ -8,8 +8,8 @@ Every estimator of :mod:`bnbench.estimators`, scored, on a user's own
 * :func:`precise_statistics` (PreciseBN, both aggregations) and
   :func:`population_statistics` (exact, one pass per BN layer);
 * :func:`evaluate` (accuracy, NLL, ECE) with fixed statistics or a test-time adaptation
-  mode (:func:`prediction_time`, :func:`prior`, :func:`online_ema`; AdaBN is
-  :func:`population_statistics` over unlabeled test data), and :func:`load_statistics`;
+  mode (:func:`prediction_time`, :func:`prior`, :func:`online_ema`; :func:`adabn` is
+  the population statistics of unlabeled test data), and :func:`load_statistics`;
 * :class:`BatchNorm1d`, :class:`BatchNorm2d`, :func:`batch_norm` and :func:`convert`:
   drop-in modules and an autograd op running bnbench's kernels (:mod:`bnbench.torch.op`).
 
@@ -18,6 +18,7 @@ Importing :mod:`bnbench` never imports torch; importing this package does.
 
 from .evaluation import (
     Adaptation,
+    adabn,
     evaluate,
     online_ema,
     predict,
@@ -41,6 +42,7 @@ __all__ = [
     "Adaptation",
     "BatchNorm1d",
     "BatchNorm2d",
+    "adabn",
     "Statistics",
     "Tracker",
     "batch_norm",

@@ -18,8 +18,8 @@ float64 NumPy array: on a GPU that is a copy to the host):
 * :func:`online_ema`: running statistics started at the source statistics and updated on
   the stream of test batches (each batch predicted after its own update).
 
-AdaBN (Li et al. 2016) is fixed statistics:
-``population_statistics(model, unlabeled_test_batches)``.
+AdaBN (Li et al. 2016) is fixed statistics, :func:`adabn`: the population statistics
+of the unlabeled test data.
 """
 
 import numpy as np
@@ -83,6 +83,15 @@ def prior(source, strength):
 def online_ema(source, momentum):
     """Running statistics from ``source``, updated on each test batch with ``momentum``."""
     return Adaptation("online_ema", source, momentum)
+
+
+def adabn(model, unlabeled_batches, device=None):
+    """AdaBN (Li et al. 2016): the exact statistics of the unlabeled test data, layer by
+    layer (:func:`bnbench.torch.population_statistics` over it: one pass per BN layer);
+    score them with :func:`evaluate` like any fixed statistics."""
+    from .statistics import population_statistics
+
+    return population_statistics(model, unlabeled_batches, device)
 
 
 def _fixed(layer, mean, var):
