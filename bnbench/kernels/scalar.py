@@ -4,6 +4,8 @@ Plain ``@numba.njit`` functions: callable from CPU kernels and from ``@cuda.jit`
 so only the parallel decomposition is written once per backend.
 """
 
+import math
+
 import numba
 
 from .. import config
@@ -50,8 +52,11 @@ def affine_coefficients(weight, bias, mean, var, eps):
 
     Backends evaluate ``x * scale + shift`` in float64: the form cancels ``x`` against
     ``mean`` in one fused step without rounding either to the input's precision.
+    ``math.sqrt``, not ``** 0.5``: without fast-math flags Numba keeps ``** 0.5`` a call
+    to ``pow``, which made the (groups, C) coefficient loop of ghost batch norm on
+    (4096, 1024), G = 32, several times slower than the data passes.
     """
-    invstd = 1.0 / (var + eps) ** 0.5
+    invstd = 1.0 / math.sqrt(var + eps)
     scale = weight * invstd
     return scale, bias - mean * scale, invstd
 
@@ -81,8 +86,8 @@ def renorm_factors(mean, var, running_mean, running_var, rmax, dmax, eps):
     ``d = clip((mean - running_mean) / sigma, -dmax, dmax)``. ``rmax = 1``, ``dmax = 0``
     give exactly ``r = 1``, ``d = 0`` (plain batch norm).
     """
-    sigma = (running_var + eps) ** 0.5
-    r = min(max((var + eps) ** 0.5 / sigma, 1.0 / rmax), rmax)
+    sigma = math.sqrt(running_var + eps)
+    r = min(max(math.sqrt(var + eps) / sigma, 1.0 / rmax), rmax)
     d = min(max((mean - running_mean) / sigma, -dmax), dmax)
     return r, d
 
@@ -99,7 +104,7 @@ def renorm_affine_coefficients(
     as :func:`affine_coefficients` (plain batch norm bit for bit; see
     tests/test_renorm.py).
     """
-    invstd = 1.0 / (var + eps) ** 0.5
+    invstd = 1.0 / math.sqrt(var + eps)
     r, d = renorm_factors(mean, var, running_mean, running_var, rmax, dmax, eps)
     inv = invstd * r
     scale = weight * inv
