@@ -258,13 +258,48 @@ def add_arguments(parser):
     parser.add_argument(
         "--scheduler", default=None, help="Dask scheduler address, or 'local' for a LocalCluster"
     )
+    parser.add_argument(
+        "-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+        help="one of the study's own options (its script's --help lists them), e.g. "
+        "-o model=package.module:factory; repeatable",
+    )  # fmt: skip
+
+
+def parse_option_pairs(study, pairs):
+    """The study's options from ``NAME=VALUE`` strings (the generic ``--option``, so
+    that ``bnbench study NAME`` reaches options only the study knows), parsed by the
+    study's own ``arguments`` (types and choices apply)."""
+    if not pairs:
+        return {}
+    if study.arguments is None:
+        raise ValueError(f"study {study.name!r} has no options of its own, got --option {pairs}")
+    argv = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not (sep and name):
+            raise ValueError(f"--option must be NAME=VALUE, got {pair!r}")
+        argv += [f"--{name.replace('_', '-')}", value]
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    study.arguments(parser)
+    try:
+        known, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise ValueError(f"study {study.name!r}: {err}") from err
+    if unknown:
+        raise ValueError(
+            f"study {study.name!r} has no option(s) {unknown[::2]}; its options are "
+            f"{sorted(study.options())}"
+        )
+    named = {name.partition("=")[0].replace("-", "_") for name in pairs}
+    return {k: v for k, v in vars(known).items() if k in named}
 
 
 def run_from_args(study, args, command=None):
     preset = args.preset or study.default_preset
     out = args.out or default_out(study, preset)
+    options = {**study.options(args), **parse_option_pairs(study, getattr(args, "option", []))}
     failed = run(study, preset, out, args.jobs, args.scheduler, command or " ".join(sys.argv),
-                 options=study.options(args))  # fmt: skip
+                 options=options)  # fmt: skip
     if failed:
         print(f"{failed} run(s) failed; see {out}/runs", file=sys.stderr)
     return min(failed, 100)

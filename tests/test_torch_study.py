@@ -141,3 +141,19 @@ def test_default_model_job_on_mnist1d():
     assert by[("precise", None, "total_variance")]["precise_samples"] == 512
     for r in rows:
         assert 0 <= r["test_ece"] <= 1 and r["test_nll"] > 0
+
+
+def test_bnbench_study_command_reaches_the_study_options(capsys):
+    from bnbench import cli
+
+    s = study.load("torch-estimators")
+    assert study.parse_option_pairs(s, ["model=torch_tiny_model:model", "data=x.y:z"]) == {
+        "model": "torch_tiny_model:model", "data": "x.y:z"}  # fmt: skip
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['--modle'\]"):
+        study.parse_option_pairs(s, ["modle=a:b"])
+    with pytest.raises(ValueError, match="must be NAME=VALUE"):
+        study.parse_option_pairs(s, ["model"])
+    with pytest.raises(ValueError, match="has no options of its own"):
+        study.parse_option_pairs(study.load("covariate-shift"), ["model=a:b"])
+    assert cli.main(["study", "torch-estimators", "-o", "model=no_such_module:f"]) == 2
+    assert "cannot load factory 'no_such_module:f'" in capsys.readouterr().err
