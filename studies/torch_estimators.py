@@ -147,8 +147,9 @@ def _findings(df, seeds):
                    f"buffers (momentum 0.1): largest difference in variance error {gap:.2g}.")  # fmt: skip
     runs = df.drop_duplicates("job_key")
     frac = (100 * runs.hook_seconds / runs.train_seconds).groupby(runs.batch_size).median()
-    out.append("- Hook overhead (time in the tracking hooks over the training loop's time, "
-               f"{len(MOMENTA)} momenta x 3 estimators), median by batch size: "
+    out.append("- Share of the training loop's time spent in the tracking hooks "
+               f"({len(MOMENTA)} momenta x 3 estimators; `python -m bnbench.torch.overhead` "
+               "times the loop with and without them), median by batch size: "
                + ", ".join(f"{int(b)}: {f:.0f}%" for b, f in frac.items())
                + f". The population statistics cost {int(runs.bn_layers.iloc[0])} passes "
                "(one per BN layer).")  # fmt: skip
