@@ -44,8 +44,12 @@ def arguments(parser):
 
 
 def jobs(options, batch_sizes, seeds, epochs):
-    from bnbench.torch import jobs as torch_jobs
-
+    try:
+        from bnbench.torch import jobs as torch_jobs
+    except ImportError as err:
+        raise ValueError(
+            f"this study needs PyTorch: pip install 'bnbench[torch]' ({err})"
+        ) from err
     for name in ("model", "data"):  # a wrong path fails here, not in every run
         if options[name] != "default":
             torch_jobs.load_factory(options[name])
