@@ -96,6 +96,93 @@ class Backward(_Kernel):
         self._timed()
 
 
+class _Variant(_Kernel):
+    """Ghost batch norm and Batch Renorm, with plain batch norm's parameters (backends,
+    dtypes, shapes) so that asv compares them with ForwardTrain and Backward directly.
+    A backend without the operation (the torch peer) is skipped."""
+
+    variant = None
+    G = 32  # ghost batch size where it divides N, else N // 2
+    clip = {"rmax": 3.0, "dmax": 5.0}
+
+    def setup(self, backend, dtype, shape):
+        from bnbench.kernels import supports
+
+        if not supports(backend_or_skip(backend), self.variant):
+            raise NotImplementedError(f"{backend} has no {self.variant} kernel")
+        super().setup(backend, dtype, shape)
+
+    @property
+    def ghost(self):
+        N = self.x.shape[0]
+        return self.G if N % self.G == 0 and N > self.G else N // 2
+
+    @property
+    def running(self):
+        s = self.stats
+        return {"running_mean": s.mean + 0.5, "running_var": s.var * 2, **self.clip}
+
+
+class GhostForwardTrain(_Variant):
+    op, variant = "forward_train", "ghost"
+
+    def call(self):
+        bn.batch_norm_train(self.x, self.w, self.b, ghost_batch_size=self.ghost,
+                            backend=self.backend, out=self.out)  # fmt: skip
+
+    def time_ghost_forward_train(self, backend, dtype, shape):
+        self._timed()
+
+
+class GhostBackward(_Variant):
+    op, variant = "backward", "ghost"
+
+    def setup(self, backend, dtype, shape):
+        self.gstats = None
+        super().setup(backend, dtype, shape)
+
+    def call(self):
+        if self.gstats is None:
+            self.gstats = bn.batch_norm_train(self.x, self.w, self.b,
+                                              ghost_batch_size=self.ghost, backend="reference")  # fmt: skip
+        s = self.gstats
+        bn.batch_norm_backward(self.dy, self.x, self.w, mean=s.mean, invstd=s.invstd,
+                               ghost_batch_size=self.ghost, backend=self.backend, out=self.out)  # fmt: skip
+
+    def time_ghost_backward(self, backend, dtype, shape):
+        self._timed()
+
+
+class RenormForwardTrain(_Variant):
+    op, variant = "forward_train", "renorm"
+
+    def call(self):
+        bn.batch_renorm_train(self.x, self.w, self.b, **self.running, backend=self.backend,
+                              out=self.out)  # fmt: skip
+
+    def time_renorm_forward_train(self, backend, dtype, shape):
+        self._timed()
+
+
+class RenormBackward(_Variant):
+    op, variant = "backward", "renorm"
+
+    def setup(self, backend, dtype, shape):
+        self.rstats = None
+        super().setup(backend, dtype, shape)
+
+    def call(self):
+        if self.rstats is None:
+            self.rstats = bn.batch_renorm_train(self.x, self.w, self.b, **self.running,
+                                                backend="reference")  # fmt: skip
+        s = self.rstats
+        bn.batch_renorm_backward(self.dy, self.x, self.w, mean=s.mean, invstd=s.invstd, r=s.r,
+                                 d=s.d, backend=self.backend, out=self.out)  # fmt: skip
+
+    def time_renorm_backward(self, backend, dtype, shape):
+        self._timed()
+
+
 class RunningUpdate:
     """Running-statistics update for K momenta at once."""
 

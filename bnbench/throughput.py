@@ -8,6 +8,11 @@ bandwidth uses a stated byte model: forward-train moves 3x the input's bytes (re
 the statistics, read and write for ``y``), inference 2x, backward 5x (read ``dy`` and
 ``x`` for the reductions, read both again and write ``dx``). The machine's memory
 bandwidth is measured in the same run by a STREAM triad.
+
+Ghost batch norm and Batch Renorm (:func:`measure_variants`) are timed against plain
+batch norm of the same backend on the same input, and against PyTorch's plain batch norm
+(PyTorch has neither kernel), all in one interleaving: their rows carry those times as
+columns (``plain_ms``, ``torch_plain_ms``).
 """
 
 import numba
@@ -229,6 +234,221 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
     return df
 
 
+#: Batch-norm variants timed against plain batch norm: op names of their rows.
+VARIANT_OPS = {
+    ("ghost", "forward_train"): "ghost_forward_train",
+    ("renorm", "forward_train"): "renorm_forward_train",
+    ("ghost", "backward"): "ghost_backward",
+    ("renorm", "backward"): "renorm_backward",
+}
+GHOST_BATCH_SIZE = 32
+RENORM_CLIP = {"rmax": 3.0, "dmax": 5.0}  # the end of Ioffe's warm-up
+
+
+def ghost_batch_size(N):
+    """The ghost batch size timed for a batch of ``N``: 32 where it divides N into two
+    groups or more, else the largest divisor of N up to 32 that does (None if none)."""
+    for G in range(min(GHOST_BATCH_SIZE, N // 2), 1, -1):
+        if N % G == 0:
+            return G
+    return None
+
+
+def _variant_call(variant, direction, backend, data, out, G, running):
+    """A zero-argument callable: ``variant`` ("plain", "ghost", "renorm") of
+    ``direction`` ("forward_train", "backward") on ``backend``; returns y or dx."""
+    x, dy, weight, bias, _ = data
+    if variant == "plain":
+        return _call(direction, backend, data, out)
+    if variant == "ghost":
+        stats = F.batch_norm_train(x, weight, bias, ghost_batch_size=G, backend=backend)
+        if direction == "forward_train":
+            return lambda: (
+                F.batch_norm_train(x, weight, bias, ghost_batch_size=G, backend=backend, out=out).y
+            )
+        return lambda: F.batch_norm_backward(
+            dy, x, weight, mean=stats.mean, invstd=stats.invstd, ghost_batch_size=G,
+            backend=backend, out=out,
+        ).dx  # fmt: skip
+    rm, rv = running
+    kw = {"running_mean": rm, "running_var": rv, **RENORM_CLIP, "backend": backend}
+    if direction == "forward_train":
+        return lambda: F.batch_renorm_train(x, weight, bias, **kw, out=out).y
+    st = F.batch_renorm_train(x, weight, bias, **kw)
+    return lambda: F.batch_renorm_backward(
+        dy, x, weight, mean=st.mean, invstd=st.invstd, r=st.r, d=st.d, backend=backend,
+        out=out,
+    ).dx  # fmt: skip
+
+
+def _running(data):
+    """Running estimates off the batch's statistics: r and d are clipped in some
+    channels, as early in training."""
+    ref = data[4]
+    C = ref.mean.shape[0]
+    rm = ref.mean + np.sqrt(ref.var) * np.linspace(-8, 8, C)
+    rv = ref.var * np.geomspace(0.1, 10, C)
+    return rm.astype(ref.mean.dtype), rv.astype(ref.var.dtype)
+
+
+def measure_variants(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None):
+    """Time ghost batch norm and Batch Renorm against plain batch norm; tidy rows.
+
+    Per shape and direction (forward-train, backward), one interleaving holds, for every
+    bnbench backend but the reference (CUDA on device arrays where there is a GPU), plain
+    batch norm, ghost batch norm with :func:`ghost_batch_size` and Batch Renorm
+    (:data:`RENORM_CLIP`), all with ``out=``, and PyTorch's plain batch norm when
+    installed (forward with ``out=``; backward as PyTorch runs it). Each contender is
+    validated against the reference's same variant first. One row per (variant,
+    backend) with ``op`` from :data:`VARIANT_OPS`, ``plain_ms`` (the same backend's
+    plain batch norm), ``torch_plain_ms`` and the ratios ``vs_plain`` (time / plain
+    time) and ``speedup_vs_torch_plain``.
+    """
+    from .kernels import backends_supporting
+
+    own = [b for b in registry.available() if b != "reference"]
+    variant_ok = {v: set(backends_supporting(v)) for v in ("ghost", "renorm")}
+    torch_peer = "torch" in registry.available(peers=True)
+    threads = numba.get_num_threads()
+    rows = []
+    for shape in shapes:
+        G = ghost_batch_size(shape[0])
+        data = _inputs(shape, dtype, seed)
+        running = _running(data)
+        gpu = _on_device(data) if "cuda" in own else None
+        dev_running = None
+        if gpu is not None:
+            from numba import cuda
+
+            dev_running = tuple(cuda.to_device(a) for a in running)
+        nbytes = data[0].nbytes
+        for direction in ("forward_train", "backward"):
+            contenders = {}
+            for backend in own:
+                for variant in ("plain", "ghost", "renorm"):
+                    if variant != "plain" and backend not in variant_ok[variant]:
+                        continue
+                    if variant == "ghost" and G is None:
+                        continue
+                    expected = _variant_call(
+                        variant, direction, "reference", data, None, G, running
+                    )()
+                    if backend == "cuda":
+                        from numba import cuda
+
+                        out = cuda.device_array(shape, dtype)
+                        fn = _synchronized(
+                            _variant_call(variant, direction, backend, gpu, out, G, dev_running)
+                        )
+                    else:
+                        out = aligned_empty(shape, dtype)
+                        fn = _variant_call(variant, direction, backend, data, out, G, running)
+                    _validate(f"{backend} {variant} {direction} {shape}", fn(), expected)
+                    contenders[(variant, backend)] = fn
+            if torch_peer:
+                prealloc = direction == "forward_train"
+                out = aligned_empty(shape, dtype) if prealloc else None
+                fn = _call(direction, "torch", data, out)
+                _validate(f"torch {direction} {shape}", fn(), _call(direction, "reference",
+                                                                     data, None)())  # fmt: skip
+                contenders[("plain", "torch")] = fn
+            cost = sum(time_once(fn) for fn in contenders.values())
+            repeats = int(np.clip(budget_s / cost, 5, 300))
+            times = interleaved_timings(contenders, repeats, warmup=1, seed=seed)
+            med = {k: float(np.median(t)) for k, t in times.items()}
+            torch_ms = med.get(("plain", "torch"), np.nan) * 1e3
+            for (variant, backend), t in times.items():
+                if variant == "plain":
+                    continue
+                median = med[(variant, backend)]
+                plain = med[("plain", backend)]
+                rows.append(
+                    {
+                        "shape": "x".join(map(str, shape)),
+                        "layout": "(N, C)" if len(shape) == 2 else "(N, C, *spatial)",
+                        "op": VARIANT_OPS[(variant, direction)],
+                        "backend": backend,
+                        "preallocated_out": True,
+                        "dtype": np.dtype(dtype).name,
+                        "threads": threads,
+                        "input_mib": nbytes / 2**20,
+                        "repeats": len(t),
+                        "median_ms": median * 1e3,
+                        "q25_ms": float(np.quantile(t, 0.25)) * 1e3,
+                        "q75_ms": float(np.quantile(t, 0.75)) * 1e3,
+                        "gbps": BYTE_MODEL[direction] * nbytes / median / 1e9,
+                        "triad_interleaved": False,
+                        "ghost_batch_size": G if variant == "ghost" else None,
+                        "plain_ms": plain * 1e3,
+                        "vs_plain": median / plain,
+                        "torch_plain_ms": torch_ms,
+                        "speedup_vs_torch_plain": torch_ms / (median * 1e3),
+                    }
+                )
+            if progress:
+                progress(f"variants {direction:>13} {str(shape):>20}: {repeats} repeats")
+    return pd.DataFrame(rows)
+
+
+def _plain(df):
+    """The rows of the plain operations (not :func:`measure_variants`' rows)."""
+    return df[df.op.isin(list(OP_TITLES))] if "op" in df else df
+
+
+def variant_table(df, direction):
+    """Per shape: plain, ghost and renorm milliseconds per backend, ratios to plain and
+    speedups against PyTorch's plain batch norm."""
+    ops = {v: VARIANT_OPS[(v, direction)] for v in ("ghost", "renorm")}
+    sub = df[df.op.isin(list(ops.values()))]
+    if sub.empty:
+        return None
+    shapes = list(dict.fromkeys(sub["shape"]))
+    t = pd.DataFrame(index=shapes)
+    for backend in dict.fromkeys(sub.backend):
+        b = sub[sub.backend == backend]
+        for variant, op in ops.items():
+            s = b[b.op == op].set_index("shape")
+            if s.empty:
+                continue
+            if f"{backend} plain ms" not in t:
+                t[f"{backend} plain ms"] = s["plain_ms"]
+            if variant == "ghost":
+                t["G"] = s["ghost_batch_size"].astype("Int64")
+            t[f"{backend} {variant} ms"] = s["median_ms"]
+            t[f"{backend} {variant} / plain"] = s["vs_plain"]
+            if s["torch_plain_ms"].notna().any():
+                t[f"{backend} {variant} vs torch"] = s["speedup_vs_torch_plain"]
+    if sub["torch_plain_ms"].notna().any():
+        t["torch plain ms"] = sub.drop_duplicates("shape").set_index("shape")["torch_plain_ms"]
+    t.index.name = "shape"
+    return t.reset_index()
+
+
+def variant_findings(df):
+    """Sentences on ghost batch norm and Batch Renorm against plain batch norm and
+    PyTorch, computed from the table."""
+    lines = []
+    for (variant, direction), op in VARIANT_OPS.items():
+        for backend in ("cpu", "cuda"):
+            s = df[(df.op == op) & (df.backend == backend)]
+            if s.empty:
+                continue
+            what = "Ghost batch norm" if variant == "ghost" else "Batch Renorm"
+            line = (
+                f"- {what}, {OP_TITLES[direction].lower()}, {backend}: "
+                f"{s.vs_plain.min():.2f}x to {s.vs_plain.max():.2f}x plain batch norm's time "
+                f"on the same input (median {s.vs_plain.median():.2f}x over {len(s)} shapes)"
+            )
+            sp = s[s.layout == "(N, C, *spatial)"].speedup_vs_torch_plain.dropna()
+            if len(sp):
+                line += (
+                    f"; {sp.min():.2f}x to {sp.max():.2f}x the speed of PyTorch's plain "
+                    f"{OP_TITLES[direction].lower()} on the (N, C, *spatial) shapes"
+                )
+            lines.append(line + ".")
+    return "\n".join(lines)
+
+
 def speedups(df, baseline="torch"):
     """Per (op, shape, preallocated_out): ``baseline`` median time / each backend's."""
     key = ["op", "shape", "preallocated_out"]
@@ -249,6 +469,7 @@ def figure(df):
     """Effective GB/s per shape, one panel per operation, triad bandwidth dashed."""
     import matplotlib.pyplot as plt
 
+    df = _plain(df)
     fig, axes = plt.subplots(1, len(OP_TITLES), figsize=(16, 5), sharey=True)
     shapes = list(dict.fromkeys(df["shape"]))
     series = df[["backend", "preallocated_out"]].drop_duplicates().itertuples(False)
@@ -279,6 +500,7 @@ def figure(df):
 
 def summary_tables(df):
     """One markdown-ready DataFrame per operation: milliseconds, speedups, bandwidth."""
+    df = _plain(df)
     has_torch = "torch" in set(df.backend)
     tables = {}
     for op in OP_TITLES:
@@ -305,6 +527,8 @@ def summary_tables(df):
 
 def findings(df):
     """Sentences computed from the table: speedups against PyTorch and bandwidth."""
+    variants = variant_findings(df)
+    df = _plain(df)
     lines = []
     if "torch" in set(df.backend):
         sp = speedups(df[~df.preallocated_out])
@@ -337,12 +561,13 @@ def findings(df):
             f"{row.input_mib:.0f} MiB) with `out=`: {row.gbps:.1f} GB/s, "
             f"{row.pct_of_triad:.0f}% of the triad bandwidth ({row.triad_gbps:.1f} GB/s)."
         )
-    return "\n".join(lines)
+    return "\n".join(lines + ([variants] if variants else []))
 
 
 def gpu_tables(df):
     """Per operation: the CUDA backend on device arrays (kernel time) and on host arrays
     (transfers included), against the device-to-device copy bandwidth."""
+    df = _plain(df)
     tables = {}
     for op in OP_TITLES:
         sub = df[(df.op == op) & df.backend.str.startswith("cuda")]
@@ -368,10 +593,13 @@ def gpu_tables(df):
 def report_body(df):
     from .report import markdown_table
 
+    variants = {d: variant_table(df, d) for d in ("forward_train", "backward")}
+    found = findings(df)
+    df = _plain(df)
     first = df.iloc[0].to_dict()
     parts = [
         "## Findings",
-        findings(df),
+        found,
         "## Method",
         f"{first['dtype']}, {first['threads']} threads (Numba and PyTorch alike). Each cell times "
         "one call of the public API (`bnbench.batch_norm_*`: input checks plus kernel), "
@@ -395,6 +623,22 @@ def report_body(df):
     cpu = df[~df.backend.map(_on_gpu)]
     for op, table in summary_tables(cpu).items():
         parts += [f"## {OP_TITLES[op]}", markdown_table(table)]
+    if any(t is not None for t in variants.values()):
+        parts.append(
+            "## Ghost batch norm and Batch Renorm\n\nEach backend's ghost batch norm "
+            f"(G = {GHOST_BATCH_SIZE} where it divides N into two groups or more, else the "
+            "largest divisor up to 32 that does; column G) and Batch Renorm (rmax = "
+            f"{RENORM_CLIP['rmax']:g}, dmax = {RENORM_CLIP['dmax']:g}, running statistics off "
+            "the batch's so that r and d clip in some channels) against its own plain batch "
+            "norm on the same input, all with `out=`, timed in one interleaving with "
+            "PyTorch's plain batch norm (PyTorch has no ghost or renorm kernel; its forward "
+            "with `out=`, its backward as PyTorch runs it). '/ plain' is the time ratio "
+            "(1.00 = as fast as plain batch norm); 'vs torch' is PyTorch's plain time over "
+            "the variant's."
+        )
+        for direction, table in variants.items():
+            if table is not None:
+                parts += [f"### {OP_TITLES[direction]}", markdown_table(table)]
     gpu = gpu_tables(df)
     if gpu:
         parts.append(
@@ -424,11 +668,13 @@ def resolve_params(params):
 
 
 def run_job(params):
-    """Sweep entry point (kind ``"kernel"``): one shape, every operation and contender.
-    ``params``: ``shape`` (list), optional ``budget_s`` and ``dtype``."""
+    """Sweep entry point (kind ``"kernel"``): one shape, every operation and contender,
+    then ghost batch norm and Batch Renorm (:func:`measure_variants`). ``params``: ``shape`` (list), optional ``budget_s`` and ``dtype``."""
     params = resolve_params(params)
-    df = measure([tuple(params["shape"])], dtype=np.dtype(params["dtype"]),
-                 budget_s=params["budget_s"])  # fmt: skip
+    shape, dtype = [tuple(params["shape"])], np.dtype(params["dtype"])
+    df = measure(shape, dtype=dtype, budget_s=params["budget_s"])
+    variants = measure_variants(shape, dtype=dtype, budget_s=params["budget_s"])
+    df = pd.concat([df, variants], ignore_index=True)
     return {"rows": df.to_dict("records")}
 
 
