@@ -40,6 +40,7 @@ import pandas as pd
 KINDS = {
     "train": "bnbench.train",
     "kernel": "bnbench.throughput",
+    "torch": "bnbench.torch.jobs",  # needs the torch extra
 }
 #: kinds whose results belong to one machine (timings): the key includes the machine
 MACHINE_SPECIFIC = {"kernel"}

@@ -10,9 +10,8 @@ after ``torch.manual_seed(seed)`` and returns a ``torch.nn.Module`` taking the d
 inputs and returning logits; a data factory returns ``(x_train, y_train, x_test,
 y_test)`` (tensors or arrays, integer labels). The default is a small CNN on MNIST-1D.
 
-The sweep maps a kind to a module through ``bnbench.sweep.KINDS``; importing this module
-registers ``"torch"`` there, and the job's kind (:data:`KIND`) re-registers it when a
-sweep worker unpickles the job, so worker processes need no other set-up.
+``bnbench.sweep.KINDS`` maps the kind to this module, imported (with torch) only when a
+torch job runs.
 """
 
 import importlib
@@ -30,29 +29,9 @@ DEFAULTS = {
 }  # fmt: skip
 
 
-def register():
-    sweep.KINDS.setdefault("torch", __name__)
-
-
-def _kind():
-    register()
-    return "torch"
-
-
-class _Kind(str):
-    """The kind ``"torch"``; unpickling it (in a sweep worker) registers the kind."""
-
-    def __reduce__(self):
-        return (_kind, ())
-
-
-KIND = _Kind("torch")
-register()
-
-
 def jobs(**params_lists):
     """Jobs of kind ``"torch"``: every combination of ``params_lists`` (name -> list)."""
-    return [{"kind": KIND, "params": p} for p in sweep.grid(**params_lists)]
+    return [{"kind": "torch", "params": p} for p in sweep.grid(**params_lists)]
 
 
 def load_factory(path):
