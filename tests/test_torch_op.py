@@ -2,6 +2,7 @@
 forward, backward (and torch.autograd.gradcheck in float64), the running-statistics
 update including momentum=None, inference mode, and the CUDA path's errors."""
 
+import copy
 import types
 
 import numpy as np
@@ -133,3 +134,30 @@ def test_bad_dtype_and_cuda_without_gpu_are_clear_errors():
     fake = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda"))
     with pytest.raises(RuntimeError, match=r"CUDA tensor .* torch.cuda.is_available\(\) is False"):
         op._backend(fake)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_convert_keeps_each_layers_dtype_and_device(dtype, device):
+    """The replacement is built in the old layer's dtype and on its device: a converted
+    float64 model runs in float64 (it used to come back float32 and refuse the input)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.BatchNorm1d(4))
+    model = model.to(device, dtype)
+    ref = [(k, v.clone()) for k, v in model.state_dict().items()]
+    x = torch.randn(8, 1, 10, dtype=dtype, device=device)
+    torch_model = copy.deepcopy(model)
+    expected = torch_model(x)
+    converted = op.convert(model)
+    assert type(converted[1]) is op.BatchNorm1d
+    for t in (*converted[1].parameters(), converted[1].running_mean, converted[1].running_var):
+        assert t.dtype == dtype and t.device.type == device
+    for (k, a), (_, b) in zip(converted.state_dict().items(), ref, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu()), k
+    out = converted(x)  # training mode: batch statistics and the running update
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(converted[1].running_var, torch_model[1].running_var)
+    bn2d = op.convert(torch.nn.BatchNorm2d(3, affine=False).to(device, dtype))
+    assert type(bn2d) is op.BatchNorm2d and bn2d.running_var.dtype == dtype
+    assert bn2d(torch.randn(4, 3, 2, 2, dtype=dtype, device=device)).dtype == dtype

@@ -192,17 +192,27 @@ class BatchNorm2d(_Kernels, torch.nn.BatchNorm2d):
     """``torch.nn.BatchNorm2d`` running bnbench's kernels (``(N, C, H, W)``)."""
 
 
+def _factory_kwargs(module):
+    """``{"device", "dtype"}`` of ``module``'s first floating-point parameter or buffer
+    (``num_batches_tracked`` is an integer), or ``{}`` for a layer with none."""
+    for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+        if t.is_floating_point():
+            return {"device": t.device, "dtype": t.dtype}
+    return {}
+
+
 def convert(module):
     """``module`` with every ``torch.nn.BatchNorm1d/2d`` replaced, in place, by bnbench's
-    (parameters and buffers carried over); returns it (or the replacement, when
-    ``module`` itself is one)."""
+    (parameters and buffers carried over, on the old layer's device and in its dtype: a
+    float64 model stays float64); returns it (or the replacement, when ``module`` itself
+    is one)."""
     for kind, ours in ((torch.nn.BatchNorm1d, BatchNorm1d), (torch.nn.BatchNorm2d, BatchNorm2d)):
         if type(module) is kind:
             new = ours(module.num_features, module.eps, module.momentum, module.affine,
-                       module.track_running_stats)  # fmt: skip
+                       module.track_running_stats, **_factory_kwargs(module))  # fmt: skip
             new.load_state_dict(module.state_dict())
             new.train(module.training)
-            return new.to(next(iter(module.state_dict().values()), torch.empty(0)).device)
+            return new
     for name, child in module.named_children():
         setattr(module, name, convert(child))
     return module
