@@ -60,13 +60,34 @@ def jobs(options, batch_sizes, seeds, epochs):
     )  # fmt: skip
 
 
+def _precise_count(row):
+    """The sample count PreciseBN was asked for ("all": the whole training set in whole
+    batches); runs without ``precise_request`` are labelled by the samples used."""
+    asked = getattr(row, "precise_request", np.nan)
+    if asked == asked:  # not NaN
+        return "all" if asked == 0 or asked >= row.train_size else f"{int(asked)}"
+    return "all" if row.precise_samples >= row.train_size else f"{int(row.precise_samples)}"
+
+
 def _label(row):
     e = row.estimator
     if e in ("ema", "ema_debiased"):
         return f"{e} m={row.momentum:g}"
     if e == "precise":
-        n = "all" if row.precise_samples >= row.train_size else f"{int(row.precise_samples)}"
-        return f"precise {n} {'total' if row.aggregation == 'total_variance' else 'mean-var'}"
+        agg = "total" if row.aggregation == "total_variance" else "mean-var"
+        return f"precise {_precise_count(row)} {agg}"
+    if e == "test_batch":
+        return f"test_batch {int(row.test_batch_size)}"
+    return e
+
+
+def _cost_label(row):
+    """What one timing covers: the hooks' total (every momentum, one per running
+    estimator), one PreciseBN pass per sample count (both aggregations), the evaluation
+    at one test batch size, or the population passes."""
+    e = row.estimator
+    if e == "precise":
+        return f"precise {_precise_count(row)}"
     if e == "test_batch":
         return f"test_batch {int(row.test_batch_size)}"
     return e
@@ -85,6 +106,7 @@ def prepare(df):
     df = df[df.test_accuracy.notna()].copy()
     df["acc"] = 100 * df["test_accuracy"]
     df["setting"] = [_label(r) for r in df.itertuples()]
+    df["cost_item"] = [_cost_label(r) for r in df.itertuples()]
     df["gain"] = paired_difference(df, "acc", df.setting == "population")
     return df
 
@@ -191,8 +213,9 @@ def analyse(df):
     order = chosen + sorted((s for s in acc.index if s not in chosen), key=_sort_key)
     errors = df.groupby(["setting", "batch_size"]).var_error.mean().unstack()
     runs = df.drop_duplicates("job_key")
-    cost = df.drop_duplicates(["job_key", "estimator", "precise_samples"])
-    cost = cost.groupby(["estimator", "batch_size"]).estimator_seconds.mean().unstack()
+    cost = df.drop_duplicates(["job_key", "cost_item"])
+    cost = cost.groupby(["cost_item", "batch_size"]).estimator_seconds.mean().unstack()
+    cost = cost.loc[sorted(cost.index, key=_sort_key)].rename_axis("estimator")
     model, data = df.model.iloc[0], df.data.iloc[0]
     body = "\n\n".join([
         "## Findings", "\n".join(_findings(df, seeds)),
@@ -207,7 +230,8 @@ def analyse(df):
         "## What each estimator costs",
         "Seconds per run, by training batch size: the running estimators' time is the hooks' "
         "total over training (shared by every momentum); precise and population are their "
-        "extra passes; test_batch is the evaluation. Mean training time per run: "
+        "extra passes (one per sample count; the two aggregations share it); test_batch B is "
+        "the evaluation at test batch size B. Mean training time per run: "
         + ", ".join(f"{int(b)}: {s:.1f} s" for b, s in
                     runs.groupby("batch_size").train_seconds.mean().items()) + ".",
         markdown_table(cost, "{:.3g}", index=True),
@@ -219,10 +243,16 @@ def analyse(df):
         "decay 5e-4, lr 0.05 x batch/64 capped at 0.4, cosine decay), PyTorch on the CPU. The "
         "running estimators are fed by bnbench.torch.track's forward hooks (unbiased batch "
         "variance); 'running_buffers' is the model's own running_mean/var. PreciseBN forwards "
-        "256 or all training samples in training mode in batches of the training batch size; "
+        "256 or all training samples in training mode in shuffled whole batches of the training "
+        "batch size (a ragged last batch is left out); "
         "'total' is fvcore's current aggregation, 'mean-var' the mean of batch variances. "
         "'population' is the exact statistics of the final network over the training set, "
-        "layer by layer, every upstream BN in inference mode. Accuracy differences are paired "
+        "layer by layer, every upstream BN in inference mode. Prediction-time BN ('test_batch B') "
+        "normalises each test batch with its own statistics; the test set is shuffled (seeded "
+        "by run seed and B) and cut into batches of exactly B, the last one being the last B "
+        "shuffled examples and predicting only those not yet predicted, so every prediction "
+        "comes from a batch of exactly B (bnbench.evaluate.exact_batches, as in the NumPy "
+        "studies). Accuracy differences are paired "
         "per run against 'population'; 'helps'/'hurts' means more than one seed-sd from zero.",
     ])  # fmt: skip
     return body, figures

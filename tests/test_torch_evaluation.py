@@ -245,7 +245,64 @@ def test_statistics_on_the_data_device_and_error_measure():
     pop = bt.population_statistics(model, data())
     for mean, var in pop.values():
         assert mean.device.type == "cpu" and var.dtype == torch.float64
-    assert bt.statistics_error(pop, pop) == (0.0, 0.0)
+    assert bt.statistics_error(pop, pop, model=model) == (0.0, 0.0)
     shifted = {n: (m + torch.sqrt(v + 1e-5), v * np.e) for n, (m, v) in pop.items()}
     mean_err, var_err = bt.statistics_error(shifted, pop, eps=0.0)
     assert mean_err == pytest.approx(1.0, rel=1e-3) and var_err == pytest.approx(1.0, rel=1e-3)
+
+
+def test_statistics_error_uses_each_layers_own_eps():
+    """eps is the layers' own (here 0.5 and 1e-3, not the 1e-5 default that was used for
+    every model), or given explicitly; neither or both is an error."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, eps=0.5), nn.ReLU(),
+                          nn.Linear(3, 2), nn.BatchNorm1d(2, eps=1e-3))  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 4, generator=g),) for _ in range(3)]
+    pop = bt.population_statistics(model, batches)
+    other = {n: (m + 0.1, v * 0.5) for n, (m, v) in pop.items()}
+    expected = []
+    for name, e in (("1", 0.5), ("4", 1e-3)):
+        (m, v), (m_ref, v_ref) = (tuple(s.numpy() for s in d[name]) for d in (other, pop))
+        expected.append((np.sqrt(np.mean((m - m_ref) ** 2 / (v_ref + e))),
+                         np.sqrt(np.mean(np.log((v + e) / (v_ref + e)) ** 2))))  # fmt: skip
+    got = bt.statistics_error(other, pop, model=model)
+    np.testing.assert_allclose(got, np.mean(expected, axis=0), rtol=1e-12)
+    assert bt.statistics_error(other, pop, eps=0.5)[1] < got[1]  # eps 0.5 on both layers
+    with pytest.raises(TypeError, match="exactly one of model="):
+        bt.statistics_error(other, pop)
+    with pytest.raises(TypeError, match="exactly one of model="):
+        bt.statistics_error(other, pop, 1e-5, model=model)
+    with pytest.raises(ValueError, match=r"reference names BN layer\(s\) \['1'\]"):
+        unlike = nn.Sequential(nn.Linear(4, 3), nn.Identity(), nn.ReLU(), nn.Linear(3, 2),
+                               nn.BatchNorm1d(2))  # fmt: skip
+        bt.statistics_error(other, pop, model=unlike)
+
+
+def test_fixed_statistics_forward_is_shared(monkeypatch):
+    """population_statistics and evaluate normalise with fixed statistics through one
+    function, _core.fixed_forward (they had two copies of it)."""
+    from bnbench.torch import _core
+
+    calls = []
+    original = _core.fixed_forward
+
+    def counting(layer, mean, var):
+        calls.append(layer)
+        return original(layer, mean, var)
+
+    monkeypatch.setattr(_core, "fixed_forward", counting)
+    model, batches = cnn(), data()
+    pop = bt.population_statistics(model, batches)
+    assert len(calls) == 0 + 1 + 2  # pass j normalises the j layers already done
+    calls.clear()
+    bt.evaluate(model, batches, pop)
+    assert len(calls) == 3
+    layer = model[1]
+    x = torch.randn(4, 6, 5)
+    mean, var = torch.rand(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64) + 0.5
+    ref = copy.deepcopy(layer).eval()
+    ref.running_mean.copy_(mean)
+    ref.running_var.copy_(var)
+    with torch.no_grad():
+        torch.testing.assert_close(original(layer, mean, var)(x), ref(x))

@@ -157,3 +157,26 @@ def test_bnbench_study_command_reaches_the_study_options(capsys):
         study.parse_option_pairs(study.load("covariate-shift"), ["model=a:b"])
     assert cli.main(["study", "torch-estimators", "-o", "model=no_such_module:f"]) == 2
     assert "cannot load factory 'no_such_module:f'" in capsys.readouterr().err
+
+
+def test_cost_table_has_one_row_per_test_batch_size_and_precise_count():
+    """Each test batch size's evaluation and each PreciseBN sample count is its own
+    timing (one row kept per run and item, not one per estimator); PreciseBN asked for
+    the whole set is "all" even when whole batches leave a few samples out."""
+    df = synthetic()
+    df.loc[(df.estimator == "test_batch") & (df.test_batch_size == 16), "estimator_seconds"] = 0.5
+    df.loc[(df.estimator == "test_batch") & (df.test_batch_size == 128), "estimator_seconds"] = 0.2
+    precise = df.estimator == "precise"
+    df.loc[precise, ["precise_request", "precise_samples", "estimator_seconds"]] = [0, 3999, 0.3]
+    extra = df[precise].copy()
+    extra[["precise_request", "precise_samples", "estimator_seconds"]] = [256, 256, 0.03]
+    df = pd.concat([df, extra], ignore_index=True)
+    body, figures = study.load("torch-estimators").analyse(df)
+    for _, fig in figures:
+        plt.close(fig)
+    cost = body.split("## What each estimator costs")[1].split("## Method")[0]
+    assert "| test_batch 16 | 0.5 | 0.5 |" in cost and "| test_batch 128 | 0.2 | 0.2 |" in cost
+    assert "| precise 256 | 0.03 | 0.03 |" in cost and "| precise all | 0.3 | 0.3 |" in cost
+    assert "| ema | 0.1 | 0.1 |" in cost and "| population | 0.1 | 0.1 |" in cost
+    assert "PreciseBN over all samples" in body and "PreciseBN over 256 samples" in body
+    assert "batches of exactly B" in body.split("## Method")[1]

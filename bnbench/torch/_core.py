@@ -12,6 +12,7 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
@@ -135,6 +136,19 @@ def to_numpy(t):
 
 def as_tensor(a, device):
     return torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
+
+
+def fixed_forward(layer, mean, var):
+    """A ``forward`` for BN ``layer`` (see :meth:`Hooks.override`): inference-mode batch
+    norm with the fixed statistics ``mean`` and ``var`` (cast to the input's device and
+    dtype) and the layer's own affine parameters and ``eps``; no buffer is read or
+    written."""
+
+    def forward(x):
+        return F.batch_norm(x, mean.to(x.device, x.dtype), var.to(x.device, x.dtype),
+                            layer.weight, layer.bias, False, 0.0, layer.eps)  # fmt: skip
+
+    return forward
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ of the unlabeled test data.
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import adaptation, metrics
 from .. import evaluate as np_evaluate
@@ -94,18 +93,10 @@ def adabn(model, unlabeled_batches, device=None):
     return population_statistics(model, unlabeled_batches, device)
 
 
-def _fixed(layer, mean, var):
-    def forward(x):
-        return F.batch_norm(x, mean.to(x.device, x.dtype), var.to(x.device, x.dtype),
-                            layer.weight, layer.bias, False, 0.0, layer.eps)  # fmt: skip
-
-    return forward
-
-
 def _adaptive(layer, normalise):
     def forward(x):
         mean, var = normalise(_core.to_numpy(x))
-        return _fixed(layer, *(torch.as_tensor(s) for s in (mean, var)))(x)
+        return _core.fixed_forward(layer, *(torch.as_tensor(s) for s in (mean, var)))(x)
 
     return forward
 
@@ -143,8 +134,8 @@ def predict(model, batches, statistics=None, device=None):
                 hooks.override(layers[name], _adaptive(layers[name], fn))
         elif statistics is not None:
             for name, (mean, var) in statistics.items():
-                hooks.override(layers[name], _fixed(layers[name], torch.as_tensor(mean),
-                                                    torch.as_tensor(var)))  # fmt: skip
+                hooks.override(layers[name], _core.fixed_forward(
+                    layers[name], torch.as_tensor(mean), torch.as_tensor(var)))  # fmt: skip
         for i, (x, rest) in enumerate(_core.iterate(batches, device, "evaluate")):
             if not rest or not isinstance(rest[0], torch.Tensor):
                 raise TypeError(f"batch {i} must be (input, labels): evaluate needs the labels")
@@ -164,12 +155,34 @@ def evaluate(model, batches, statistics=None, device=None):
     return {**metrics.scores(logits, labels), "samples": int(labels.shape[0])}
 
 
-def statistics_error(statistics, reference, eps=1e-5):
+def statistics_error(statistics, reference, eps=None, *, model=None):
     """``(mean_error, var_error)`` of ``statistics`` against ``reference``, averaged over
-    layers: :func:`bnbench.evaluate.statistics_error` (RMS over channels of the mean error
-    in reference standard deviations, and of ``log((var + eps) / (var_ref + eps))``)."""
+    the layers of ``reference``: :func:`bnbench.evaluate.statistics_error` (RMS over
+    channels of the mean error in reference standard deviations, ``(mean - mean_ref) /
+    sqrt(var_ref + eps)``, and of ``log((var + eps) / (var_ref + eps))``).
+
+    ``eps`` is the one BN layers normalise with, so it must be the layers' own: give the
+    ``model`` the statistics belong to (each layer's ``eps`` is used for its statistics)
+    or a number ``eps`` for every layer, exactly one of the two."""
+    if (model is None) == (eps is None):
+        raise TypeError(
+            "statistics_error needs exactly one of model= (each BN layer's own eps) or eps= "
+            f"(one for every layer), got model={type(model).__name__}, eps={eps!r}"
+        )
     names = list(reference)
-    to_np = [tuple(_core.to_numpy(torch.as_tensor(s)) for s in statistics[n]) for n in names]
-    ref = [tuple(_core.to_numpy(torch.as_tensor(s)) for s in reference[n]) for n in names]
-    errs = np.array(np_evaluate.statistics_error(to_np, ref, eps))
+    if model is not None:
+        layers = _core.bn_layers(model)
+        unknown = sorted(set(names) - set(layers))
+        if unknown:
+            raise ValueError(f"reference names BN layer(s) {unknown} the model does not have")
+        epss = [float(layers[n].eps) for n in names]
+    else:
+        epss = [float(eps)] * len(names)
+    errs = np.array([
+        np_evaluate.statistics_error(
+            [tuple(_core.to_numpy(torch.as_tensor(s)) for s in statistics[n])],
+            [tuple(_core.to_numpy(torch.as_tensor(s)) for s in reference[n])], e,
+        )[0]
+        for n, e in zip(names, epss, strict=True)
+    ])  # fmt: skip
     return float(errs[:, 0].mean()), float(errs[:, 1].mean())

@@ -4,23 +4,36 @@ then score every estimator (the ``torch-estimators`` study).
 ``params``: ``model`` and ``data`` (``"default"`` or an import path
 ``package.module:factory``), ``batch_size``, ``epochs``, ``seed``, ``lr`` (``None``:
 ``0.05 * batch_size / 64`` capped at 0.4, as the NumPy networks), ``momenta`` (tracked
-EMAs), ``precise_samples`` (PreciseBN sample counts, ``0`` = the whole training set),
-``test_batch_sizes`` (prediction-time BN). A model factory is called with no argument
+EMAs), ``precise_samples`` (PreciseBN sample counts, ``0`` = the whole training set; whole
+shuffled batches of ``batch_size`` only, so the rows record the samples used as
+``precise_samples`` and the count asked for as ``precise_request``),
+``test_batch_sizes`` (prediction-time BN: the test set predicted in shuffled batches of
+exactly that size, :func:`bnbench.evaluate.exact_batches`, seeded by ``seed`` and the
+size as the NumPy networks' ``test_batch``). A model factory is called with no argument
 after ``torch.manual_seed(seed)`` and returns a ``torch.nn.Module`` taking the data's
 inputs and returning logits; a data factory returns ``(x_train, y_train, x_test,
 y_test)`` (tensors or arrays, integer labels). The default is a small CNN on MNIST-1D.
 
 ``bnbench.sweep.KINDS`` maps the kind to this module, imported (with torch) only when a
 torch job runs.
+
+The cache key (:func:`bnbench.sweep.job_key`) covers bnbench's own code, but not a
+user's model or data module: :func:`resolve_params` adds a hash of each non-default
+factory's source file (``model_source``, ``data_source``), so that editing it runs the
+jobs again. Only that file is hashed (and the file defining the factory, if another):
+edits to modules it imports in turn are not seen.
 """
 
+import hashlib
 import importlib
+import inspect
 import time
 
 import numpy as np
 import torch
 
-from .. import sweep
+from .. import evaluate as np_evaluate
+from .. import metrics, sweep
 from . import evaluation, statistics, tracking
 
 DEFAULTS = {
@@ -68,13 +81,50 @@ def default_data():
     return d.x_train[:, None, :], d.y_train, d.x_test[:, None, :], d.y_test
 
 
+#: params -> the resolved parameter holding a hash of its factory's source
+SOURCES = {"model": "model_source", "data": "data_source"}
+
+
+def source_hash(path):
+    """A hash of the source file of the module of factory ``path``
+    (``"package.module:factory"``) and, if the factory is defined in another file, of
+    that file too; a path that does not load is a ``ValueError``."""
+    factory = load_factory(path)
+    module = importlib.import_module(path.split(":")[0])
+    files = []
+    for obj in (module, factory):
+        try:
+            name = inspect.getsourcefile(obj) or getattr(obj, "__file__", None)
+        except TypeError:  # a built-in, or a callable object of a built-in class
+            name = None
+        if obj is module and name is None:
+            raise ValueError(f"factory {path!r}: module {module.__name__!r} has no source file")
+        if name is not None and name not in files:
+            files.append(name)
+    h = hashlib.sha256()
+    for name in files:
+        with open(name, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def resolve_params(params):
-    unknown = set(params) - set(DEFAULTS)
+    """``params`` with every default filled in (:data:`DEFAULTS`, the learning rate) and,
+    for a model or data factory given by import path, a hash of its source file
+    (``model_source``, ``data_source``: see :func:`source_hash`), so that the cache key
+    changes when the user's code does. Unknown parameters, and a factory path that does
+    not load, are a ``ValueError``."""
+    unknown = set(params) - set(DEFAULTS) - set(SOURCES.values())
     if unknown:
         raise ValueError(f"unknown torch job parameter(s) {sorted(unknown)}")
     p = {**DEFAULTS, **params}
     if p["lr"] is None:
         p["lr"] = min(0.4, 0.05 * p["batch_size"] / 64)
+    for name, field in SOURCES.items():
+        if p[name] == "default":
+            p.pop(field, None)
+        else:
+            p[field] = source_hash(p[name])
     return p
 
 
@@ -119,13 +169,29 @@ def _bn(model):
     return _core.bn_layers(model)
 
 
-def _score(model, test, stats, reference, eps):
-    scores = evaluation.evaluate(model, test, stats)
-    row = {"test_accuracy": scores["accuracy"], "test_nll": scores["nll"],
-           "test_ece": scores["ece"]}  # fmt: skip
+def _scored(scores):
+    return {"test_accuracy": scores["accuracy"], "test_nll": scores["nll"],
+            "test_ece": scores["ece"]}  # fmt: skip
+
+
+def _score(model, test, stats, reference):
+    row = _scored(evaluation.evaluate(model, test, stats))
     if isinstance(stats, dict):
-        row["mean_error"], row["var_error"] = evaluation.statistics_error(stats, reference, eps)
+        row["mean_error"], row["var_error"] = evaluation.statistics_error(
+            stats, reference, model=model)  # fmt: skip
     return row
+
+
+def prediction_time_scores(model, x, y, size, rng):
+    """Scores of prediction-time BN with test batches of exactly ``size``, as the NumPy
+    networks' ``test_batch`` (:func:`bnbench.evaluate.exact_batches`, ``"iid"``): the
+    test set shuffled by ``rng``; when ``size`` does not divide it, the last batch is the
+    last ``size`` shuffled examples and predicts only those not yet predicted."""
+    split = np_evaluate.exact_batches(len(x), size, "iid", None, rng)
+    batches = [(x[torch.from_numpy(idx)], y[torch.from_numpy(idx)]) for idx, _ in split]
+    logits, labels = evaluation.predict(model, batches, evaluation.prediction_time())
+    keep = np.concatenate([keep for _, keep in split])
+    return _scored(metrics.scores(logits[keep], labels[keep]))
 
 
 def run_job(params):
@@ -140,14 +206,13 @@ def run_job(params):
     tracker, train_s = train(model, x_tr, y_tr, p, {"momenta": p["momenta"]})
     model.train()
     train_batches = _batches(x_tr, y_tr, p["batch_size"])
-    test = _batches(x_te, y_te, 500)
-    eps = next(iter(_bn(model).values())).eps
+    test = _batches(x_te, y_te, 500)  # fixed statistics: the batching changes nothing
     population = statistics.population_statistics(model, train_batches)
     rows = []
 
     def add(estimator, stats, seconds, **fields):
         rows.append({"estimator": estimator, **fields, "estimator_seconds": seconds,
-                     **_score(model, test, stats, population, eps)})  # fmt: skip
+                     **_score(model, test, stats, population)})  # fmt: skip
 
     per_update = tracker.seconds  # shared by every running estimator and momentum
     for name in ("ema", "ema_debiased"):
@@ -157,21 +222,27 @@ def run_job(params):
     own = {n: (m.running_mean.double(), m.running_var.double()) for n, m in _bn(model).items()}
     add("running_buffers", own, 0.0)  # the model's own running_mean/var, as PyTorch left them
     for samples in p["precise_samples"]:
+        # whole batches only, as in training: a ragged last batch of one sample has no
+        # batch variance (and a BatchNorm1d after a Linear refuses it in training mode)
+        shuffle = torch.Generator().manual_seed(p["seed"] + 1)
         t0 = time.perf_counter()
         aggs, devices, used = statistics.precise_aggregates(
-            model, _batches(x_tr, y_tr, p["batch_size"], torch.Generator().manual_seed(p["seed"] + 1)),
-            samples or None,
+            model, _batches(x_tr, y_tr, p["batch_size"], shuffle, drop_last=True), samples or None
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         for aggregation in statistics.AGGREGATIONS:
             add("precise", statistics.aggregated(aggs, devices, aggregation), seconds,
-                precise_samples=used, aggregation=aggregation)  # fmt: skip
+                precise_request=samples, precise_samples=used, aggregation=aggregation)  # fmt: skip
     add("population", population, population.seconds, passes=population.passes)
     for size in p["test_batch_sizes"]:
+        row = {"estimator": "test_batch", "test_batch_size": size}
+        rng = np.random.default_rng([p["seed"], 3, int(size)])  # as bnbench.evaluate's
         t0 = time.perf_counter()
-        scores = _score(model, _batches(x_te, y_te, size), evaluation.prediction_time(), None, eps)
-        rows.append({"estimator": "test_batch", "test_batch_size": size,
-                     "estimator_seconds": time.perf_counter() - t0, **scores})  # fmt: skip
+        try:
+            row |= prediction_time_scores(model, x_te, y_te, size, rng)
+        except ValueError as err:  # a size beyond the test set, one value per channel
+            row["error"] = str(err)
+        rows.append({**row, "estimator_seconds": time.perf_counter() - t0})
     return {
         "config": p,
         "training": {"train_seconds": train_s, "hook_seconds": tracker.seconds,

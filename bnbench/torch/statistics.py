@@ -17,7 +17,6 @@ train/eval flags, no hooks.
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .. import estimators as est
 from . import _core
@@ -114,14 +113,6 @@ def precise_statistics(model, batches, num_samples=None, aggregation="total_vari
     return _stats(aggregated(aggs, devices, aggregation), used, 1, t0)
 
 
-def _inference(layer, mean, var):
-    def forward(x):
-        return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), layer.weight, layer.bias,
-                            False, 0.0, layer.eps)  # fmt: skip
-
-    return forward
-
-
 def population_statistics(model, batches, device=None):
     """Exact population statistics: each BN layer's mean and biased variance over every
     sample of ``batches``, with the model in eval mode (dropout off) and every upstream BN
@@ -174,7 +165,7 @@ def _population_pass(model, layers, done, guard, batches, device):
     with _core.preserved(model) as hooks:
         for name, layer in layers.items():
             hooks.pre(layer, make_hook(name))
-            forward = _inference(layer, *done[name]) if name in done else (lambda x: x)
+            forward = _core.fixed_forward(layer, *done[name]) if name in done else (lambda x: x)
             hooks.override(layer, forward)
         for x, _ in _core.iterate(batches, device, "population_statistics"):
             model(x)
