@@ -77,6 +77,8 @@ class OnlineEMA:
     with the updated ``r``."""
 
     def __init__(self, source, momentum):
+        if np.ndim(momentum) != 0:
+            raise ValueError(f"online EMA momentum must be one number in (0, 1], got {momentum!r}")
         est.check_momenta(momentum)
         self.mean, self.var = (np.array(s, dtype=np.float64) for s in source)
         self.momentum = momentum

@@ -31,6 +31,19 @@ ORDERS = ("iid", "sorted")
 AGGREGATIONS = ("total_variance", "mean_of_batch_variances")
 
 
+def check_input(model, x, name="x"):
+    """``x`` as the model takes it (``model.input_shape`` per sample and dtype, where the
+    model records them, as :func:`bnbench.nn.build` does), or a clear error."""
+    shape, dtype = getattr(model, "input_shape", None), getattr(model, "dtype", None)
+    if not isinstance(x, np.ndarray) or x.ndim < 1 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty array of samples, got {type(x).__name__}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} must have samples of shape {tuple(shape)}, got {x.shape[1:]}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} must have the model's dtype {np.dtype(dtype)}, got {x.dtype}")
+    return x
+
+
 def population_statistics(model, x):
     """Exact per-layer statistics ``[(mean, var_biased), ...]`` of ``model`` over ``x``,
     every upstream BN layer in inference mode with its own statistics over ``x``: one
@@ -38,7 +51,7 @@ def population_statistics(model, x):
     computes exactly that. Over
     the training set these are the ``population`` (source) statistics; over an unlabeled
     test set, AdaBN's."""
-    model.forward(x, "stats")
+    model.forward(check_input(model, x), "stats")
     return [tuple(np.asarray(s, np.float64) for s in layer.last_batch[:2])
             for layer in model.bn_layers]  # fmt: skip
 
@@ -104,7 +117,7 @@ def predict(model, x, stats):
     """Logits of ``x`` with every BN layer in inference mode using ``stats`` (per layer:
     ``(mean, var)`` or a normaliser)."""
     _install(model, stats)
-    return model.forward(x, "eval")
+    return model.forward(check_input(model, x), "eval")
 
 
 def exact_batches(n, size, order, labels, rng):
@@ -134,6 +147,7 @@ def predict_batches(model, x, labels, size, order, rng, make_stats):
     """Logits of every example of ``x``, predicted in batches of exactly ``size`` (see
     :func:`exact_batches`), BN layers normalising with ``make_stats()`` (per-layer
     normalisers, built once for the whole stream so that stateful ones carry over)."""
+    check_input(model, x)
     stats = make_stats()
     logits = None
     for idx, keep in exact_batches(x.shape[0], size, order, labels, rng):
@@ -250,9 +264,16 @@ def evaluate_network(model, data, config, running):
         fixed.append(({"estimator": "population"}, population, population_seconds))
 
     for split, corruption, severity, x, y in test_sets(data, config):
+        if x.shape[1:] != data.x_train.shape[1:] or x.dtype != data.x_train.dtype:
+            raise ValueError(
+                f"test set {corruption!r} (severity {severity}) must have the training data's "
+                f"sample shape {data.x_train.shape[1:]} and dtype {data.x_train.dtype}, got "
+                f"{x.shape[1:]} {x.dtype}"
+            )
         where = {"split": split, "corruption": corruption, "severity": int(severity)}
         target, target_seconds = timed(population_statistics, model, x)
-        reference = population if corruption == "none" else target  # the training set's
+        # clean data (severity 0 of any corruption is the clean set): the training set's
+        reference = population if severity == 0 else target
         adabn = []
         if "adabn" in config.estimators:
             adabn.append(

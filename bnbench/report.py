@@ -156,11 +156,23 @@ def paired_difference(df, value, baseline, run_key="job_key", on=()):
     return df[value].to_numpy() - merged["_base"].to_numpy()
 
 
+def per_run_spread(df, value, run_key="job_key"):
+    """``(mean, sd)`` over runs of ``value`` (each run's rows averaged first): the seed
+    spread of a paired difference."""
+    per_run = df.groupby(run_key)[value].mean()
+    return float(per_run.mean()), float(per_run.std())
+
+
+def direction(mean, std):
+    """+1 (helps), -1 (hurts) or 0 (within seed noise): the mean of a paired difference
+    beyond one standard deviation over seeds (no spread measured: any nonzero mean)."""
+    margin = std if std == std else 0.0
+    return 0 if abs(mean) <= margin else (1 if mean > 0 else -1)
+
+
 def verdict(mean, std, unit="points"):
-    """``"helps (+1.2 +- 0.3 points)"``: a paired difference against its seed spread:
-    "helps"/"hurts" when the mean is more than one standard deviation from zero, else
-    "within seed noise"."""
-    word = "within seed noise" if abs(mean) <= (std if std == std else 0) else (
-        "helps" if mean > 0 else "hurts")  # fmt: skip
+    """``"helps (+1.2 +- 0.3 points)"``: a paired difference against its seed spread
+    (:func:`direction`)."""
+    word = {1: "helps", -1: "hurts", 0: "within seed noise"}[direction(mean, std)]
     spread = f" +- {std:.1f}" if std == std else ""
     return f"{word} ({mean:+.1f}{spread} {unit})"

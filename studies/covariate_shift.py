@@ -17,10 +17,12 @@ import pandas as pd
 
 from bnbench import shift
 from bnbench.report import (
+    direction,
     lines_with_spread,
     markdown_table,
     mean_and_spread,
     paired_difference,
+    per_run_spread,
     verdict,
 )
 from bnbench.study import Study, main
@@ -156,8 +158,7 @@ def _findings(df, model, seeds):
     out = []
 
     def paired(part):
-        g = part.groupby("job_key").gain.mean()  # per run, then over seeds
-        return float(g.mean()), float(g.std())
+        return per_run_spread(part, "gain")
 
     clean = sub[sub.corruption == "none"]
     tb = clean[clean.method == "pred-time BN"]
@@ -174,9 +175,10 @@ def _findings(df, model, seeds):
         per = {
             c: paired(at[at.corruption == c]) for c in shift.CORRUPTIONS if c in set(at.corruption)
         }
-        helps = [f"{c} ({m:+.1f})" for c, (m, s) in per.items() if m > (s if s == s else 0)]
-        hurts = [f"{c} ({m:+.1f})" for c, (m, s) in per.items() if m < -(s if s == s else 0)]
-        noise = [c for c in per if f"{c} (" not in " ".join(helps + hurts)]
+        sign = {c: direction(m, s) for c, (m, s) in per.items()}
+        helps = [f"{c} ({per[c][0]:+.1f})" for c in per if sign[c] > 0]
+        hurts = [f"{c} ({per[c][0]:+.1f})" for c in per if sign[c] < 0]
+        noise = [c for c in per if sign[c] == 0]
         out.append(
             f"- **{model}, severity {top}**: {method} against the source statistics helps on "
             f"{len(helps)} of {len(per)} corruptions ({', '.join(helps) or 'none'}), hurts on "
@@ -187,7 +189,7 @@ def _findings(df, model, seeds):
     tb = shifted[shifted.method == "pred-time BN"]
     if len(tb):
         by_b = {int(b): paired(tb[tb.B == b]) for b in sorted(tb.B.unique())}
-        good = [b for b, (m, s) in by_b.items() if m > (s if s == s else 0)]
+        good = [b for b, (m, s) in by_b.items() if direction(m, s) > 0]
         out.append(
             f"- **{model}, severity {top}, mean over corruptions**: prediction-time BN minus "
             "source by test batch size: "
@@ -222,11 +224,16 @@ def _findings(df, model, seeds):
 
 
 def analyse(df):
-    failed = df[df.test_accuracy.isna()]
-    cases = sorted({(r.model, r.estimator, int(r.test_batch_size)) for r in failed.itertuples()})
-    undefined = ("Not measurable, so left out: " + ", ".join(
-        f"{m} {e} at B={b}" for m, e, b in cases) + " (one value per channel: a batch's own "
-        "variance is undefined there)." if cases else "")  # fmt: skip
+    failed = df[df.error.notna()]  # evaluations that could not run, with their reason
+    cases = sorted(
+        {(r.model, r.estimator, r.test_batch_size, r.error) for r in failed.itertuples()}
+    )
+    undefined = ("Not measurable, so left out: " + "; ".join(
+        f"{m} {e}" + (f" at B={int(b)}" if b == b else "") + f" ({why})"
+        for m, e, b, why in cases) + "." if cases else "")  # fmt: skip
+    diverged = df[df.error.isna() & df.test_accuracy.isna()]
+    if len(diverged):  # non-finite scores (a diverged network): say so, never drop silently
+        undefined += f" {len(diverged)} evaluation(s) gave non-finite scores and are left out."
     df = prepare(df)
     models = sorted(df.model.unique())
     seeds = df.seed.nunique()

@@ -64,8 +64,8 @@ def test_frozen_layer_is_an_affine_map_with_fixed_statistics(rng):
 
 def test_renorm_layer_gradient_holds_r_and_d_fixed(rng):
     layer = nn.BatchRenorm(3, dtype=F64, momentum=0.0)  # running statistics stay put
-    layer.running_mean[:] = [3.0, -3.0, 0.0]
-    layer.running_var[:] = [9.0, 0.1, 1.0]
+    layer.running_mean = np.array([3.0, -3.0, 0.0])
+    layer.running_var = np.array([9.0, 0.1, 1.0])
     layer.rmax, layer.dmax = 1.05, 0.1  # r and d clipped: locally constant, as stop-gradient
     x = rng.normal(size=(8, 3, 4))
     fd_check(layer, x, rng)
@@ -77,12 +77,23 @@ def test_renorm_layer_gradient_holds_r_and_d_fixed(rng):
 
 def test_renorm_running_statistics_and_schedule(rng):
     layer = nn.BatchRenorm(2, dtype=F64, momentum=0.25)
+    layer.rmax, layer.dmax = 3.0, 5.0
     x = rng.normal(2.0, 3.0, size=(10, 2))
+    # the first batch starts the running estimates (unbiased variance, as the EMA): d = 0,
+    # r = sigma_B / sigma = sqrt((n - 1) / n) for the batch's biased variance
     layer.forward(x, "train")
-    np.testing.assert_allclose(layer.running_mean, 0.25 * x.mean(axis=0))
-    np.testing.assert_allclose(layer.running_var, 0.75 + 0.25 * x.var(axis=0, ddof=1))
+    np.testing.assert_allclose(layer.d, 0.0, atol=1e-12)
+    np.testing.assert_allclose(layer.r, np.sqrt(9 / 10), rtol=1e-6)
+    np.testing.assert_allclose(layer.running_mean, x.mean(axis=0))
+    np.testing.assert_allclose(layer.running_var, x.var(axis=0, ddof=1))
+    x2 = rng.normal(0.0, 1.0, size=(10, 2))
+    layer.forward(x2, "train")  # then an EMA of momentum 0.25
+    np.testing.assert_allclose(layer.running_mean, 0.75 * x.mean(axis=0) + 0.25 * x2.mean(axis=0))
+    np.testing.assert_allclose(layer.running_var,
+                               0.75 * x.var(axis=0, ddof=1) + 0.25 * x2.var(axis=0, ddof=1))  # fmt: skip
+    before = layer.running_mean.copy()
     layer.forward(x, "stats")  # evaluation passes leave them alone
-    np.testing.assert_allclose(layer.running_mean, 0.25 * x.mean(axis=0))
+    np.testing.assert_array_equal(layer.running_mean, before)
     assert nn.renorm_clip(0.0) == (1.0, 0.0) and nn.renorm_clip(1.0) == (3.0, 5.0)
     r_mid, d_mid = nn.renorm_clip(0.15)
     assert 1 < r_mid < 3 and 0 < d_mid < 5 and nn.renorm_clip(25 / 130)[1] == pytest.approx(5.0)
@@ -106,9 +117,12 @@ def test_every_variant_trains_and_every_estimator_scores_it():
     assert whole["training"]["final_train_loss"] == plain["training"]["final_train_loss"]
     for kw in ({"ghost_batch_size": 8}, {"bn": "renorm"}, {"frozen_fraction": 0.3},
                {"batch_order": "non_iid", "classes_per_batch": 2}):  # fmt: skip
-        got = scores(run(**kw))
+        result = run(**kw)
+        got = scores(result)
         assert set(got) >= {"ema", "population", "test_batch"}, kw
         assert got["population"] > 0.8, kw
+        # the variant took effect: training is not the plain run's
+        assert result["training"]["final_train_loss"] != plain["training"]["final_train_loss"], kw
     frozen = run(frozen_fraction=0.3)
     assert "frozen" in scores(frozen) and scores(frozen)["frozen"] > 0.8
 
@@ -122,6 +136,12 @@ def test_non_iid_batches_hold_the_given_number_of_classes():
         ValueError, match=r"classes_per_batch must be at most the number of classes 5"
     ):
         train._non_iid_batches(labels, 16, 6, np.random.default_rng(0))
+
+
+def test_frozen_fraction_must_freeze_and_leave_steps():
+    for fraction in (0.001, 0.999):  # 56 steps: rounds to 0 or to every step
+        with pytest.raises(ValueError, match=rf"frozen_fraction {fraction} of 56 training steps"):
+            run(frozen_fraction=fraction)
 
 
 @pytest.mark.parametrize(

@@ -145,4 +145,6 @@ def build(name, in_features, classes, rng, dtype=np.float32, depth=None, norm=Ba
     if depth is not None and name != "resnet":
         raise ValueError(f"depth applies to model 'resnet' only, got model {name!r}")
     extra = {} if depth is None else {"depth": depth}
-    return MODELS[name](in_features, classes, rng=rng, dtype=dtype, norm=norm, **extra)
+    model = MODELS[name](in_features, classes, rng=rng, dtype=dtype, norm=norm, **extra)
+    model.input_shape, model.dtype = (in_features,), np.dtype(dtype)  # checked by evaluate
+    return model

@@ -138,24 +138,29 @@ class BatchRenorm(BatchNorm):
     and inference agree. ``rmax``/``dmax`` are set by the trainer
     (:func:`renorm_clip`); the running estimates are an EMA with ``momentum`` (PyTorch
     convention, 0.01 as in the paper and torchrl) of the batch mean and unbiased
-    variance. Test-time statistics come, as for every layer, from the estimators."""
+    variance, started at the first training batch's statistics (not at 0 and 1: with
+    momentum 0.01 the start would still weigh 37% after 100 steps, and on a short run the
+    correction would pull batches towards it). Test-time statistics come, as for every
+    layer, from the estimators."""
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu", momentum=0.01):
         super().__init__(num_features, eps, dtype, backend)
         self.momentum = momentum
-        self.running_mean = np.zeros(num_features)
-        self.running_var = np.ones(num_features)
+        self.running_mean = self.running_var = None  # set by the first training batch
         self.rmax, self.dmax = 1.0, 0.0
 
     def _train_forward(self, x):
         w, b = self.params["weight"], self.params["bias"]
+        count = x.size // self.num_features
+        if self.running_mean is None:
+            mean, var = (s.astype(np.float64) for s in self._plain(x)[1:3])
+            self.running_mean, self.running_var = mean, var * count / max(count - 1, 1)
         res = F.batch_renorm_train(
             x, w, b, running_mean=self.running_mean.astype(x.dtype),
             running_var=self.running_var.astype(x.dtype), rmax=self.rmax, dmax=self.dmax,
             eps=self.eps, backend=self.backend,
         )  # fmt: skip
         self.mean, self.invstd, self.r, self.d = res.mean, res.invstd, res.r, res.d
-        count = x.size // self.num_features
         self.running_mean += self.momentum * (res.mean - self.running_mean)
         unbiased = res.var.astype(np.float64) * count / max(count - 1, 1)
         self.running_var += self.momentum * (unbiased - self.running_var)

@@ -1,0 +1,232 @@
+"""``TrainConfig``: everything that defines a training run and its evaluation, validated
+on construction (bad input names the field), hashed whole by the sweep's cache key."""
+
+import dataclasses
+
+import numpy as np
+
+from . import adaptation
+from . import data as datasets
+from . import estimators as est
+from .evaluate import AGGREGATIONS, ORDERS  # noqa: F401  (re-exported by train)
+from .nn import MODELS, check_depth
+
+DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
+#: test-time adaptation modes, scored when named in ``estimators``
+ADAPTATION = ("adabn", "prior", "online_ema")
+#: every name ``TrainConfig.estimators`` accepts
+ESTIMATORS = est.NAMES + ADAPTATION
+BN_VARIANTS = ("bn", "renorm")
+BATCH_ORDERS = ("iid", "non_iid")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run and its evaluation.
+
+    ``lr`` is the learning rate at batch size 64, scaled linearly with ``batch_size``
+    (Goyal et al. 2017) up to ``max_lr``; SGD with Nesterov-free momentum ``momentum``,
+    ``weight_decay`` on weights, 1 warm-up epoch then cosine decay. ``steps``, if set,
+    replaces ``epochs``. ``bn_momenta`` are the EMA momenta tracked at once.
+    PreciseBN runs once per (``precise_samples``, ``precise_batch_sizes``) pair, empty
+    meaning the whole training set and the training batch size, and is reported with each
+    of ``precise_aggregations``: ``"total_variance"`` (mean of batch variances plus
+    variance of batch means; current fvcore) and/or ``"mean_of_batch_variances"`` (old
+    fvcore, ``torch.optim.swa_utils.update_bn``).
+
+    ``estimators`` may add the adaptation modes (:data:`ADAPTATION`): ``adabn`` (on the
+    whole test set and on each of ``adapt_samples`` samples), ``prior`` (each of
+    ``prior_strengths``) and ``online_ema`` (each of ``online_momenta``); the modes that
+    normalise test batches use ``test_batch_sizes`` x ``test_orders``. ``corruptions``
+    (MNIST-1D-C names, :mod:`bnbench.shift`) at ``severities`` add shifted test sets;
+    the clean test set is always scored.
+
+    BN variants (Wu & Johnson 2021, section 4; Ioffe 2017): ``bn`` is ``"bn"`` or
+    ``"renorm"`` (Batch Renorm, its ``rmax``/``dmax`` warm-up from
+    :func:`bnbench.nn.renorm_clip`); ``ghost_batch_size`` normalises groups of that many
+    samples (the normalization batch size; plain BN only); ``frozen_fraction`` trains the
+    last fraction of the steps with fixed population statistics computed exactly at the
+    switch (FrozenBN; scored as estimator ``frozen``); ``batch_order="non_iid"`` draws
+    each training batch from ``classes_per_batch`` random classes only.
+    ``score_train_set`` also scores every estimator and mode on the training set itself
+    (split ``"train"``: e.g. the training error with batch statistics).
+
+    ``depth``: the number of BN layers of the ``resnet`` model (default 8). ``eval_every``:
+    score every estimator during training too, every so many steps or at fractions of
+    training (e.g. ``(0.05, 0.1, ..., 0.95)``); each evaluation carries its ``step``.
+    """
+
+    dataset: str = "mnist1d"
+    model: str = "cnn"
+    batch_size: int = 64
+    epochs: int = 40
+    steps: int | None = None
+    lr: float = 0.05
+    max_lr: float = 0.4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    num_samples: int | None = None
+    bn_momenta: tuple = DEFAULT_MOMENTA
+    estimators: tuple = est.NAMES
+    unbiased: bool = True
+    precise_samples: tuple = ()
+    precise_batch_sizes: tuple = ()
+    precise_aggregations: tuple = ("total_variance",)
+    test_batch_sizes: tuple = (2, 8, 32, 128, 1000)
+    test_orders: tuple = ORDERS
+    corruptions: tuple = ()
+    severities: tuple = (1, 2, 3, 4, 5)
+    adapt_samples: tuple = ()
+    prior_strengths: tuple = (1, 4, 16, 64, 256)
+    online_momenta: tuple = (0.1,)
+    depth: int | None = None
+    eval_every: int | tuple | None = None
+    bn: str = "bn"
+    ghost_batch_size: int | None = None
+    frozen_fraction: float = 0.0
+    batch_order: str = "iid"
+    classes_per_batch: int = 2
+    score_train_set: bool = False
+
+    def __post_init__(self):
+        # tuples, so that configurations hash and serialise the same way
+        for name in (
+            "bn_momenta",
+            "estimators",
+            "test_batch_sizes",
+            "test_orders",
+            "precise_samples",
+            "precise_batch_sizes",
+            "precise_aggregations",
+            "corruptions",
+            "severities",
+            "adapt_samples",
+            "prior_strengths",
+            "online_momenta",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ValueError(f"{name} must be a list or tuple, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.eval_every, (list, tuple)):
+            object.__setattr__(self, "eval_every", tuple(self.eval_every))
+        self.validate()
+
+    def validate(self):
+        for name in ("lr", "max_lr", "momentum", "weight_decay", "frozen_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+
+        def positive_int(name, minimum=1, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+        if self.dataset not in datasets.DATASETS:
+            raise ValueError(
+                f"dataset must be one of {sorted(datasets.DATASETS)}, got {self.dataset!r}"
+            )
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        positive_int("batch_size", 2)
+        positive_int("epochs")
+        positive_int("steps", optional=True)
+        positive_int("seed", 0)
+        positive_int("num_samples", 10, optional=True)
+        if self.depth is not None:
+            if self.model != "resnet":
+                raise ValueError(f"depth applies to model 'resnet' only, got model {self.model!r}")
+            check_depth(self.depth)
+        if self.bn not in BN_VARIANTS:
+            raise ValueError(f"bn must be one of {BN_VARIANTS}, got {self.bn!r}")
+        if self.ghost_batch_size is not None:
+            positive_int("ghost_batch_size", 2)
+            if self.bn != "bn":
+                raise ValueError(f"ghost_batch_size applies to bn='bn' only, got bn={self.bn!r}")
+            if self.batch_size % self.ghost_batch_size:
+                raise ValueError(
+                    f"ghost_batch_size must divide batch_size {self.batch_size}, "
+                    f"got {self.ghost_batch_size}"
+                )
+        if isinstance(self.frozen_fraction, bool) or not 0 <= self.frozen_fraction < 1:
+            raise ValueError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction!r}")
+        if self.batch_order not in BATCH_ORDERS:
+            raise ValueError(
+                f"batch_order must be one of {BATCH_ORDERS}, got {self.batch_order!r}"
+            )
+        positive_int("classes_per_batch", 1)
+        if self.batch_order == "non_iid" and self.batch_size < self.classes_per_batch:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be at least classes_per_batch "
+                f"({self.classes_per_batch}) for non_iid batches"
+            )
+        if isinstance(self.eval_every, tuple):
+            if not self.eval_every or any(
+                isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
+                for f in self.eval_every
+            ):
+                raise ValueError(
+                    "eval_every must be a step count >= 1 or fractions of training in (0, 1], "
+                    f"got {self.eval_every!r}"
+                )
+        elif self.eval_every is not None:
+            positive_int("eval_every")
+        for name in ("lr", "max_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum (SGD) must be in [0, 1), got {self.momentum!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        est.check_momenta(self.bn_momenta)
+        unknown = [e for e in self.estimators if e not in ESTIMATORS]
+        if unknown or not self.estimators:
+            raise ValueError(
+                f"estimators must be a non-empty subset of {ESTIMATORS}, got {self.estimators!r}"
+            )
+        for name, minimum in (
+            ("test_batch_sizes", 1),
+            ("precise_samples", 1),
+            ("precise_batch_sizes", 2),
+            ("adapt_samples", 2),
+        ):
+            values = getattr(self, name)
+            if any(isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+                   or int(v) != v or v < minimum for v in values):  # fmt: skip
+                raise ValueError(f"{name} must be integers >= {minimum}, got {values!r}")
+        if not self.precise_aggregations or not set(self.precise_aggregations) <= set(
+            AGGREGATIONS
+        ):
+            raise ValueError(
+                f"precise_aggregations must be a non-empty subset of {AGGREGATIONS}, "
+                f"got {self.precise_aggregations!r}"
+            )
+        if not set(self.test_orders) <= set(ORDERS):
+            raise ValueError(f"test_orders must be a subset of {ORDERS}, got {self.test_orders!r}")
+        for strength in self.prior_strengths:
+            adaptation.check_strength(strength)
+        est.check_momenta(self.online_momenta)
+        if self.corruptions:
+            from . import shift
+
+            if self.dataset != "mnist1d":
+                raise ValueError(
+                    f"corruptions are MNIST-1D-C test sets: dataset must be 'mnist1d', "
+                    f"got {self.dataset!r}"
+                )
+            unknown = [c for c in self.corruptions if c not in shift.CORRUPTIONS]
+            if unknown:
+                raise ValueError(
+                    f"corruptions must be names in {sorted(shift.CORRUPTIONS)}, got {unknown!r}"
+                )
+            if not self.severities or any(
+                isinstance(v, bool) or v not in shift.SEVERITIES for v in self.severities
+            ):
+                raise ValueError(f"severities must be integers in 0-5, got {self.severities!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
