@@ -9,7 +9,7 @@ the upstream layers' adaptation included.
 import numpy as np
 import pytest
 
-from bnbench import adaptation, evaluate
+from bnbench import adaptation, evaluate, nn
 from bnbench.nn import BatchNorm, Linear, ReLU, Sequential
 
 EPS = 1e-5
@@ -109,8 +109,10 @@ def test_prior_mixes_source_and_batch_statistics(tiny, strength):
         np.testing.assert_allclose(got, source_only, rtol=1e-6, atol=1e-8)
 
 
-def test_online_ema_updates_then_predicts_along_the_stream(tiny):
+@pytest.mark.parametrize("n", [24, 20])  # 20: the last batch overlaps the one before it
+def test_online_ema_updates_then_predicts_along_the_stream(tiny, n):
     model, source, target = tiny
+    target = target[:n]
     src = evaluate.population_statistics(model, source)
     m = 0.25
     got = evaluate.predict_batches(model, target, None, 8, "iid", np.random.default_rng(1),
@@ -124,7 +126,7 @@ def test_online_ema_updates_then_predicts_along_the_stream(tiny):
         running[i] = ((1 - m) * r_m + m * mean, (1 - m) * r_v + m * unbiased)
         return running[i]  # the batch is predicted after its own update
 
-    for idx, keep in evaluate.exact_batches(24, 8, "iid", None, np.random.default_rng(1)):
+    for idx, keep in evaluate.exact_batches(n, 8, "iid", None, np.random.default_rng(1)):
         expected = hand_forward(model, target[idx], update)
         np.testing.assert_allclose(got[idx[keep]], expected[keep], rtol=1e-9, atol=1e-12)
 
@@ -150,6 +152,7 @@ def test_exact_batches_have_exactly_the_stated_size():
         (lambda: adaptation.prior((0, 1), float("inf")), r"prior strength N must be finite and > 0"),
         (lambda: adaptation.OnlineEMA((0, 1), 1.5), r"momenta must be one or more values in \(0, 1\]"),
         (lambda: adaptation.normalisers("tent", [(0, 1)]), r"adaptation mode must be one of"),
+        (lambda: adaptation.OnlineEMA((0, 1), [0.1, 0.2]), r"online EMA momentum must be one number"),
     ],
 )  # fmt: skip
 def test_bad_adaptation_arguments(call, match):
@@ -169,3 +172,16 @@ def test_statistics_error_against_a_direct_computation():
     (mean_err, var_err), = evaluate.statistics_error(est, ref, eps=0.0)  # fmt: skip
     assert mean_err == pytest.approx(np.sqrt((0.5**2 + 0.0) / 2))
     assert var_err == pytest.approx(np.sqrt((0.0 + np.log(1 / 4) ** 2) / 2))
+
+
+def test_test_sets_of_the_wrong_shape_or_dtype_are_refused_by_name():
+    model = nn.build("mlp", 40, 10, np.random.default_rng(0))
+    stats = evaluate.population_statistics(model, np.ones((8, 40), np.float32))
+    for call in (lambda x: evaluate.population_statistics(model, x),
+                 lambda x: evaluate.predict(model, x, stats)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"x must have samples of shape \(40,\), got \(41,\)"):
+            call(np.ones((8, 41), np.float32))
+        with pytest.raises(
+            ValueError, match=r"x must have the model's dtype float32, got float64"
+        ):
+            call(np.ones((8, 40)))

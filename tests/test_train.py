@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bnbench import cli, data, evaluate, train
+from bnbench import cli, data, evaluate, nn, train
 from bnbench.estimators import NAMES
 
 FAST = dict(
@@ -64,11 +64,18 @@ def test_different_seed_differs(result):
 
 def brute_force_population(model, x):
     """Layer by layer over ``x`` in float64, upstream BN in inference mode with the
-    statistics found for it (Sequential models of Linear/Conv1d/BN/ReLU/...)."""
-    h = x.astype(np.float64)
+    statistics found for it (Sequential models of Linear/Conv1d/BN/ReLU/..., residual
+    blocks included: ``h + body(h)``)."""
     expected = []
+    _brute_force(model, x.astype(np.float64), expected)
+    return expected
+
+
+def _brute_force(model, h, expected):
     for layer in model.layers:
-        if layer in model.bn_layers:
+        if isinstance(layer, nn.Residual):
+            h = h + _brute_force(layer, h, expected)
+        elif isinstance(layer, nn.BatchNorm):
             axes = (0, 2) if h.ndim == 3 else (0,)
             m, v = h.mean(axis=axes), h.var(axis=axes)
             expected.append((m, v))
@@ -78,7 +85,7 @@ def brute_force_population(model, x):
             h = (h - m.reshape(shape)) / np.sqrt(v.reshape(shape) + layer.eps) * w + b
         else:
             h = layer.forward(h.astype(np.float32), "eval").astype(np.float64)
-    return expected
+    return h
 
 
 def assert_stats_close(got, expected):
@@ -97,16 +104,24 @@ def test_population_matches_brute_force(rng):
     assert_stats_close(got, brute_force_population(model, d.x_train))
 
 
-def test_checkpoint_population_is_that_networks_exact_statistics():
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+def test_checkpoint_population_is_that_networks_exact_statistics(model):
     d = data.gaussian_mixture(num_samples=400, num_features=12)
-    cfg = train.TrainConfig(model="cnn", batch_size=16, eval_every=5, **{**FAST, "epochs": 1})
+    cfg = train.TrainConfig(model=model, batch_size=16, eval_every=5, **{**FAST, "epochs": 1})
     seen = []
 
     def at_checkpoint(step, model, running):
-        got = evaluate.population_statistics(model, d.x_train)
-        assert_stats_close(got, brute_force_population(model, d.x_train))
         assert all(layer.observers == [] for layer in model.bn_layers)  # estimators detached
-        seen.append((step, got[0][1].copy()))
+        brute = brute_force_population(model, d.x_train)
+        assert_stats_close(evaluate.population_statistics(model, d.x_train), brute)
+        # what the checkpoint records is scored with exactly those statistics
+        recorded = next(e for e in evaluate.evaluate_network(model, d, cfg, running)
+                        if e["estimator"] == "population")  # fmt: skip
+        logits = evaluate.predict(model, d.x_test, brute)
+        assert recorded["test_accuracy"] == pytest.approx(
+            float((logits.argmax(1) == d.y_test).mean()), abs=0.005
+        )
+        seen.append((step, brute[0][1].copy()))
 
     train.train_network(cfg, d, at_checkpoint=at_checkpoint)
     assert [s for s, _ in seen] == list(range(5, 300 // 16, 5))
@@ -190,6 +205,11 @@ def test_sorted_test_batches_hurt(result):
         ("prior_strengths", (-4,), r"prior strength N must be finite and > 0"),
         ("adapt_samples", (1,), r"adapt_samples must be integers >= 2"),
         ("online_momenta", (0.0,), r"momenta must be one or more values in \(0, 1\]"),
+        ("test_batch_sizes", ("a",), r"test_batch_sizes must be integers >= 1, got \('a',\)"),
+        ("lr", "0.1", r"lr must be a number, got '0.1'"),
+        ("frozen_fraction", "0.2", r"frozen_fraction must be a number"),
+        ("corruptions", "gaussian_noise", r"corruptions must be a list or tuple, got 'gaussian_noise'"),
+        ("estimators", "ema", r"estimators must be a list or tuple, got 'ema'"),
     ],
 )  # fmt: skip
 def test_bad_configuration(field, value, match):
