@@ -268,7 +268,7 @@ def analyse(df):
         ]  # fmt: skip
     claim = (
         "The forum answer says BN at test time must use the training population statistics, "
-        "since test-set statistics 'would defeat the purpose'. The findings above test it: "
+        "since test-set statistics 'would defeat the purpose'. The findings below test it: "
         "on the clean, iid test set the source statistics are the reference, and each "
         "corrupted set measures whether statistics re-estimated on the test data do better."
     )

@@ -87,9 +87,11 @@ def analyse(df):
             + f" ({seeds} seeds)."
         )
         e = err[err.model == model]
-        most = e.precise_samples.max()
-        at = e[e.precise_samples == most].set_index("setting")["mean"]
-        for bs in sorted({s.split(",")[0] for s in at.index}, key=lambda b: int(b.split()[1])):
+        e = e.assign(batch=e.setting.str.split(",").str[0])
+        for bs in sorted(e.batch.unique(), key=lambda b: int(b.split()[1])):
+            part = e[e.batch == bs]  # the most samples this recompute batch forwarded
+            most = part.precise_samples.max()
+            at = part[part.precise_samples == most].set_index("setting")["mean"]
             total, per_batch = at.get(f"{bs}, total var"), at.get(f"{bs}, mean of batch vars")
             if total is None or per_batch is None:
                 continue
