@@ -126,7 +126,23 @@ class DebiasedEMA(EMA):
         return self._debias(self.running_var)
 
 
-class CumulativeAverage:
+class FixedStatistics:
+    """Statistics fixed once (e.g. FrozenBN's, frozen during training), read like an
+    estimator's: ``mean``, ``var`` float64 ``(C,)``, a fresh array on every read."""
+
+    def __init__(self, mean, var):
+        self._mean, self._var = (np.array(a, dtype=np.float64) for a in (mean, var))
+
+    @property
+    def mean(self):
+        return self._mean.copy()
+
+    @property
+    def var(self):
+        return self._var.copy()
+
+
+class CumulativeAverage(FixedStatistics):
     """Equal-weight average of every batch's statistics seen (PyTorch ``momentum=None``).
 
     Unbiased batch variance by default, as PyTorch. Weighs the first, untrained batches
@@ -136,9 +152,8 @@ class CumulativeAverage:
     name = "cumulative"
 
     def __init__(self, num_channels, unbiased=True):
+        super().__init__(np.zeros(num_channels), np.zeros(num_channels))
         self.unbiased = unbiased
-        self._mean = np.zeros(num_channels)
-        self._var = np.zeros(num_channels)
         self.steps = 0
 
     def update(self, batch_mean, batch_var, count):
@@ -148,14 +163,6 @@ class CumulativeAverage:
         w = 1.0 / self.steps
         self._mean += w * (mean - self._mean)
         self._var += w * (var - self._var)
-
-    @property
-    def mean(self):
-        return self._mean.copy()
-
-    @property
-    def var(self):
-        return self._var.copy()
 
 
 class BatchAggregate:

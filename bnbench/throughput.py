@@ -137,6 +137,28 @@ def _validate(name, got, expected):
         raise AssertionError(f"{name} disagrees with the reference (max abs error {err:.3g})")
 
 
+def _timing_row(shape, op, backend, prealloc, dtype, threads, times, factor):
+    """The columns every timing row has: what was timed, the median and quartiles of
+    ``times`` (seconds) in ms, and GB/s for ``factor`` times the input's bytes."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    median = float(np.median(times))
+    return {
+        "shape": "x".join(map(str, shape)),
+        "layout": "(N, C)" if len(shape) == 2 else "(N, C, *spatial)",
+        "op": op,
+        "backend": backend,
+        "preallocated_out": prealloc,
+        "dtype": np.dtype(dtype).name,
+        "threads": threads,
+        "input_mib": nbytes / 2**20,
+        "repeats": len(times),
+        "median_ms": median * 1e3,
+        "q25_ms": float(np.quantile(times, 0.25)) * 1e3,
+        "q75_ms": float(np.quantile(times, 0.75)) * 1e3,
+        "gbps": factor * nbytes / median / 1e9,
+    }
+
+
 def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None):
     """Time every operation x shape x contender; returns the tidy results DataFrame.
 
@@ -204,22 +226,9 @@ def measure(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, progress=None
             copy_times = times.pop(("device copy", False), None)
             device_gbps = None if copy_times is None else copy_bytes / np.median(copy_times) / 1e9
             for (backend, prealloc), t in times.items():
-                median = float(np.median(t))
                 rows.append(
                     {
-                        "shape": "x".join(map(str, shape)),
-                        "layout": "(N, C)" if len(shape) == 2 else "(N, C, *spatial)",
-                        "op": op,
-                        "backend": backend,
-                        "preallocated_out": prealloc,
-                        "dtype": np.dtype(dtype).name,
-                        "threads": threads,
-                        "input_mib": nbytes / 2**20,
-                        "repeats": len(t),
-                        "median_ms": median * 1e3,
-                        "q25_ms": float(np.quantile(t, 0.25)) * 1e3,
-                        "q75_ms": float(np.quantile(t, 0.75)) * 1e3,
-                        "gbps": factor * nbytes / median / 1e9,
+                        **_timing_row(shape, op, backend, prealloc, dtype, threads, t, factor),
                         "triad_gbps": local_triad,
                         "device_copy_gbps": device_gbps if _on_gpu(backend) else None,
                     }
@@ -321,7 +330,6 @@ def measure_variants(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, prog
             from numba import cuda
 
             dev_running = tuple(cuda.to_device(a) for a in running)
-        nbytes = data[0].nbytes
         for direction in ("forward_train", "backward"):
             contenders = {}
             for backend in own:
@@ -364,19 +372,16 @@ def measure_variants(shapes=SHAPES, dtype=np.float32, budget_s=1.0, seed=0, prog
                 plain = med[("plain", backend)]
                 rows.append(
                     {
-                        "shape": "x".join(map(str, shape)),
-                        "layout": "(N, C)" if len(shape) == 2 else "(N, C, *spatial)",
-                        "op": VARIANT_OPS[(variant, direction)],
-                        "backend": backend,
-                        "preallocated_out": True,
-                        "dtype": np.dtype(dtype).name,
-                        "threads": threads,
-                        "input_mib": nbytes / 2**20,
-                        "repeats": len(t),
-                        "median_ms": median * 1e3,
-                        "q25_ms": float(np.quantile(t, 0.25)) * 1e3,
-                        "q75_ms": float(np.quantile(t, 0.75)) * 1e3,
-                        "gbps": BYTE_MODEL[direction] * nbytes / median / 1e9,
+                        **_timing_row(
+                            shape,
+                            VARIANT_OPS[(variant, direction)],
+                            backend,
+                            True,
+                            dtype,
+                            threads,
+                            t,
+                            BYTE_MODEL[direction],
+                        ),  # fmt: skip
                         "triad_interleaved": False,
                         "ghost_batch_size": G if variant == "ghost" else None,
                         "plain_ms": plain * 1e3,

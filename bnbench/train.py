@@ -70,21 +70,6 @@ class _Timed:
         self.seconds += time.perf_counter() - t0
 
 
-class _Fixed:
-    """Statistics fixed during training (FrozenBN's), read like an estimator's."""
-
-    def __init__(self, mean, var):
-        self._mean, self._var = mean, var
-
-    @property
-    def mean(self):
-        return self._mean.copy()
-
-    @property
-    def var(self):
-        return self._var.copy()
-
-
 def _running_estimators(config):
     """name -> factory(bn_layer) for the estimators that watch training."""
     m, u = config.bn_momenta, config.unbiased
@@ -228,7 +213,7 @@ def train_network(config, data, progress=None, at_checkpoint=None):
     if frozen is not None:  # scored like an estimator: the statistics the last phase used
         for layer in model.bn_layers:
             layer.freeze(None)
-        running["frozen"] = [_Timed(_Fixed(*stats)) for stats in frozen]
+        running["frozen"] = [_Timed(est.FixedStatistics(*stats)) for stats in frozen]
         running["frozen"][0].seconds = freeze_seconds  # one pass for every layer
     return model, running, timing
 
