@@ -1,8 +1,13 @@
 """The public batch-norm functions: validate input, pick a backend, shape the results.
 
-Tensors are channel-first like PyTorch: ``x`` has shape ``(N, C)`` or
+Tensors are channel-first like PyTorch by default: ``x`` has shape ``(N, C)`` or
 ``(N, C, *spatial)``; statistics are per channel over every other axis
-(``M = N * prod(spatial)`` values per channel). float32 and float64 are supported; every
+(``M = N * prod(spatial)`` values per channel). ``axis=-1`` takes channels-last data,
+``(N, *spatial, C)``: Keras' ``axis=-1`` (its default), and the memory order of
+PyTorch's ``torch.channels_last``, which keeps the logical shape ``(N, C, H, W)`` and
+changes only the strides; a NumPy array has no such split, so here the shape says the
+layout. Channels-last input reaches the kernels as the ``(N * prod(spatial), C)``
+layout: a reshape, never a transposing copy. float32 and float64 are supported; every
 per-channel array must have the input's dtype. Non-contiguous ``x`` or ``dy`` is copied
 to C order first (a documented cost); ``out`` must already be C-contiguous.
 
@@ -19,16 +24,29 @@ Errors name the argument, what was expected and what was given: ``TypeError`` fo
 wrong type or dtype, ``ValueError`` for a wrong shape or value.
 """
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
 from . import registry
-from .kernels import is_device_array as _is_device
-from .kernels import supports as _supports
-
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ._checks import (
+    _DTYPES,
+    _c_contiguous,
+    _check_channel,
+    _check_clip,
+    _check_eps,
+    _check_ghost,
+    _check_kind,
+    _check_like,
+    _check_out,
+    _check_tensor,
+    _is_device,
+    _per_channel_count,
+    _require,
+    _stat,
+    check_axis,
+    kernel_view,
+)
 
 
 class TrainResult(NamedTuple):
@@ -72,143 +90,39 @@ class BackwardResult(NamedTuple):
     dbias: np.ndarray
 
 
-def _check_kind(a, name, impl, shape_hint=""):
-    """Host (NumPy) or, for a device-capable backend, a CUDA device array."""
-    if isinstance(a, np.ndarray):
-        return
-    device_ok = hasattr(impl, "is_device")
-    if _is_device(a):
-        if not (device_ok and impl.is_device(a)):
-            raise TypeError(f"{name} is a CUDA device array: this backend runs on the host")
-        return
-    what = "a numpy.ndarray" + (" or a CUDA device array" if device_ok else "")
-    raise TypeError(f"{name} must be {what}{shape_hint}, got {type(a).__name__}")
+def _tensor(x, axis, impl):
+    """Checked ``x``, its channel axis and the backends' 3-D view of it."""
+    x = _check_tensor(x, "x", impl)
+    axis = check_axis(axis, x)
+    return x, axis, kernel_view(x, axis)
 
 
-def _c_contiguous(a):
-    if isinstance(a, np.ndarray):
-        return a.flags.c_contiguous
-    if hasattr(a, "is_c_contiguous"):
-        return a.is_c_contiguous()
-    return a.__cuda_array_interface__.get("strides") is None
-
-
-def _check_tensor(a, name, impl):
-    _check_kind(a, name, impl)
-    if a.dtype not in _DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
-    if len(a.shape) < 2:
-        raise ValueError(f"{name} must have shape (N, C) or (N, C, *spatial), got {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
-    if _is_device(a):
-        if not _c_contiguous(a):
-            raise ValueError(f"{name} must be C-contiguous on the device (no implicit copies)")
-        return a
-    return np.ascontiguousarray(a)
-
-
-def _check_like(a, name, x, impl):
-    a = _check_tensor(a, name, impl)
-    if a.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of x {x.shape}, got {a.shape}")
-    if a.dtype != x.dtype:
-        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}")
-    return a
-
-
-def _check_channel(a, name, x, impl, default=None, groups=None):
-    """A per-channel ``(C,)`` array of x's dtype; ``None`` becomes ``default`` if given.
-    With ``groups``, a per-group ``(groups, C)`` array (ghost batch norm statistics)."""
-    C = x.shape[1]
-    if a is None and default is not None:
-        return np.full(C, default, dtype=x.dtype)
-    shape = (C,) if groups is None else (groups, C)
-    _check_kind(a, name, impl, f" of shape {shape}")
-    if tuple(a.shape) != shape:
-        what = "one value per channel" if groups is None else "one row per ghost batch"
-        raise ValueError(f"{name} must have shape {shape} ({what}), got {tuple(a.shape)}")
-    if a.dtype != x.dtype:
-        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}")
-    return a
-
-
-def _check_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
-        raise TypeError(f"eps must be a positive float, got {type(eps).__name__}")
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite float, got {eps!r}")
-    return float(eps)
-
-
-def _check_out(out, x, impl):
-    if out is None:
-        return impl.empty_like(x) if _is_device(x) else np.empty_like(x)
-    _check_kind(out, "out", impl)
-    if _is_device(out) != _is_device(x):
-        raise TypeError("out must live where x lives (both host or both device arrays)")
-    if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
+def _training_count(xc, x):
+    if _per_channel_count(xc) < 2:
         raise ValueError(
-            f"out must have the shape {x.shape} and dtype {x.dtype} of x, "
-            f"got {out.shape} {out.dtype}"
-        )
-    writeable = _is_device(out) or out.flags.writeable
-    if not _c_contiguous(out) or not writeable:
-        raise ValueError("out must be a writeable C-contiguous array")
-    return out
-
-
-def _stat(s, x):
-    """A returned statistic in x's dtype, on x's side (host or device)."""
-    return s if _is_device(x) else np.asarray(s, dtype=x.dtype)
-
-
-def _per_channel_count(x):
-    return x.size // x.shape[1]
-
-
-def _as3d(a):
-    N, C = a.shape[0], a.shape[1]
-    return a.reshape(N, C, a.size // (N * C))
-
-
-def _require(impl, backend, operation, argument):
-    """A clear error where a backend (a peer) lacks ``operation``."""
-    if not _supports(impl, operation):
-        from .kernels import backends_supporting
-
-        raise ValueError(
-            f"backend {backend!r} has no {operation} kernel ({argument}); backends that "
-            f"have one: {', '.join(backends_supporting(operation, peers=True))}"
+            "x must have more than one value per channel in training mode "
+            f"(N * prod(spatial) >= 2), got shape {tuple(x.shape)}"
         )
 
 
-def _check_ghost(ghost_batch_size, x):
-    """The number of groups for ``ghost_batch_size`` (an integer >= 2 dividing N)."""
-    G, N = ghost_batch_size, x.shape[0]
-    if isinstance(G, bool) or not isinstance(G, (int, np.integer)):
-        raise ValueError(
-            f"ghost_batch_size must be an integer (samples per ghost batch) or None, "
-            f"got {G!r} ({type(G).__name__})"
-        )
-    if G < 2:
-        raise ValueError(f"ghost_batch_size must be at least 2, got {G}")
-    if N % G:
-        raise ValueError(
-            f"ghost_batch_size must divide the batch size N = {N} (groups of equal size), got {G}"
-        )
-    return int(G), N // int(G)
+def _ghost_rows(ghost_batch_size, x, xc, impl, backend):
+    """``(groups, rows per group of the 3-D view)`` for ``ghost_batch_size``."""
+    _require(impl, backend, "ghost", "ghost_batch_size")
+    G, groups = _check_ghost(ghost_batch_size, x)
+    return groups, G * (xc.shape[0] // x.shape[0])
 
 
 def batch_norm_train(
-    x, weight=None, bias=None, *, eps=1e-5, ghost_batch_size=None, backend="cpu", out=None
-):
+    x, weight=None, bias=None, *, eps=1e-5, ghost_batch_size=None, axis=1, backend="cpu",
+    out=None,
+):  # fmt: skip
     """Batch norm in training mode: normalise ``x`` with its own per-channel statistics.
 
-    ``x``: ``(N, C, *spatial)``; ``weight``, ``bias``: ``(C,)`` or ``None`` (no affine
-    transform); ``eps`` (keyword-only, as every argument after ``bias``): added to the
-    variance; ``out``: optional preallocated result. Returns
-    ``TrainResult(y, mean, var, invstd)`` with ``var`` biased.
+    ``x``: ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``axis=-1``
+    (channels-last); ``weight``, ``bias``: ``(C,)`` or ``None`` (no affine transform);
+    ``eps`` (keyword-only, as every argument after ``bias``): added to the variance;
+    ``out``: optional preallocated result. Returns ``TrainResult(y, mean, var, invstd)``
+    with ``var`` biased.
 
     Ghost batch norm (Hoffer et al. 2017): with ``ghost_batch_size=G`` (an integer >= 2
     that divides N) the batch axis is split into ``N // G`` groups of ``G`` consecutive
@@ -218,97 +132,85 @@ def batch_norm_train(
     :func:`merge_group_stats`.
     """
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x", impl)
-    weight = _check_channel(weight, "weight", x, impl, default=1.0)
-    bias = _check_channel(bias, "bias", x, impl, default=0.0)
+    x, axis, xc = _tensor(x, axis, impl)
+    weight = _check_channel(weight, "weight", xc, impl, default=1.0)
+    bias = _check_channel(bias, "bias", xc, impl, default=0.0)
     eps = _check_eps(eps)
-    if _per_channel_count(x) < 2:
-        raise ValueError(
-            "x must have more than one value per channel in training mode "
-            f"(N * prod(spatial) >= 2), got shape {x.shape}"
-        )
+    _training_count(xc, x)
     if ghost_batch_size is not None:
-        _require(impl, backend, "ghost", "ghost_batch_size")
-        G, _ = _check_ghost(ghost_batch_size, x)
+        _, rows = _ghost_rows(ghost_batch_size, x, xc, impl, backend)
     out = _check_out(out, x, impl)
+    outc = kernel_view(out, axis)
     if ghost_batch_size is None:
-        stats = impl.forward_train(_as3d(x), weight, bias, eps, _as3d(out))
+        stats = impl.forward_train(xc, weight, bias, eps, outc)
     else:
-        stats = impl.forward_train_ghost(_as3d(x), weight, bias, eps, G, _as3d(out))
+        stats = impl.forward_train_ghost(xc, weight, bias, eps, rows, outc)
     return TrainResult(out, *(_stat(s, x) for s in stats))
 
 
-def batch_norm_eval(x, weight=None, bias=None, *, mean, var, eps=1e-5, backend="cpu", out=None):
+def batch_norm_eval(
+    x, weight=None, bias=None, *, mean, var, eps=1e-5, axis=1, backend="cpu", out=None
+):
     """Batch norm in inference mode: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
 
     ``mean`` and ``var`` ``(C,)`` are required keyword arguments (population estimates);
-    ``weight`` and ``bias`` may be ``None``. Returns ``y`` with the shape and dtype of ``x``.
+    ``weight`` and ``bias`` may be ``None``; ``axis``: 1 or -1, as in
+    :func:`batch_norm_train`. Returns ``y`` with the shape and dtype of ``x``.
     """
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x", impl)
-    weight = _check_channel(weight, "weight", x, impl, default=1.0)
-    bias = _check_channel(bias, "bias", x, impl, default=0.0)
-    mean = _check_channel(mean, "mean", x, impl)
-    var = _check_channel(var, "var", x, impl)
+    x, axis, xc = _tensor(x, axis, impl)
+    weight = _check_channel(weight, "weight", xc, impl, default=1.0)
+    bias = _check_channel(bias, "bias", xc, impl, default=0.0)
+    mean = _check_channel(mean, "mean", xc, impl)
+    var = _check_channel(var, "var", xc, impl)
     if isinstance(var, np.ndarray) and np.any(var < 0):  # device arrays: not checked
         raise ValueError(f"var must be non-negative, got minimum {float(var.min())!r}")
     eps = _check_eps(eps)
     out = _check_out(out, x, impl)
-    impl.forward_eval(_as3d(x), weight, bias, mean, var, eps, _as3d(out))
+    impl.forward_eval(xc, weight, bias, mean, var, eps, kernel_view(out, axis))
     return out
 
 
 def batch_norm_backward(
-    dy, x, weight=None, *, mean, invstd, ghost_batch_size=None, backend="cpu", out=None
-):
+    dy, x, weight=None, *, mean, invstd, ghost_batch_size=None, axis=1, backend="cpu",
+    out=None,
+):  # fmt: skip
     """Gradients of :func:`batch_norm_train` given ``dy = dL/dy``.
 
     ``mean`` and ``invstd`` (keyword arguments) are those returned by the forward pass;
     ``weight`` may be ``None`` (no affine transform). Returns ``BackwardResult(dx, dweight, dbias)``;
     ``dweight`` and ``dbias`` are what an affine weight and bias would receive. With
-    ``ghost_batch_size=G``, as in the forward pass, ``mean`` and ``invstd`` are the
-    per-group ``(N // G, C)`` statistics it returned.
+    ``ghost_batch_size=G`` and ``axis``, as in the forward pass, ``mean`` and ``invstd``
+    are the per-group ``(N // G, C)`` statistics it returned.
     """
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x", impl)
-    dy = _check_like(dy, "dy", x, impl)
-    weight = _check_channel(weight, "weight", x, impl, default=1.0)
+    x, axis, xc = _tensor(x, axis, impl)
+    dyc = kernel_view(_check_like(dy, "dy", x, impl), axis)
+    weight = _check_channel(weight, "weight", xc, impl, default=1.0)
     groups = None
     if ghost_batch_size is not None:
-        _require(impl, backend, "ghost", "ghost_batch_size")
-        G, groups = _check_ghost(ghost_batch_size, x)
-    mean = _check_channel(mean, "mean", x, impl, groups=groups)
-    invstd = _check_channel(invstd, "invstd", x, impl, groups=groups)
-    if _per_channel_count(x) < 2:
-        raise ValueError(
-            f"x must have more than one value per channel (training mode), got shape {x.shape}"
-        )
+        groups, rows = _ghost_rows(ghost_batch_size, x, xc, impl, backend)
+    mean = _check_channel(mean, "mean", xc, impl, groups=groups)
+    invstd = _check_channel(invstd, "invstd", xc, impl, groups=groups)
+    _training_count(xc, x)
     if groups is not None:
         out = _check_out(out, x, impl)
         dweight, dbias = impl.backward_ghost(
-            _as3d(dy), _as3d(x), weight, mean, invstd, G, _as3d(out)
+            dyc, xc, weight, mean, invstd, rows, kernel_view(out, axis)
         )
         return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
     fresh = getattr(impl, "backward_fresh", None)
     if out is None and fresh is not None:
         # a peer without an out= backward (PyTorch): its own dx, no copy
-        dx, dweight, dbias = fresh(_as3d(dy), _as3d(x), weight, mean, invstd)
+        dx, dweight, dbias = fresh(dyc, xc, weight, mean, invstd)
         return BackwardResult(dx.reshape(x.shape), _stat(dweight, x), _stat(dbias, x))
     out = _check_out(out, x, impl)
-    dweight, dbias = impl.backward(_as3d(dy), _as3d(x), weight, mean, invstd, _as3d(out))
+    dweight, dbias = impl.backward(dyc, xc, weight, mean, invstd, kernel_view(out, axis))
     return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
 
 
-def _check_clip(value, name, low):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a float >= {low}, got {type(value).__name__}")
-    if math.isnan(value) or value < low:
-        raise ValueError(f"{name} must be >= {low} ({low} is plain batch norm), got {value!r}")
-    return float(value)
-
-
 def batch_renorm_train(
-    x, weight=None, bias=None, *, running_mean, running_var, rmax, dmax, eps=1e-5,
+    x, weight=None, bias=None, *, running_mean, running_var, rmax, dmax, eps=1e-5, axis=1,
     backend="cpu", out=None,
 ):  # fmt: skip
     """Batch Renormalization in training mode (Ioffe 2017).
@@ -323,56 +225,53 @@ def batch_renorm_train(
 
     ``eps`` enters both sigmas, as in Keras' and torchrl's implementations. ``rmax = 1``,
     ``dmax = 0`` is plain batch norm (``r = 1``, ``d = 0``, the same ``y`` bit for bit
-    on bnbench's compiled backends). Returns ``RenormResult(y, mean, var, invstd, r,
-    d)``: the batch's ``mean``, biased ``var`` and ``invstd = 1 / sigma_B`` (for the
-    backward pass and :func:`update_running_stats`), and ``r``, ``d`` (constants of the
-    backward pass, :func:`batch_renorm_backward`).
+    on bnbench's compiled backends). ``axis``: 1 or -1, as in :func:`batch_norm_train`.
+    Returns ``RenormResult(y, mean, var, invstd, r, d)``: the batch's ``mean``, biased
+    ``var`` and ``invstd = 1 / sigma_B`` (for the backward pass and
+    :func:`update_running_stats`), and ``r``, ``d`` (constants of the backward pass,
+    :func:`batch_renorm_backward`).
     """
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x", impl)
+    x, axis, xc = _tensor(x, axis, impl)
     _require(impl, backend, "renorm", "batch_renorm_train")
-    weight = _check_channel(weight, "weight", x, impl, default=1.0)
-    bias = _check_channel(bias, "bias", x, impl, default=0.0)
-    running_mean = _check_channel(running_mean, "running_mean", x, impl)
-    running_var = _check_channel(running_var, "running_var", x, impl)
+    weight = _check_channel(weight, "weight", xc, impl, default=1.0)
+    bias = _check_channel(bias, "bias", xc, impl, default=0.0)
+    running_mean = _check_channel(running_mean, "running_mean", xc, impl)
+    running_var = _check_channel(running_var, "running_var", xc, impl)
     if isinstance(running_var, np.ndarray) and np.any(running_var < 0):
         raise ValueError(
             f"running_var must be non-negative, got minimum {float(running_var.min())!r}"
         )
     rmax, dmax = _check_clip(rmax, "rmax", 1), _check_clip(dmax, "dmax", 0)
     eps = _check_eps(eps)
-    if _per_channel_count(x) < 2:
-        raise ValueError(
-            "x must have more than one value per channel in training mode "
-            f"(N * prod(spatial) >= 2), got shape {x.shape}"
-        )
+    _training_count(xc, x)
     out = _check_out(out, x, impl)
     stats = impl.forward_train_renorm(
-        _as3d(x), weight, bias, running_mean, running_var, rmax, dmax, eps, _as3d(out)
+        xc, weight, bias, running_mean, running_var, rmax, dmax, eps, kernel_view(out, axis)
     )
     return RenormResult(out, *(_stat(s, x) for s in stats))
 
 
-def batch_renorm_backward(dy, x, weight=None, *, mean, invstd, r, d, backend="cpu", out=None):
+def batch_renorm_backward(
+    dy, x, weight=None, *, mean, invstd, r, d, axis=1, backend="cpu", out=None
+):
     """Gradients of :func:`batch_renorm_train` with ``r`` and ``d`` held constant
-    (stop-gradient, as in Ioffe 2017): ``mean``, ``invstd``, ``r``, ``d`` are what the
-    forward pass returned. Returns ``BackwardResult(dx, dweight, dbias)``."""
+    (stop-gradient, as in Ioffe 2017): ``mean``, ``invstd``, ``r``, ``d`` and ``axis``
+    are what the forward pass took and returned. Returns ``BackwardResult(dx, dweight,
+    dbias)``."""
     impl = registry.get_backend(backend)
-    x = _check_tensor(x, "x", impl)
+    x, axis, xc = _tensor(x, axis, impl)
     _require(impl, backend, "renorm", "batch_renorm_backward")
-    dy = _check_like(dy, "dy", x, impl)
-    weight = _check_channel(weight, "weight", x, impl, default=1.0)
+    dyc = kernel_view(_check_like(dy, "dy", x, impl), axis)
+    weight = _check_channel(weight, "weight", xc, impl, default=1.0)
     mean, invstd, r, d = (
-        _check_channel(a, name, x, impl)
+        _check_channel(a, name, xc, impl)
         for a, name in ((mean, "mean"), (invstd, "invstd"), (r, "r"), (d, "d"))
     )
-    if _per_channel_count(x) < 2:
-        raise ValueError(
-            f"x must have more than one value per channel (training mode), got shape {x.shape}"
-        )
+    _training_count(xc, x)
     out = _check_out(out, x, impl)
     dweight, dbias = impl.backward_renorm(
-        _as3d(dy), _as3d(x), weight, mean, invstd, r, d, _as3d(out)
+        dyc, xc, weight, mean, invstd, r, d, kernel_view(out, axis)
     )
     return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
 

@@ -5,3 +5,13 @@ import pytest
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def parallel_cpu_kernels(monkeypatch):
+    """Every test runs the CPU backend's parallel kernels, whatever the input size (the
+    inputs here are small, and would otherwise take the serial twins, which
+    tests/test_cpu_serial.py checks on their own)."""
+    from bnbench.kernels import cpu
+
+    monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)

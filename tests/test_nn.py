@@ -173,7 +173,7 @@ def test_resnet_has_depth_bn_layers_and_starts_as_identity_blocks(depth, rng):
     assert len(model.bn_layers) == depth
     blocks = [layer for layer in model.layers if isinstance(layer, nn.Residual)]
     assert len(blocks) == depth // 2
-    x = rng.normal(size=(8, 32, 20))  # 32 channels after the stem, length 40 / 2
+    x = rng.normal(size=(8, 20, 32))  # channels-last: length 40 / 2, 32 channels
     for block in blocks:  # the last BN of a block starts at weight 0: the block is x
         np.testing.assert_array_equal(block.forward(x, "train"), x)
     y = model.forward(rng.normal(size=(8, 40)), "train")

@@ -76,11 +76,12 @@ def _brute_force(model, h, expected):
         if isinstance(layer, nn.Residual):
             h = h + _brute_force(layer, h, expected)
         elif isinstance(layer, nn.BatchNorm):
-            axes = (0, 2) if h.ndim == 3 else (0,)
+            channel = layer.axis % h.ndim  # channel-first or channels-last
+            axes = tuple(a for a in range(h.ndim) if a != channel)
             m, v = h.mean(axis=axes), h.var(axis=axes)
             expected.append((m, v))
             layer.eval_stats = (m, v)
-            shape = (1, -1, 1) if h.ndim == 3 else (1, -1)
+            shape = tuple(-1 if a == channel else 1 for a in range(h.ndim))
             w, b = (layer.params[k].astype(np.float64).reshape(shape) for k in ("weight", "bias"))
             h = (h - m.reshape(shape)) / np.sqrt(v.reshape(shape) + layer.eps) * w + b
         else:

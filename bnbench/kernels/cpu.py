@@ -28,6 +28,8 @@ fixed input and thread count. Elementwise passes compute in float64 (``x * a + b
 per-channel float64 ``a``, ``b``) and round once on store.
 """
 
+import types
+
 import numba
 import numpy as np
 from numba import prange
@@ -52,6 +54,40 @@ _PJIT = {"parallel": True, **_JIT}
 #: test_no_correction_is_plain_batch_norm). Strict IEEE order costs nothing measurable here.
 _EXACT = {"cache": config.CACHE}
 
+#: Inputs of fewer elements run each kernel's serial twin: waking Numba's thread pool
+#: costs 5-10 us a call, more than the work. Measured with the dense moments pass
+#: (float32, 2 threads): (8, 100) 6.8 us parallel, 1.3 us serial; (512, 100) 9.9 vs 5.4
+#: us; (9728, 25) 31.8 vs 32.4 us.
+SERIAL_BELOW = 1 << 18
+
+
+def twin(fn, jit_options):
+    """``fn`` compiled with ``jit_options`` under its own name: Numba's on-disk cache
+    keys a function by its qualified name and bytecode, not by its compile options, so
+    two dispatchers of one function (parallel and serial) would load each other's
+    machine code."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_twin",
+                              fn.__defaults__, fn.__closure__)  # fmt: skip
+    copy.__qualname__ = fn.__qualname__ + "_twin"
+    return numba.njit(**jit_options)(copy)
+
+
+def _threads(x):
+    """Threads a kernel uses on ``x``: Numba's count, or 1 below :data:`SERIAL_BELOW`."""
+    return 1 if x.size < SERIAL_BELOW else numba.get_num_threads()
+
+
+class _Parallel:
+    """A ``prange`` kernel and its serial twin, chosen by the size of the first argument
+    (``x`` or ``dy``) with :func:`_threads`, the same rule that sets its chunk counts."""
+
+    def __init__(self, fn):
+        self.parallel = numba.njit(**_PJIT)(fn)
+        self.serial = twin(fn, _JIT)
+
+    def __call__(self, *args):
+        return (self.serial if _threads(args[0]) == 1 else self.parallel)(*args)
+
 
 @numba.njit(inline="always")
 def _chunk(k, nchunks, total):
@@ -73,7 +109,7 @@ def _channels(n, n0, c0, n1, c1, C):
     return (c0 if n == n0 else 0), (c1 if n == n1 else C)
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _spatial_moments(x, group_size, splits):
     # x: (N, C, L), groups of group_size samples. Unit u = (group u // splits, chunk u % splits of its G * C
     # rows). Per (unit, channel): sums shifted by the first value the unit sees of that
@@ -114,7 +150,7 @@ def _spatial_moments(x, group_size, splits):
     return count, mean, m2
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _dense_moments(x, splits):
     # x: (groups, G, C), units as in _spatial_moments (chunks of a group's G rows). Four
     # rows per sweep over C: the float64 partials are loaded and stored once per four
@@ -185,7 +221,7 @@ def _affine_coefficients_py(weight, bias, mean, var, eps):
 #: over groups where ghost batch norm has many: (4096, 1024) float32 in groups of 32 has
 #: 131072 (group, channel) pairs, each a square root and divisions.
 _affine_coefficients_serial = numba.njit(**_EXACT)(_affine_coefficients_py)
-_affine_coefficients_parallel = numba.njit(parallel=True, **_EXACT)(_affine_coefficients_py)
+_affine_coefficients_parallel = twin(_affine_coefficients_py, {"parallel": True, **_EXACT})
 PARALLEL_PAIRS = 8192
 
 
@@ -255,7 +291,7 @@ def _renorm_grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, r,
     return out[0:1], out[1:2], out[2:3], out[3], out[4]
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _spatial_affine(x, group_size, a, b, out, nchunks):
     """``out[n, c] = x[n, c] * a[g, c] + b[g, c]`` with ``g = n // group_size``.
 
@@ -277,7 +313,7 @@ def _spatial_affine(x, group_size, a, b, out, nchunks):
                     dst[i] = src[i] * ac + bc
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _dense_affine(x, group_size, a, b, out):
     for n in prange(x.shape[0]):
         src, dst = x[n], out[n]
@@ -286,7 +322,7 @@ def _dense_affine(x, group_size, a, b, out):
             dst[c] = src[c] * ag[c] + bg[c]
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _spatial_grad_sums(dy, x, group_size, splits):
     # (N, C, L); units as in _spatial_moments
     N, C, L = dy.shape
@@ -311,7 +347,7 @@ def _spatial_grad_sums(dy, x, group_size, splits):
     return sum_dy, sum_dy_x
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _dense_grad_sums(dy, x, splits):
     # (groups, G, C) views. Two rows per sweep over C, for the reason in _dense_moments.
     groups, G, C = dy.shape
@@ -335,7 +371,7 @@ def _dense_grad_sums(dy, x, splits):
     return sum_dy, sum_dy_x
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _spatial_grad_input(dy, x, group_size, a, b, d, out, nchunks):
     # the loop order of _spatial_affine
     N, C, L = x.shape
@@ -352,7 +388,7 @@ def _spatial_grad_input(dy, x, group_size, a, b, d, out, nchunks):
                     dst[i] = gr[i] * ac + v[i] * bc + dc
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _dense_grad_input(dy, x, group_size, a, b, d, out):
     for n in prange(x.shape[0]):
         gr, v, dst = dy[n], x[n], out[n]
@@ -376,7 +412,7 @@ def _ghost_row_coefficients(weight, bias, shift, s, q, count, eps, mean, var, in
         mean[c], var[c], invstd[c] = mu, v, inv
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _dense_ghost_train(x, weight, bias, eps, out, mean, var, invstd, nchunks):
     """Ghost batch norm of dense ``(groups, G, C)`` input in one parallel pass: each
     chunk of consecutive groups computes a group's shifted sums, its statistics and
@@ -429,7 +465,7 @@ def _ghost_row_grad(weight, mean, invstd, s, q, count, a, b, d, dweight, dbias):
         dbias[c] += db
 
 
-@numba.njit(**_PJIT)
+@_Parallel
 def _dense_ghost_backward(dy, x, weight, mean, invstd, out, nchunks):
     """Ghost batch norm's backward of dense ``(groups, G, C)`` input in one parallel pass
     (the reason is :func:`_dense_ghost_train`'s): per group its sums, coefficients and
@@ -484,7 +520,7 @@ def _grouped(group_size, *arrays):
 def _nchunks(x):
     """One chunk per thread, never more chunks than rows in the layout's loop order."""
     rows = x.shape[0] if _dense(x) else x.shape[0] * x.shape[1]
-    return max(1, min(numba.get_num_threads(), rows))
+    return max(1, min(_threads(x), rows))
 
 
 def _splits(x, group_size):
@@ -493,7 +529,7 @@ def _splits(x, group_size):
     batch norm (one group) splits into one chunk per thread."""
     groups = x.shape[0] // group_size
     rows = group_size if _dense(x) else group_size * x.shape[1]
-    return max(1, min(rows, numba.get_num_threads() // groups))
+    return max(1, min(rows, _threads(x) // groups))
 
 
 def _group_moments(x, group_size):
@@ -530,10 +566,12 @@ def affine(x, a, b, out, group_size=None):
 
 
 def _fused_ghost(x, group_size):
-    """Whether dense ghost batch norm runs the fused one-pass kernels: at least one group
-    per thread (one group, plain batch norm, always takes the general path)."""
+    """Whether dense batch norm runs the fused kernels (one call for the whole forward or
+    backward pass): at least one group per thread. Ghost batches, or plain batch norm
+    (one group) when it runs serially; with several threads plain batch norm splits its
+    one group and merges the chunks' statistics instead."""
     groups = x.shape[0] // group_size
-    return _dense(x) and groups > 1 and groups >= numba.get_num_threads()
+    return _dense(x) and groups >= _threads(x)
 
 
 def forward_train_ghost(x, weight, bias, eps, group_size, out):
@@ -541,7 +579,7 @@ def forward_train_ghost(x, weight, bias, eps, group_size, out):
         x3, out3 = _grouped(group_size, *_layout(x, out))
         shape = (x3.shape[0], x3.shape[2])
         mean, var, invstd = (np.empty(shape, x.dtype) for _ in range(3))
-        nchunks = min(numba.get_num_threads(), x3.shape[0])
+        nchunks = min(_threads(x), x3.shape[0])
         _dense_ghost_train(x3, weight, bias, eps, out3, mean, var, invstd, nchunks)
         return mean, var, invstd
     mean, var = _group_moments(x, group_size)
@@ -587,7 +625,7 @@ def _grad_input(dy, x, group_size, a, b, d, out):
 def backward_ghost(dy, x, weight, mean, invstd, group_size, out):
     if _fused_ghost(x, group_size):
         dy3, x3, out3 = _grouped(group_size, *_layout(dy, x, out))
-        nchunks = min(numba.get_num_threads(), x3.shape[0])
+        nchunks = min(_threads(x), x3.shape[0])
         dw, db = _dense_ghost_backward(dy3, x3, weight, mean, invstd, out3, nchunks)
         return dw.sum(axis=0), db.sum(axis=0)
     a, b, d, dweight, dbias = _grad_coefficients(

@@ -4,10 +4,13 @@ Each layer: ``forward(x, mode)`` returns the output and keeps what backward need
 ``backward(dy)`` returns ``dx`` and stores parameter gradients in ``grads`` (same keys as
 ``params``). ``mode`` is ``"train"`` (BN uses batch statistics) or ``"eval"`` (BN uses
 the statistics it was given). Arrays are float32 or float64 throughout; dense matmuls go
-to NumPy's BLAS, batch norm to the bnbench kernels.
+to BLAS (:mod:`bnbench.nn.blas`), batch norm to the bnbench kernels.
 """
 
 import numpy as np
+
+from .blas import matmul, matmul_tn
+from .conv import Conv1dCore
 
 
 class Layer:
@@ -39,21 +42,26 @@ class Linear(Layer):
 
     def forward(self, x, mode):
         self.x = x
-        y = x @ self.params["weight"].T
+        y = matmul(x, self.params["weight"].T)
         if "bias" in self.params:
             y += self.params["bias"]
         return y
 
     def backward(self, dy):
-        self.grads["weight"][...] = dy.T @ self.x
+        self.grads["weight"][...] = matmul_tn(dy, self.x)
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=0)
-        return dy @ self.params["weight"]
+        return matmul(dy, self.params["weight"])
 
 
 class Conv1d(Layer):
-    """1-D convolution by im2col and one matmul; x ``(N, C_in, L)`` -> ``(N, C_out, L_out)``,
-    ``L_out = (L + 2 * padding - kernel_size) // stride + 1``."""
+    """1-D convolution (PyTorch's ``Conv1d`` arithmetic and weight layout).
+
+    Channel-first ``(N, C_in, L)`` -> ``(N, C_out, L_out)``, or with ``channels_last=True``
+    ``(N, L, C_in)`` -> ``(N, L_out, C_out)``, the fast layout (no transposes);
+    ``L_out = (L + 2 * padding - kernel_size) // stride + 1``. Weight ``(C_out, C_in *
+    kernel_size)``, index ``c_in * kernel_size + j``. See :mod:`bnbench.nn.conv`.
+    """
 
     def __init__(
         self,
@@ -65,42 +73,39 @@ class Conv1d(Layer):
         padding=0,
         bias=True,
         dtype=np.float32,
+        channels_last=False,
     ):
         super().__init__()
-        self.k, self.stride, self.padding = kernel_size, stride, padding
+        self.core = Conv1dCore(kernel_size, stride, padding)
+        self.in_channels, self.channels_last = in_channels, channels_last
         fan_in = in_channels * kernel_size
         self._param("weight", _uniform_init(rng, (out_channels, fan_in), fan_in, dtype))
         if bias:
             self._param("bias", _uniform_init(rng, out_channels, fan_in, dtype))
 
-    def _cols(self, x):
-        xp = np.pad(x, ((0, 0), (0, 0), (self.padding, self.padding)))
-        L_out = (xp.shape[2] - self.k) // self.stride + 1
-        win = np.lib.stride_tricks.sliding_window_view(xp, self.k, axis=2)
-        win = win[:, :, : (L_out - 1) * self.stride + 1 : self.stride]  # (N, C, L_out, k)
-        return np.ascontiguousarray(win.transpose(0, 2, 1, 3)).reshape(x.shape[0], L_out, -1)
+    k = property(lambda self: self.core.k)
+    stride = property(lambda self: self.core.stride)
+    padding = property(lambda self: self.core.padding)
 
     def forward(self, x, mode):
-        self.x_shape = x.shape
-        self.cols = self._cols(x)  # (N, L_out, C_in * k)
-        y = self.cols @ self.params["weight"].T  # (N, L_out, C_out)
-        if "bias" in self.params:
-            y += self.params["bias"]
-        return np.ascontiguousarray(y.transpose(0, 2, 1))
+        x_cl = x if self.channels_last else x.transpose(0, 2, 1)
+        if x_cl.ndim != 3 or x_cl.shape[2] != self.in_channels:
+            layout = "(N, L, C_in)" if self.channels_last else "(N, C_in, L)"
+            raise ValueError(
+                f"x must have shape {layout} with C_in = {self.in_channels}, got {x.shape}"
+            )
+        self.x_shape = x_cl.shape
+        y = self.core.forward(x_cl, self.params["weight"], self.params.get("bias"))
+        return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 2, 1))
 
     def backward(self, dy):
-        N, C_in, L = self.x_shape
-        dy_t = dy.transpose(0, 2, 1)  # (N, L_out, C_out)
-        self.grads["weight"][...] = np.tensordot(dy_t, self.cols, axes=([0, 1], [0, 1]))
+        dy_cl = dy if self.channels_last else dy.transpose(0, 2, 1)
+        dx, self.grads["weight"][...] = self.core.backward(
+            np.ascontiguousarray(dy_cl), self.x_shape
+        )
         if "bias" in self.params:
-            self.grads["bias"][...] = dy.sum(axis=(0, 2))
-        dcols = (dy_t @ self.params["weight"]).reshape(N, -1, C_in, self.k)
-        dxp = np.zeros((N, C_in, L + 2 * self.padding), dtype=dy.dtype)
-        L_out = dcols.shape[1]
-        for j in range(self.k):  # scatter each kernel tap back onto the padded input
-            stop = j + (L_out - 1) * self.stride + 1
-            dxp[:, :, j : stop : self.stride] += dcols[:, :, :, j].transpose(0, 2, 1)
-        return dxp[:, :, self.padding : self.padding + L]
+            self.grads["bias"][...] = dy_cl.sum(axis=(0, 1))
+        return dx if self.channels_last else dx.transpose(0, 2, 1)
 
 
 class ReLU(Layer):
@@ -113,23 +118,42 @@ class ReLU(Layer):
 
 
 class GlobalAvgPool(Layer):
-    """Mean over the length axis: ``(N, C, L)`` -> ``(N, C)``."""
+    """Mean over the length axis: ``(N, C, L)`` -> ``(N, C)``; with ``channels_last=True``
+    ``(N, L, C)`` -> ``(N, C)``."""
+
+    def __init__(self, channels_last=False):
+        super().__init__()
+        self.length_axis = 1 if channels_last else 2
 
     def forward(self, x, mode):
-        self.length = x.shape[2]
-        return x.mean(axis=2)
+        self.length = x.shape[self.length_axis]
+        return x.mean(axis=self.length_axis)
 
     def backward(self, dy):
-        return np.repeat(dy[:, :, None] / self.length, self.length, axis=2)
+        dy = np.expand_dims(dy / self.length, self.length_axis)
+        return np.repeat(dy, self.length, axis=self.length_axis)
 
 
 class Flatten(Layer):
+    """``(N, ...)`` -> ``(N, prod(...))``. With ``channels_last=True`` a ``(N, L, C)``
+    input is flattened in channel-first order (``c * L + l``, as PyTorch flattens
+    ``(N, C, L)``), so the next layer's weights mean what they mean in PyTorch."""
+
+    def __init__(self, channels_last=False):
+        super().__init__()
+        self.channels_last = channels_last
+
     def forward(self, x, mode):
         self.shape = x.shape
+        if self.channels_last:
+            x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return dy.reshape(self.shape)
+        if not self.channels_last:
+            return dy.reshape(self.shape)
+        N, *spatial, C = self.shape
+        return np.ascontiguousarray(np.moveaxis(dy.reshape(N, C, *spatial), 1, -1))
 
 
 class Reshape(Layer):

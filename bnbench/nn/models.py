@@ -1,6 +1,8 @@
 """The MNIST-1D networks: the two baselines (Greydanus 2020) with BN after each hidden
 layer, and a residual CNN whose depth (number of BN layers) is a parameter."""
 
+import functools
+
 import numpy as np
 
 from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
@@ -73,22 +75,31 @@ def mlp(in_features=40, classes=10, hidden=100, rng=None, dtype=np.float32, norm
     )
 
 
-def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32, norm=BatchNorm):
+def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32, norm=BatchNorm,
+        channels_last=True):  # fmt: skip
     """MNIST-1D's CNN baseline: three Conv1d of ``channels`` (kernel 5, 3, 3; stride 2;
     padding 1), each followed by BN and ReLU, then a linear layer on the flattened
-    ``channels x 5`` features (for ``length`` 40)."""
+    ``channels x 5`` features (for ``length`` 40), flattened in PyTorch's channel-first
+    order. ``channels_last``: the layout the hidden layers compute in (the faster one;
+    the same network and the same initial weights either way)."""
     rng = rng if rng is not None else np.random.default_rng(0)
-    layers = [Reshape((1, length))]
+    layers = [Reshape((length, 1) if channels_last else (1, length))]
     c_in, L = 1, length
     for k in (5, 3, 3):
         layers += [
-            Conv1d(c_in, channels, k, rng, stride=2, padding=1, bias=False, dtype=dtype),
-            norm(channels, dtype=dtype),
+            Conv1d(c_in, channels, k, rng, stride=2, padding=1, bias=False, dtype=dtype,
+                   channels_last=channels_last),
+            _norm(norm, channels, dtype, channels_last),
             ReLU(),
-        ]
+        ]  # fmt: skip
         c_in, L = channels, (L + 2 - k) // 2 + 1
-    layers += [Flatten(), Linear(channels * L, classes, rng, dtype=dtype)]
+    layers += [Flatten(channels_last), Linear(channels * L, classes, rng, dtype=dtype)]
     return Sequential(layers)
+
+
+def _norm(norm, channels, dtype, channels_last):
+    """A BN layer from the factory ``norm`` over the layout's channel axis."""
+    return norm(channels, dtype=dtype, axis=-1) if channels_last else norm(channels, dtype=dtype)
 
 
 #: depths (BN layers) the residual CNN supports: two per block
@@ -110,26 +121,28 @@ def check_depth(depth):
 
 
 def resnet(
-    length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float32, norm=BatchNorm
-):
+    length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float32, norm=BatchNorm,
+    channels_last=True,
+):  # fmt: skip
     """A residual MNIST-1D CNN with ``depth`` BN layers: a stem Conv1d (kernel 5, stride 2,
     ``channels``, ReLU; no BN), then ``depth / 2`` blocks ``x + BN(Conv(ReLU(BN(Conv(x)))))``
     (kernel 3, padding 1, identity skips; He et al. 2016's basic block), each followed by
     ReLU, global average pooling and a linear layer. The last BN of each block starts
     with weight 0 (Goyal et al. 2017), so every block starts as the identity and depth 64
-    trains as easily as depth 2."""
+    trains as easily as depth 2. ``channels_last`` as in :func:`cnn`."""
     depth = check_depth(depth)
     rng = rng if rng is not None else np.random.default_rng(0)
-    layers = [Reshape((1, length)),
-              Conv1d(1, channels, 5, rng, stride=2, padding=2, dtype=dtype), ReLU()]  # fmt: skip
+    conv = functools.partial(Conv1d, dtype=dtype, channels_last=channels_last)
+    bn = functools.partial(_norm, norm, channels, dtype, channels_last)
+    layers = [Reshape((length, 1) if channels_last else (1, length)),
+              conv(1, channels, 5, rng, stride=2, padding=2), ReLU()]  # fmt: skip
     for _ in range(depth // 2):
-        last = norm(channels, dtype=dtype)
+        last = bn()
         last.params["weight"][:] = 0
-        body = [Conv1d(channels, channels, 3, rng, padding=1, bias=False, dtype=dtype),
-                norm(channels, dtype=dtype), ReLU(),
-                Conv1d(channels, channels, 3, rng, padding=1, bias=False, dtype=dtype), last]  # fmt: skip
+        body = [conv(channels, channels, 3, rng, padding=1, bias=False), bn(), ReLU(),
+                conv(channels, channels, 3, rng, padding=1, bias=False), last]  # fmt: skip
         layers += [Residual(body), ReLU()]
-    layers += [GlobalAvgPool(), Linear(channels, classes, rng, dtype=dtype)]
+    layers += [GlobalAvgPool(channels_last), Linear(channels, classes, rng, dtype=dtype)]
     return Sequential(layers)
 
 

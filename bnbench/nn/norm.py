@@ -15,11 +15,14 @@ estimator in ``observers`` (for ghost batches: their exact aggregate,
 import numpy as np
 
 from .. import functional as F
+from .._checks import check_axis, kernel_view
 from .layers import Layer
 
 
 class BatchNorm(Layer):
-    """Batch norm over channel axis 1.
+    """Batch norm over channel ``axis``: 1 (``(N, C, *spatial)``) or -1 (channels-last,
+    ``(N, *spatial, C)``; see :mod:`bnbench.functional`). A normaliser ``eval_stats(x)``
+    gets ``x`` as a channel-first view either way.
 
     ``ghost_batch_size=G`` (Hoffer et al. 2017): in training, each group of G consecutive
     samples is normalised with its own statistics (a batch of exactly G, or smaller
@@ -29,9 +32,10 @@ class BatchNorm(Layer):
     """
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu",
-                 ghost_batch_size=None):  # fmt: skip
+                 ghost_batch_size=None, axis=1):  # fmt: skip
         super().__init__()
         self.num_features, self.eps, self.backend = num_features, eps, backend
+        self.axis = axis
         self.ghost_batch_size = ghost_batch_size
         self._param("weight", np.ones(num_features, dtype))
         self._param("bias", np.zeros(num_features, dtype))
@@ -55,17 +59,19 @@ class BatchNorm(Layer):
         if mode == "eval":
             if self.eval_stats is None:
                 raise RuntimeError("BatchNorm in eval mode needs eval_stats = (mean, var)")
-            stats = self.eval_stats(x) if callable(self.eval_stats) else self.eval_stats
+            stats = self.eval_stats
+            if callable(stats):
+                stats = stats(x if self._axis(x) == 1 else np.moveaxis(x, -1, 1))
             mean, var = (np.asarray(s, dtype=x.dtype) for s in stats)
             return F.batch_norm_eval(x, w, b, mean=mean, var=var, eps=self.eps,
-                                     backend=self.backend)  # fmt: skip
+                                     axis=self.axis, backend=self.backend)  # fmt: skip
         self.x, self.kind = x, "plain"
         if mode == "train" and self.frozen is not None:
             return self._frozen_forward(x, count)
         G = self.ghost_batch_size
         if mode == "train" and G is not None and x.shape[0] > G:
             res = F.batch_norm_train(x, w, b, eps=self.eps, ghost_batch_size=G,
-                                     backend=self.backend)  # fmt: skip
+                                     axis=self.axis, backend=self.backend)  # fmt: skip
             self.kind, self.mean, self.invstd = "ghost", res.mean, res.invstd
             whole = F.merge_group_stats(res.mean, res.var, count=count // (x.shape[0] // G))
             self._observe(whole.mean, whole.var, whole.count)
@@ -76,7 +82,14 @@ class BatchNorm(Layer):
 
     def _plain(self, x):
         w, b = self.params["weight"], self.params["bias"]
-        return F.batch_norm_train(x, w, b, eps=self.eps, backend=self.backend)
+        return F.batch_norm_train(x, w, b, eps=self.eps, axis=self.axis, backend=self.backend)
+
+    def _axis(self, x):
+        return check_axis(self.axis, x)
+
+    def _rows(self, a):
+        """``(rows, C, L)`` float64 copy of ``a`` (x or dy): statistics over axes 0, 2."""
+        return kernel_view(a, self._axis(a)).astype(np.float64)
 
     def _train_forward(self, x):
         res = self._plain(x)
@@ -85,7 +98,7 @@ class BatchNorm(Layer):
 
     def _frozen_forward(self, x, count):
         mean, var = self.frozen
-        x3 = x.reshape(x.shape[0], self.num_features, -1).astype(np.float64)
+        x3 = self._rows(x)
         self._observe(x3.mean(axis=(0, 2)), x3.var(axis=(0, 2)), count)  # estimators go on
         self.kind, self.invstd = "frozen", 1.0 / np.sqrt(var + self.eps)
         self.xhat = (x3 - mean[:, None]) * self.invstd[:, None]
@@ -96,7 +109,7 @@ class BatchNorm(Layer):
         dy = np.ascontiguousarray(dy)
         w = self.params["weight"]
         if self.kind == "frozen":  # an affine map with constant statistics
-            d3 = dy.reshape(dy.shape[0], self.num_features, -1).astype(np.float64)
+            d3 = self._rows(dy)
             self.grads["weight"][...] = (d3 * self.xhat).sum(axis=(0, 2))
             self.grads["bias"][...] = d3.sum(axis=(0, 2))
             scale = (w.astype(np.float64) * self.invstd)[:, None]
@@ -110,7 +123,7 @@ class BatchNorm(Layer):
         ghost = self.ghost_batch_size if self.kind == "ghost" else None
         return F.batch_norm_backward(dy, self.x, self.params["weight"], mean=self.mean,
                                      invstd=self.invstd, ghost_batch_size=ghost,
-                                     backend=self.backend)  # fmt: skip
+                                     axis=self.axis, backend=self.backend)  # fmt: skip
 
 
 def renorm_clip(progress, rmax=3.0, dmax=5.0):
@@ -143,8 +156,9 @@ class BatchRenorm(BatchNorm):
     correction would pull batches towards it). Test-time statistics come, as for every
     layer, from the estimators."""
 
-    def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu", momentum=0.01):
-        super().__init__(num_features, eps, dtype, backend)
+    def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu", momentum=0.01,
+                 axis=1):  # fmt: skip
+        super().__init__(num_features, eps, dtype, backend, axis=axis)
         self.momentum = momentum
         self.running_mean = self.running_var = None  # set by the first training batch
         self.rmax, self.dmax = 1.0, 0.0
@@ -158,7 +172,7 @@ class BatchRenorm(BatchNorm):
         res = F.batch_renorm_train(
             x, w, b, running_mean=self.running_mean.astype(x.dtype),
             running_var=self.running_var.astype(x.dtype), rmax=self.rmax, dmax=self.dmax,
-            eps=self.eps, backend=self.backend,
+            eps=self.eps, axis=self.axis, backend=self.backend,
         )  # fmt: skip
         self.mean, self.invstd, self.r, self.d = res.mean, res.invstd, res.r, res.d
         self.running_mean += self.momentum * (res.mean - self.running_mean)
@@ -169,4 +183,4 @@ class BatchRenorm(BatchNorm):
     def _backward(self, dy):
         return F.batch_renorm_backward(dy, self.x, self.params["weight"], mean=self.mean,
                                        invstd=self.invstd, r=self.r, d=self.d,
-                                       backend=self.backend)  # fmt: skip
+                                       axis=self.axis, backend=self.backend)  # fmt: skip
