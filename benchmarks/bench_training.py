@@ -2,45 +2,65 @@
 accuracy of a small fixed training run per estimator (so an accuracy regression shows
 beside a speed one)."""
 
-import numpy as np
+import functools
+
 from threadpoolctl import threadpool_limits
 
-from bnbench import data, nn, train
+from bnbench import data, nn, step_timing, train
 
 MODELS = ["mlp", "cnn"]
 #: BN variant -> layer factory (as bnbench.train builds them)
 VARIANTS = {
     "bn": nn.BatchNorm,
-    "ghost16": lambda c, dtype: nn.BatchNorm(c, dtype=dtype, ghost_batch_size=16),
+    "ghost16": functools.partial(nn.BatchNorm, ghost_batch_size=16),
     "renorm": nn.BatchRenorm,
 }
 
 
 class TrainingStep:
-    params = ([*MODELS, "resnet"], [16, 64, 256])
+    """One SGD step (forward, loss, backward, SGD; an EMA estimator per BN layer), as
+    the training-throughput study times it (:mod:`bnbench.step_timing`)."""
+
+    params = ([*MODELS, "resnet"], [2, 16, 64, 256, 512])
     param_names = ["model", "batch_size"]
 
     def setup(self, model, batch_size, norm=nn.BatchNorm):
-        rng = np.random.default_rng(0)
-        self.model = nn.build(model, 40, 10, rng, norm=norm)
-        self.opt = nn.SGD(self.model, 0.05, 0.9, 5e-4)
-        self.x = rng.standard_normal((batch_size, 40)).astype(np.float32)
-        self.y = rng.integers(0, 10, batch_size)
         self.limits = threadpool_limits(1, user_api="blas")  # as bnbench.train does
+        self.step = step_timing.bnbench_step(model, batch_size, norm=norm)
+        self.model = self.step.model
         self.step()
 
-    def teardown(self, model, batch_size):
+    def teardown(self, *params):
         self.limits.restore_original_limits()
-
-    def step(self):
-        _, grad = nn.cross_entropy(self.model.forward(self.x, "train"), self.y)
-        self.model.backward(grad)
-        self.opt.step()
 
     def time_step(self, model, batch_size):
         self.step()
 
     def peakmem_step(self, model, batch_size):
+        self.step()
+
+
+class TorchTrainingStep:
+    """The same step of the same network in PyTorch (CPU), Numba's thread count: the peer
+    of :class:`TrainingStep` (the network definition is the training-throughput
+    study's ``torch_network``). Skipped where torch is not installed."""
+
+    params = (MODELS, [2, 16, 64, 256, 512])
+    param_names = ["model", "batch_size"]
+
+    def setup(self, model, batch_size):
+        try:
+            import torch
+            from bnbench_studies.training_throughput import torch_network
+        except ImportError as err:
+            raise NotImplementedError(f"PyTorch peer unavailable: {err}") from err
+        import numba
+
+        torch.set_num_threads(numba.get_num_threads())
+        self.step = step_timing.torch_step(torch_network(model), batch_size)
+        self.step()
+
+    def time_step(self, model, batch_size):
         self.step()
 
 
@@ -55,9 +75,6 @@ class VariantStep(TrainingStep):
         super().setup("cnn", 64, VARIANTS[variant])
         for layer in self.model.bn_layers:
             layer.rmax, layer.dmax = 3.0, 5.0
-
-    def teardown(self, variant):
-        self.limits.restore_original_limits()
 
     def time_step(self, variant):
         self.step()

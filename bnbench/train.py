@@ -156,6 +156,7 @@ def train_network(config, data, progress=None, at_checkpoint=None):
     init_rng, shuffle_rng = (np.random.default_rng([config.seed, i]) for i in range(2))
     model = build(config.model, data.num_features, data.num_classes, init_rng,
                   depth=config.depth, norm=_norm_layer(config))  # fmt: skip
+    model.input_grad = False  # training never uses the gradient of the inputs
     n = data.x_train.shape[0]
     if config.batch_size > n:
         raise ValueError(

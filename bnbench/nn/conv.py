@@ -94,12 +94,15 @@ class Conv1dCore:
             y += bias
         return y.reshape(N, L_out, -1)
 
-    def backward(self, dy, x_shape):
-        """``dy`` ``(N, L_out, C_out)`` -> ``(dx, dweight)``, dweight in PyTorch order."""
+    def backward(self, dy, x_shape, input_grad=True):
+        """``dy`` ``(N, L_out, C_out)`` -> ``(dx, dweight)``, dweight in PyTorch order;
+        ``dx`` is ``None`` unless ``input_grad``."""
         N, L_out, C_out = dy.shape
         dy2 = dy.reshape(N * L_out, C_out)
         dw = matmul_tn(dy2, self.cols.reshape(N * L_out, -1))  # (C_out, k * C_in)
         dweight = dw.reshape(C_out, self.k, -1).transpose(0, 2, 1).reshape(C_out, -1)
+        if not input_grad:
+            return None, dweight
         dcols = matmul(dy2, self.w).reshape(N, L_out, -1)
         dx = np.empty(x_shape, dy.dtype)
         _col2im(dcols, self.k, self.stride, self.padding, dx)

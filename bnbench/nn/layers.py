@@ -47,11 +47,11 @@ class Linear(Layer):
             y += self.params["bias"]
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         self.grads["weight"][...] = matmul_tn(dy, self.x)
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=0)
-        return matmul(dy, self.params["weight"])
+        return matmul(dy, self.params["weight"]) if input_grad else None
 
 
 class Conv1d(Layer):
@@ -98,14 +98,16 @@ class Conv1d(Layer):
         y = self.core.forward(x_cl, self.params["weight"], self.params.get("bias"))
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 2, 1))
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy_cl = dy if self.channels_last else dy.transpose(0, 2, 1)
         dx, self.grads["weight"][...] = self.core.backward(
-            np.ascontiguousarray(dy_cl), self.x_shape
+            np.ascontiguousarray(dy_cl), self.x_shape, input_grad
         )
         if "bias" in self.params:
             self.grads["bias"][...] = dy_cl.sum(axis=(0, 1))
-        return dx if self.channels_last else dx.transpose(0, 2, 1)
+        if dx is None or self.channels_last:
+            return dx
+        return dx.transpose(0, 2, 1)
 
 
 class ReLU(Layer):

@@ -21,10 +21,30 @@ class Sequential:
             x = layer.forward(x, mode)
         return x
 
+    #: set to ``False`` where the gradient with respect to the input is not wanted
+    #: (training): ``backward`` then stops at the first layer with parameters, which
+    #: skips its input gradient too, and returns ``None``
+    input_grad = True
+
     def backward(self, dy):
-        for layer in reversed(self.layers):
+        first = 0 if self.input_grad else self._first_trained()
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            layer = self.layers[i]
+            if i == first and not self.input_grad:
+                layer.backward(dy, input_grad=False)
+                return None
             dy = layer.backward(dy)
         return dy
+
+    def _first_trained(self):
+        """Index of the first layer, if a Linear or Conv1d, that has parameters and only
+        parameter-free layers before it; else 0 (nothing to skip)."""
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, (Linear, Conv1d)):
+                return i
+            if layer.params or hasattr(layer, "parameters"):
+                return 0
+        return 0
 
     @property
     def bn_layers(self):

@@ -24,9 +24,6 @@ jobs again. Only that file is hashed (and the file defining the factory, if anot
 edits to modules it imports in turn are not seen.
 """
 
-import hashlib
-import importlib
-import inspect
 import time
 
 import numpy as np
@@ -34,6 +31,7 @@ import torch
 
 from .. import evaluate as np_evaluate
 from .. import metrics, sweep
+from ..sweep import load_factory, source_hash
 from . import evaluation, statistics, tracking
 
 DEFAULTS = {
@@ -45,20 +43,6 @@ DEFAULTS = {
 def jobs(**params_lists):
     """Jobs of kind ``"torch"``: every combination of ``params_lists`` (name -> list)."""
     return [{"kind": "torch", "params": p} for p in sweep.grid(**params_lists)]
-
-
-def load_factory(path):
-    """The callable named by ``"package.module:factory"``, or a clear error."""
-    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
-        raise ValueError(f"a factory must be given as 'package.module:factory', got {path!r}")
-    module, name = path.split(":")
-    try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load factory {path!r}: {err}") from err
-    if not callable(factory):
-        raise ValueError(f"factory {path!r} is not callable")
-    return factory
 
 
 def default_model():
@@ -83,29 +67,6 @@ def default_data():
 
 #: params -> the resolved parameter holding a hash of its factory's source
 SOURCES = {"model": "model_source", "data": "data_source"}
-
-
-def source_hash(path):
-    """A hash of the source file of the module of factory ``path``
-    (``"package.module:factory"``) and, if the factory is defined in another file, of
-    that file too; a path that does not load is a ``ValueError``."""
-    factory = load_factory(path)
-    module = importlib.import_module(path.split(":")[0])
-    files = []
-    for obj in (module, factory):
-        try:
-            name = inspect.getsourcefile(obj) or getattr(obj, "__file__", None)
-        except TypeError:  # a built-in, or a callable object of a built-in class
-            name = None
-        if obj is module and name is None:
-            raise ValueError(f"factory {path!r}: module {module.__name__!r} has no source file")
-        if name is not None and name not in files:
-            files.append(name)
-    h = hashlib.sha256()
-    for name in files:
-        with open(name, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
 
 
 def resolve_params(params):
