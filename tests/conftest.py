@@ -15,3 +15,4 @@ def parallel_cpu_kernels(monkeypatch):
     from bnbench.kernels import cpu
 
     monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(cpu, "ELEMENTWISE_SERIAL_BELOW", 0)

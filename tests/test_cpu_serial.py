@@ -22,6 +22,12 @@ CLIPS = [(1.5, 0.3), (100.0, 100.0), (1.0, 0.0)]
 KERNELS = {name: obj for name, obj in vars(cpu).items() if isinstance(obj, cpu._Parallel)}
 
 
+def thresholds(patcher, size):
+    """Both size thresholds (reductions and elementwise passes) set to ``size``."""
+    patcher.setattr(cpu, "SERIAL_BELOW", size)
+    patcher.setattr(cpu, "ELEMENTWISE_SERIAL_BELOW", size)
+
+
 def forbid(monkeypatch, which):
     """Make every ``which`` (``"parallel"`` or ``"serial"``) dispatcher fail if called."""
     for name, obj in KERNELS.items():
@@ -35,7 +41,7 @@ def forbid(monkeypatch, which):
 @pytest.fixture
 def serial(monkeypatch):
     """Serial twins everywhere; a parallel kernel call fails the test."""
-    monkeypatch.setattr(cpu, "SERIAL_BELOW", 1 << 40)
+    thresholds(monkeypatch, 1 << 40)
     forbid(monkeypatch, "parallel")
 
 
@@ -186,11 +192,11 @@ def test_serial_and_parallel_agree(shape, rmax, dmax, dtype, rng, monkeypatch):
     G = ghost_size(shape) or (2 if shape[0] % 2 == 0 and shape[0] > 2 else None)
     args = (x, weight, bias, dy, G, rm, rv, rmax, dmax)
     with monkeypatch.context() as m:
-        m.setattr(cpu, "SERIAL_BELOW", 1 << 40)
+        thresholds(m, 1 << 40)
         forbid(m, "parallel")
         serial = run_all(*args)
     with monkeypatch.context() as m:
-        m.setattr(cpu, "SERIAL_BELOW", 0)
+        thresholds(m, 0)
         if numba.get_num_threads() > 1:
             forbid(m, "serial")
         parallel = run_all(*args)
@@ -200,7 +206,7 @@ def test_serial_and_parallel_agree(shape, rmax, dmax, dtype, rng, monkeypatch):
         close_to_rounding(serial[k], parallel[k], dtype, k)
     # both are deterministic
     with monkeypatch.context() as m:
-        m.setattr(cpu, "SERIAL_BELOW", 1 << 40)
+        thresholds(m, 1 << 40)
         again = run_all(*args)
     for k in serial:
         np.testing.assert_array_equal(again[k], serial[k], err_msg=k)
@@ -222,20 +228,20 @@ def test_size_threshold_picks_the_twin(dtype, rng, monkeypatch):
                 return _real(*args)
 
             monkeypatch.setattr(obj, which, spy)
-    monkeypatch.setattr(cpu, "SERIAL_BELOW", 161)
+    thresholds(monkeypatch, 161)
     bn.batch_norm_train(x, weight, bias, backend="cpu")
     assert calls and {w for _, w in calls} == {"serial"}, calls
     calls.clear()
-    monkeypatch.setattr(cpu, "SERIAL_BELOW", 160)
+    thresholds(monkeypatch, 160)
     bn.batch_norm_train(x, weight, bias, backend="cpu")
     assert calls and {w for _, w in calls} == {"parallel"}, calls
     assert cpu._threads(x) == numba.get_num_threads()
-    monkeypatch.setattr(cpu, "SERIAL_BELOW", 161)
+    thresholds(monkeypatch, 161)
     assert cpu._threads(x) == 1
 
 
 def test_conftest_runs_the_parallel_kernels():
-    assert cpu.SERIAL_BELOW == 0
+    assert cpu.SERIAL_BELOW == cpu.ELEMENTWISE_SERIAL_BELOW == 0
 
 
 # -- the twins are distinct dispatchers

@@ -189,3 +189,21 @@ def test_resnet_has_depth_bn_layers_and_starts_as_identity_blocks(depth, rng):
 def test_resnet_depth_must_match_the_block_structure(depth):
     with pytest.raises(ValueError, match=r"depth must be an even integer in 2-64"):
         nn.resnet(depth=depth)
+
+
+def test_cross_entropy_matches_log_softmax_and_refuses_bad_labels(rng):
+    for dtype in (np.float32, F64):
+        logits = (rng.normal(size=(7, 4)) * 5).astype(dtype)
+        labels = rng.integers(0, 4, 7)
+        z = logits.astype(F64) - logits.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss, grad = nn.cross_entropy(logits, labels)
+        assert loss == pytest.approx(-logp[np.arange(7), labels].mean(), rel=1e-12)
+        expected = np.exp(logp)
+        expected[np.arange(7), labels] -= 1
+        assert grad.dtype == dtype
+        np.testing.assert_allclose(grad, expected / 7, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        nn.cross_entropy(logits, np.full(7, 4))
+    with pytest.raises(ValueError, match="labels must be integers"):
+        nn.cross_entropy(logits, np.zeros(6, int))

@@ -54,11 +54,14 @@ _PJIT = {"parallel": True, **_JIT}
 #: test_no_correction_is_plain_batch_norm). Strict IEEE order costs nothing measurable here.
 _EXACT = {"cache": config.CACHE}
 
-#: Inputs of fewer elements run each kernel's serial twin: waking Numba's thread pool
-#: costs 5-10 us a call, more than the work. Measured with the dense moments pass
-#: (float32, 2 threads): (8, 100) 6.8 us parallel, 1.3 us serial; (512, 100) 9.9 vs 5.4
-#: us; (9728, 25) 31.8 vs 32.4 us.
-SERIAL_BELOW = 1 << 18
+#: Inputs of fewer elements run a kernel's serial twin: waking Numba's thread pool costs
+#: 5-10 us a call, more than the work. Reductions (statistics, gradient sums, the fused
+#: dense passes) and elementwise passes cross over at different sizes. Measured through
+#: the public API (float32, 2 threads, serial / parallel us): forward-train (512, 100)
+#: 18 / 28, (128, 32, 40) 51 / 42; inference (512, 100) 15.7 / 14.6, (4864, 25) 38 / 26;
+#: backward (9728, 25) 127 / 146, (128, 32, 40) 57 / 44.
+SERIAL_BELOW = 1 << 17
+ELEMENTWISE_SERIAL_BELOW = 1 << 15
 
 
 def twin(fn, jit_options):
@@ -72,21 +75,29 @@ def twin(fn, jit_options):
     return numba.njit(**jit_options)(copy)
 
 
-def _threads(x):
-    """Threads a kernel uses on ``x``: Numba's count, or 1 below :data:`SERIAL_BELOW`."""
-    return 1 if x.size < SERIAL_BELOW else numba.get_num_threads()
+def _threads(x, elementwise=False):
+    """Threads a kernel uses on ``x``: Numba's count, or 1 below :data:`SERIAL_BELOW`
+    (:data:`ELEMENTWISE_SERIAL_BELOW` for elementwise passes)."""
+    below = ELEMENTWISE_SERIAL_BELOW if elementwise else SERIAL_BELOW
+    return 1 if x.size < below else numba.get_num_threads()
 
 
 class _Parallel:
     """A ``prange`` kernel and its serial twin, chosen by the size of the first argument
     (``x`` or ``dy``) with :func:`_threads`, the same rule that sets its chunk counts."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, elementwise=False):
         self.parallel = numba.njit(**_PJIT)(fn)
         self.serial = twin(fn, _JIT)
+        self.elementwise = elementwise
 
     def __call__(self, *args):
-        return (self.serial if _threads(args[0]) == 1 else self.parallel)(*args)
+        serial = _threads(args[0], self.elementwise) == 1
+        return (self.serial if serial else self.parallel)(*args)
+
+
+def _elementwise(fn):
+    return _Parallel(fn, elementwise=True)
 
 
 @numba.njit(inline="always")
@@ -291,7 +302,7 @@ def _renorm_grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, r,
     return out[0:1], out[1:2], out[2:3], out[3], out[4]
 
 
-@_Parallel
+@_elementwise
 def _spatial_affine(x, group_size, a, b, out, nchunks):
     """``out[n, c] = x[n, c] * a[g, c] + b[g, c]`` with ``g = n // group_size``.
 
@@ -313,7 +324,7 @@ def _spatial_affine(x, group_size, a, b, out, nchunks):
                     dst[i] = src[i] * ac + bc
 
 
-@_Parallel
+@_elementwise
 def _dense_affine(x, group_size, a, b, out):
     for n in prange(x.shape[0]):
         src, dst = x[n], out[n]
@@ -371,7 +382,7 @@ def _dense_grad_sums(dy, x, splits):
     return sum_dy, sum_dy_x
 
 
-@_Parallel
+@_elementwise
 def _spatial_grad_input(dy, x, group_size, a, b, d, out, nchunks):
     # the loop order of _spatial_affine
     N, C, L = x.shape
@@ -388,7 +399,7 @@ def _spatial_grad_input(dy, x, group_size, a, b, d, out, nchunks):
                     dst[i] = gr[i] * ac + v[i] * bc + dc
 
 
-@_Parallel
+@_elementwise
 def _dense_grad_input(dy, x, group_size, a, b, d, out):
     for n in prange(x.shape[0]):
         gr, v, dst = dy[n], x[n], out[n]
@@ -520,7 +531,7 @@ def _grouped(group_size, *arrays):
 def _nchunks(x):
     """One chunk per thread, never more chunks than rows in the layout's loop order."""
     rows = x.shape[0] if _dense(x) else x.shape[0] * x.shape[1]
-    return max(1, min(_threads(x), rows))
+    return max(1, min(_threads(x, elementwise=True), rows))
 
 
 def _splits(x, group_size):
