@@ -158,3 +158,75 @@ def _reference(op, data):
                                  backend="reference")  # fmt: skip
     return F.batch_norm_backward(dy, x, weight, mean=ref.mean, invstd=ref.invstd,
                                  backend="reference").dx  # fmt: skip
+
+
+OPS = {"forward_train": "Forward, training mode", "forward_eval": "Forward, inference mode",
+       "backward": "Backward"}  # fmt: skip
+COLUMNS = {
+    ("aligned", "first"): "vs torch, aligned",
+    ("numpy default", "first"): "vs torch, NumPy default",
+    ("numpy default", "last"): "channels-last vs torch",
+}
+
+
+def margin_table(df, op):
+    """Per shape: bnbench's speed relative to PyTorch's (PyTorch's median time over
+    bnbench's) for each kind of array, whether the shape is bandwidth-bound, bnbench's
+    share of the triad there, and the target."""
+    sub = df[df.op == f"margin_{op}"]
+    if sub.empty:
+        return None
+    shapes = list(dict.fromkeys(sub["shape"]))
+    ms = sub.pivot_table(index="shape", columns=["backend", "arrays", "channels"],
+                         values="median_ms")  # fmt: skip
+    t = pd.DataFrame(index=shapes)
+    t["cpu ms (NumPy default)"] = ms.get(("cpu", "numpy default", "first"))
+    for key, name in COLUMNS.items():
+        if ("torch", *key) in ms and ("cpu", *key) in ms:
+            t[name] = ms[("torch", *key)] / ms[("cpu", *key)]
+    first = sub[(sub.backend == "cpu") & (sub.arrays == "numpy default")]
+    first = first[first.channels == "first"].set_index("shape")
+    t["bandwidth-bound"] = first["bandwidth_bound"].map({True: "yes", False: "no"})
+    t["cpu % of triad"] = first["pct_of_triad"]
+    bound = first["bandwidth_bound"].reindex(shapes)
+    t["target"] = [_target(op, s, b) for s, b in zip(shapes, bound, strict=True)]
+    t.index.name = "shape"
+    return t.reset_index()
+
+
+def _target(op, shape, bound):
+    if bound:
+        return f">= {BANDWIDTH_TARGET:g}% of triad"
+    kind = "spatial" if shape.count("x") >= 2 else "dense"
+    return f">= {TARGETS.get((op, kind), FLOOR):g}x (channels-last >= {FLOOR:g}x)"
+
+
+def margin_findings(df):
+    """Sentences computed from the margin rows: each target met or missed, by how much."""
+    lines = []
+    for op, title in OPS.items():
+        t = margin_table(df, op)
+        if t is None or not any(c in t for c in COLUMNS.values()):
+            continue
+        ratio_cols = [c for c in COLUMNS.values() if c in t]
+        first_cols = [c for c in ratio_cols if not c.startswith("channels-last")]
+        worst = t[ratio_cols].min(axis=1)
+        missed = []
+        for _, row in t.iterrows():
+            if row["bandwidth-bound"] == "yes":
+                if row["cpu % of triad"] < BANDWIDTH_TARGET:
+                    missed.append(f"{row['shape']} ({row['cpu % of triad']:.0f}% of triad)")
+                continue
+            kind = "spatial" if row["shape"].count("x") >= 2 else "dense"
+            goal = TARGETS.get((op, kind), FLOOR)
+            low = row[first_cols].min()
+            if low < goal:
+                missed.append(f"{row['shape']} ({low:.2f}x, target {goal:g}x)")
+            last = row.get("channels-last vs torch")
+            if last == last and last is not None and last < FLOOR:
+                missed.append(f"{row['shape']} channels-last ({last:.2f}x, floor {FLOOR:g}x)")
+        span = f"{worst.min():.2f}x to {t[ratio_cols].max(axis=None):.2f}x"
+        verdict = "every target met" if not missed else "missed on " + ", ".join(missed)
+        lines.append(f"- {title}: bnbench is {span} PyTorch's speed over every kind of "
+                     f"array and layout; {verdict}.")  # fmt: skip
+    return "\n".join(lines)

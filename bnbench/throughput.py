@@ -600,6 +600,7 @@ def report_body(df):
 
     variants = {d: variant_table(df, d) for d in ("forward_train", "backward")}
     found = findings(df)
+    margin_df = df[df.op.str.startswith("margin_")]
     df = _plain(df)
     first = df.iloc[0].to_dict()
     parts = [
@@ -644,6 +645,7 @@ def report_body(df):
         for direction, table in variants.items():
             if table is not None:
                 parts += [f"### {OP_TITLES[direction]}", markdown_table(table)]
+    parts += _margin_section(margin_df)
     gpu = gpu_tables(df)
     if gpu:
         parts.append(
@@ -655,6 +657,31 @@ def report_body(df):
         for op, table in gpu.items():
             parts += [f"### {OP_TITLES[op]} (CUDA)", markdown_table(table)]
     return "\n\n".join(parts)
+
+
+def _margin_section(df):
+    """The report's kernel-margins section (:mod:`bnbench.kernel_margins`), if measured."""
+    from . import kernel_margins as km
+    from .report import markdown_table
+
+    if df.empty:
+        return []
+    parts = [
+        "## Margins on any caller's arrays\n\n" + km.margin_findings(df) + "\n\n"
+        "bnbench's speed relative to PyTorch's (its median time over bnbench's), timed in "
+        "one interleaving per shape and operation, every call allocating its output: on "
+        "64-byte aligned inputs, on NumPy's default arrays (plain `np.array` copies), and on "
+        "channels-last data (bnbench `axis=-1` on `(N, *spatial, C)`; PyTorch on the same "
+        "memory as a `torch.channels_last` tensor, or for 1-D signals `(N, L, C)` the "
+        "`(N * L, C)` view its BatchNorm1d takes). Shapes of "
+        f"{OUT_OF_CACHE_BYTES // 2**20} MiB and more are bandwidth-bound: their target is a "
+        "share of a STREAM triad on arrays of their size, timed in the same interleaving."
+    ]
+    for op, title in km.OPS.items():
+        table = km.margin_table(df, op)
+        if table is not None:
+            parts += [f"### {title}: margins", markdown_table(table)]
+    return parts
 
 
 def resolve_params(params):
@@ -679,7 +706,10 @@ def run_job(params):
     shape, dtype = [tuple(params["shape"])], np.dtype(params["dtype"])
     df = measure(shape, dtype=dtype, budget_s=params["budget_s"])
     variants = measure_variants(shape, dtype=dtype, budget_s=params["budget_s"])
-    df = pd.concat([df, variants], ignore_index=True)
+    from .kernel_margins import measure_margins
+
+    margins = measure_margins(shape, dtype=dtype, budget_s=params["budget_s"])
+    df = pd.concat([df, variants, margins], ignore_index=True)
     return {"rows": df.to_dict("records")}
 
 

@@ -21,6 +21,7 @@ NAMES = [
     "covariate-shift",
     "training-dynamics",
     "normalization-batch-size",
+    "training-throughput",
 ]
 
 
@@ -45,6 +46,8 @@ def shrink(job):
     """The same job on synthetic data, trained for one epoch."""
     if job["kind"] == "kernel":
         return {"kind": "kernel", "params": {"shape": [64, 8], "budget_s": 0.01}}
+    if job["kind"] == "step":
+        return {"kind": "step", "params": {**job["params"], "budget_s": 0.01}}
     p = {**job["params"], "epochs": 1}
     if p.get("corruptions"):  # MNIST-1D-C needs MNIST-1D: fewer corrupted sets instead
         p |= {"corruptions": p["corruptions"][:2], "severities": [3, 5]}
@@ -269,5 +272,24 @@ def test_normalization_batch_size_findings_are_computed():
         "(3 seeds): "
         "batch 4: BN 60.0 +- 0.0, Batch Renorm 70.0 +- 0.0." in body
     )
+    for _, fig in figures:
+        plt.close(fig)
+
+
+def test_training_throughput_findings_are_computed():
+    s = study.load("training-throughput")
+    rows = []
+    for model in ("cnn", "mlp"):
+        for b in (2, 64, 512):
+            ours = 1.0 if (model, b) != ("mlp", 512) else 0.75
+            for library, ms in (("bnbench", ours), ("torch", 1.2 if b == 512 else 2.0)):
+                rows.append({"model": model, "batch_size": b, "library": library, "threads": 2,
+                             "median_ms": ms, "q25_ms": ms * 0.9, "q75_ms": ms * 1.1})  # fmt: skip
+    body, figures = s.analyse(pd.DataFrame(rows))
+    found = body.split("## Findings")[1].split("##")[0]
+    assert "CNN: bnbench's training step is 1.20x to 2.00x" in found
+    assert "below 1.5x at batch size 512 (1.20x)" in found  # the CNN at 512
+    assert "MLP: bnbench's training step is 1.60x to 2.00x" in found
+    assert "at least 1.5x at every batch size" in found  # the MLP: 1.2 / 0.75 = 1.6
     for _, fig in figures:
         plt.close(fig)

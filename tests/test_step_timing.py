@@ -1,0 +1,55 @@
+"""The training-step timing job (sweep kind "step") and the kernel margins rows."""
+
+import numpy as np
+import pytest
+
+from bnbench import kernel_margins, step_timing
+
+
+def test_step_job_times_both_libraries():
+    rows = step_timing.run_job({"model": "mlp", "batch_size": 4, "budget_s": 0.01})["rows"]
+    libraries = {r["library"] for r in rows}
+    assert "bnbench" in libraries
+    try:
+        import torch  # noqa: F401
+
+        assert libraries == {"bnbench", "torch"}
+    except ImportError:
+        assert libraries == {"bnbench"}
+    for r in rows:
+        assert r["model"] == "mlp" and r["batch_size"] == 4 and r["repeats"] >= 5
+        assert 0 < r["q25_ms"] <= r["median_ms"] <= r["q75_ms"]
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"model": "resnet", "batch_size": 8}, "model must be"),
+        ({"model": "cnn", "batch_size": 1}, "batch_size must be"),
+        ({"model": "cnn"}, "step job params"),
+        ({"model": "cnn", "batch_size": 8, "lr": 0.1}, "step job params"),
+    ],
+)
+def test_step_job_refuses_bad_params(params, match):
+    with pytest.raises(ValueError, match=match):
+        step_timing.resolve_params(params)
+
+
+def test_bnbench_step_trains():
+    step = step_timing.bnbench_step("cnn", 8)
+    before = [p.copy() for p in (step.model.layers[1].params["weight"],)]
+    step()
+    assert not np.array_equal(before[0], step.model.layers[1].params["weight"])
+
+
+def test_margin_rows_validate_and_tabulate():
+    df = kernel_margins.measure_margins([(16, 6, 5), (32, 8)], budget_s=0.01)
+    assert set(df.channels) == {"first", "last"}
+    assert set(df[df["shape"] == "32x8"].channels) == {"first"}  # no spatial axes
+    assert set(df.arrays) == {"aligned", "numpy default"}
+    assert not df.bandwidth_bound.any()
+    table = kernel_margins.margin_table(df, "backward")
+    assert list(table["shape"]) == ["16x6x5", "32x8"]
+    assert (table["cpu ms (NumPy default)"] > 0).all()
+    found = kernel_margins.margin_findings(df)
+    assert found.count("\n") == (2 if "torch" in set(df.backend) else -1)
