@@ -39,7 +39,10 @@ def _check_tensor(a, name, impl):
     if a.dtype not in _DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     if len(a.shape) < 2:
-        raise ValueError(f"{name} must have shape (N, C) or (N, C, *spatial), got {a.shape}")
+        raise ValueError(
+            f"{name} must have shape (N, C), (N, C, *spatial) or, with axis=-1, "
+            f"(N, *spatial, C), got {a.shape}"
+        )
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}")
     if _is_device(a):

@@ -104,7 +104,7 @@ def run_job(params):
         import torch
     except ImportError:
         torch = None
-    if torch is not None:
+    if torch is not None and params["peer_source"] is not None:
         torch.set_num_threads(threads)
         network = sweep.load_factory(params["peer"])(model)
         contenders["torch"] = torch_step(network, batch_size)

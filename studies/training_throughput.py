@@ -84,6 +84,7 @@ def findings(table):
 
 def figure(df):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, model in zip(axes, MODELS, strict=True):
@@ -95,6 +96,10 @@ def figure(df):
                         label=library)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        sizes = sorted(sub.batch_size.unique())
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("training batch size")
         ax.set_ylabel("ms per SGD step (median, IQR bars)")
         ax.set_title(f"{model.upper()} on MNIST-1D inputs")

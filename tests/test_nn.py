@@ -207,3 +207,24 @@ def test_cross_entropy_matches_log_softmax_and_refuses_bad_labels(rng):
         nn.cross_entropy(logits, np.full(7, 4))
     with pytest.raises(ValueError, match="labels must be integers"):
         nn.cross_entropy(logits, np.zeros(6, int))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet"])
+def test_skipping_the_input_gradient_keeps_every_parameter_gradient(name, rng):
+    x = rng.normal(size=(6, 40))
+    y = rng.integers(0, 10, 6)
+    grads = []
+    for input_grad in (True, False):
+        model = nn.build(name, 40, 10, np.random.default_rng(3), dtype=F64, depth=None)
+        model.input_grad = input_grad
+        _, g = nn.cross_entropy(model.forward(x, "train"), y)
+        dx = model.backward(g)
+        assert (dx is None) == (not input_grad)
+        grads.append([layer.grads[k].copy() for layer, k in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a model whose first layer is not a Linear or Conv1d skips nothing
+    odd = nn.Sequential([nn.BatchNorm(40, dtype=F64), nn.Linear(40, 10, rng, dtype=F64)])
+    odd.input_grad = False
+    odd.forward(x, "train")
+    assert odd.backward(np.ones((6, 10))).shape == (6, 40)

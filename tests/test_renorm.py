@@ -85,13 +85,20 @@ def test_the_oracle_follows_ioffe(rng):
     np.testing.assert_allclose(res.var, var, rtol=1e-14)
 
 
+@pytest.mark.parametrize("kernels", ["parallel", "serial"])
 @pytest.mark.parametrize("backend", ["reference", *OWN])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(8, 5), (300, 33), (6, 3, 7), (16, 4, 3, 3)], ids=str)
-def test_no_correction_is_plain_batch_norm(backend, dtype, shape, rng):
+def test_no_correction_is_plain_batch_norm(backend, dtype, shape, rng, kernels, monkeypatch):
     """rmax = 1, dmax = 0: r = 1, d = 0 and plain batch norm, bit for bit (the
     coefficients are plain batch norm's operations on the same values; see
-    scalar.renorm_affine_coefficients)."""
+    scalar.renorm_affine_coefficients), with the CPU's parallel kernels and with their
+    serial twins (what inputs of these sizes run outside the tests)."""
+    if kernels == "serial":
+        from bnbench.kernels import cpu
+
+        monkeypatch.setattr(cpu, "SERIAL_BELOW", 1 << 40)
+        monkeypatch.setattr(cpu, "ELEMENTWISE_SERIAL_BELOW", 1 << 40)
     x, weight, bias = make_inputs(rng, shape, dtype, loc=2.0, scale=3.0)
     rm, rv = running(rng, x)
     dy = rng.standard_normal(shape).astype(dtype)

@@ -23,6 +23,10 @@ passes read row ``n // G`` of them. Plain batch norm is the single group ``G = N
 is plain batch norm's passes with other per-channel coefficients
 (:func:`~bnbench.kernels.scalar.renorm_affine_coefficients`).
 
+Each parallel kernel has a serial twin (the same code compiled without ``parallel``),
+run on inputs below :data:`SERIAL_BELOW` elements (:data:`ELEMENTWISE_SERIAL_BELOW` for
+the elementwise passes), where waking the thread pool costs more than the work.
+
 Per-chunk partials are merged in a fixed order, so results are bitwise deterministic for a
 fixed input and thread count. Elementwise passes compute in float64 (``x * a + b`` with
 per-channel float64 ``a``, ``b``) and round once on store.
@@ -577,12 +581,11 @@ def affine(x, a, b, out, group_size=None):
 
 
 def _fused_ghost(x, group_size):
-    """Whether dense batch norm runs the fused kernels (one call for the whole forward or
-    backward pass): at least one group per thread. Ghost batches, or plain batch norm
-    (one group) when it runs serially; with several threads plain batch norm splits its
-    one group and merges the chunks' statistics instead."""
+    """Whether dense ghost batch norm runs the fused one-pass kernels: at least one group
+    per thread. One group (plain batch norm) always takes the general path, which Batch
+    Renorm shares, so that ``rmax = 1, dmax = 0`` stays plain batch norm bit for bit."""
     groups = x.shape[0] // group_size
-    return _dense(x) and groups >= _threads(x)
+    return _dense(x) and groups > 1 and groups >= _threads(x)
 
 
 def forward_train_ghost(x, weight, bias, eps, group_size, out):

@@ -7,8 +7,9 @@ why :func:`bnbench.train.run` pins NumPy's BLAS to one thread). So the thread po
 by size instead, all on Numba's one pool:
 
 * a product of fewer than :data:`PARALLEL_MACS` multiply-adds (twice that for
-  ``a.T @ b``) runs as one BLAS call, single-threaded (OpenBLAS itself stays
-  single-threaded below 262144);
+  ``a.T @ b``) runs as one NumPy BLAS call: single-threaded where the caller pins NumPy's
+  BLAS to one thread, as :func:`bnbench.train.run`, the step timing and the benchmarks
+  do (unpinned, OpenBLAS is single-threaded below 262144 and threads above it);
 * a bigger one is split into one block of rows (of the output, or of the shared axis for
   ``a.T @ b``) per Numba thread, each block one single-threaded BLAS call from inside a
   ``prange``. Numba reaches BLAS through SciPy's bundled OpenBLAS; that library is held

@@ -88,7 +88,7 @@ class Conv1d(Layer):
     padding = property(lambda self: self.core.padding)
 
     def forward(self, x, mode):
-        x_cl = x if self.channels_last else x.transpose(0, 2, 1)
+        x_cl = x if self.channels_last or x.ndim != 3 else x.transpose(0, 2, 1)
         if x_cl.ndim != 3 or x_cl.shape[2] != self.in_channels:
             layout = "(N, L, C_in)" if self.channels_last else "(N, C_in, L)"
             raise ValueError(

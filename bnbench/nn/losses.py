@@ -30,6 +30,8 @@ def cross_entropy(logits, labels):
     """Mean softmax cross-entropy of ``logits`` ``(N, classes)`` against integer ``labels``
     ``(N,)`` in ``[0, classes)``; returns ``(loss, dlogits)``, computed in float64."""
     labels = np.asarray(labels)
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must have shape (N >= 1, classes), got {logits.shape}")
     if labels.shape != logits.shape[:1] or labels.dtype.kind not in "iu":
         raise ValueError(
             f"labels must be integers of shape ({logits.shape[0]},), got {labels.dtype} "

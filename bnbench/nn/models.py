@@ -27,24 +27,25 @@ class Sequential:
     input_grad = True
 
     def backward(self, dy):
-        first = 0 if self.input_grad else self._first_trained()
-        for i in range(len(self.layers) - 1, first - 1, -1):
+        first = None if self.input_grad else self._first_trained()
+        for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            if i == first and not self.input_grad:
+            if i == first:
                 layer.backward(dy, input_grad=False)
                 return None
             dy = layer.backward(dy)
         return dy
 
     def _first_trained(self):
-        """Index of the first layer, if a Linear or Conv1d, that has parameters and only
-        parameter-free layers before it; else 0 (nothing to skip)."""
+        """Index of the first layer with parameters if it is a Linear or Conv1d (whose
+        input gradient can be skipped) with only parameter-free layers before it; else
+        ``None`` (nothing to skip)."""
         for i, layer in enumerate(self.layers):
             if isinstance(layer, (Linear, Conv1d)):
                 return i
-            if layer.params or hasattr(layer, "parameters"):
-                return 0
-        return 0
+            if getattr(layer, "params", None) or hasattr(layer, "parameters"):
+                return None
+        return None
 
     @property
     def bn_layers(self):
@@ -172,7 +173,8 @@ MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
 def build(name, in_features, classes, rng, dtype=np.float32, depth=None, norm=BatchNorm):
     """A model by name (``"mlp"``, ``"cnn"`` or ``"resnet"``) for inputs of
     ``in_features`` values; ``depth`` (BN layers) for the resnet only; ``norm(channels,
-    dtype=...)`` makes each BN layer (e.g. a ghost BatchNorm or BatchRenorm)."""
+    dtype=..., axis=...)`` makes each BN layer (e.g. a ghost BatchNorm or BatchRenorm;
+    the CNN and resnet pass ``axis=-1``: they compute channels-last)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     if depth is not None and name != "resnet":
