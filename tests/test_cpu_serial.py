@@ -19,7 +19,7 @@ GHOST = [((4, 3), 2), ((12, 5), 3), ((64, 7), 4), ((256, 33), 32), ((6, 2, 1), 2
          ((8, 3, 5), 2), ((9, 4, 7), 3), ((16, 5, 3, 2), 8), ((12, 5), 12)]  # fmt: skip
 CLIPS = [(1.5, 0.3), (100.0, 100.0), (1.0, 0.0)]
 
-KERNELS = {name: obj for name, obj in vars(cpu).items() if isinstance(obj, cpu._Parallel)}
+KERNELS = {name: obj for name, obj in vars(cpu).items() if isinstance(obj, cpu.ParallelKernel)}
 
 
 def thresholds(patcher, size):

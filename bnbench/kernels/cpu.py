@@ -86,7 +86,7 @@ def _threads(x, elementwise=False):
     return 1 if x.size < below else numba.get_num_threads()
 
 
-class _Parallel:
+class ParallelKernel:
     """A ``prange`` kernel and its serial twin, chosen by the size of the first argument
     (``x`` or ``dy``) with :func:`_threads`, the same rule that sets its chunk counts."""
 
@@ -101,7 +101,7 @@ class _Parallel:
 
 
 def _elementwise(fn):
-    return _Parallel(fn, elementwise=True)
+    return ParallelKernel(fn, elementwise=True)
 
 
 @numba.njit(inline="always")
@@ -124,7 +124,7 @@ def _channels(n, n0, c0, n1, c1, C):
     return (c0 if n == n0 else 0), (c1 if n == n1 else C)
 
 
-@_Parallel
+@ParallelKernel
 def _spatial_moments(x, group_size, splits):
     # x: (N, C, L), groups of group_size samples. Unit u = (group u // splits, chunk u % splits of its G * C
     # rows). Per (unit, channel): sums shifted by the first value the unit sees of that
@@ -165,7 +165,7 @@ def _spatial_moments(x, group_size, splits):
     return count, mean, m2
 
 
-@_Parallel
+@ParallelKernel
 def _dense_moments(x, splits):
     # x: (groups, G, C), units as in _spatial_moments (chunks of a group's G rows). Four
     # rows per sweep over C: the float64 partials are loaded and stored once per four
@@ -337,7 +337,7 @@ def _dense_affine(x, group_size, a, b, out):
             dst[c] = src[c] * ag[c] + bg[c]
 
 
-@_Parallel
+@ParallelKernel
 def _spatial_grad_sums(dy, x, group_size, splits):
     # (N, C, L); units as in _spatial_moments
     N, C, L = dy.shape
@@ -362,7 +362,7 @@ def _spatial_grad_sums(dy, x, group_size, splits):
     return sum_dy, sum_dy_x
 
 
-@_Parallel
+@ParallelKernel
 def _dense_grad_sums(dy, x, splits):
     # (groups, G, C) views. Two rows per sweep over C, for the reason in _dense_moments.
     groups, G, C = dy.shape
@@ -427,7 +427,7 @@ def _ghost_row_coefficients(weight, bias, shift, s, q, count, eps, mean, var, in
         mean[c], var[c], invstd[c] = mu, v, inv
 
 
-@_Parallel
+@ParallelKernel
 def _dense_ghost_train(x, weight, bias, eps, out, mean, var, invstd, nchunks):
     """Ghost batch norm of dense ``(groups, G, C)`` input in one parallel pass: each
     chunk of consecutive groups computes a group's shifted sums, its statistics and
@@ -480,7 +480,7 @@ def _ghost_row_grad(weight, mean, invstd, s, q, count, a, b, d, dweight, dbias):
         dbias[c] += db
 
 
-@_Parallel
+@ParallelKernel
 def _dense_ghost_backward(dy, x, weight, mean, invstd, out, nchunks):
     """Ghost batch norm's backward of dense ``(groups, G, C)`` input in one parallel pass
     (the reason is :func:`_dense_ghost_train`'s): per group its sums, coefficients and

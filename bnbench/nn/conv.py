@@ -13,17 +13,19 @@ channels-last column order ``j * C_in + c_in`` is a permuted copy of it (``C_out
 k`` values) per call.
 """
 
-import numba
 import numpy as np
 from numba import prange
 
-from .. import config
+from ..kernels.cpu import ParallelKernel
 from .blas import matmul, matmul_tn
 
-_PJIT = {"parallel": True, "cache": config.CACHE}
+
+def _elementwise(fn):
+    """Parallel over samples, with a serial twin for small inputs (as the BN kernels)."""
+    return ParallelKernel(fn, elementwise=True)
 
 
-@numba.njit(**_PJIT)
+@_elementwise
 def _im2col(x, k, stride, padding, cols):
     """``cols[n, l, j * C + c] = x[n, l * stride + j - padding, c]``, 0 outside ``x``.
     x ``(N, L, C)``, cols ``(N, L_out, k * C)``."""
@@ -42,7 +44,7 @@ def _im2col(x, k, stride, padding, cols):
                         cols[n, lo, base + c] = 0
 
 
-@numba.njit(**_PJIT)
+@_elementwise
 def _col2im(dcols, k, stride, padding, dx):
     """The adjoint of :func:`_im2col`: ``dx[n, pos, c] = sum of dcols`` over every
     ``(l, j)`` with ``l * stride + j - padding = pos``."""
