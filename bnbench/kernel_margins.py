@@ -72,14 +72,18 @@ def _torch(op, x, dy, weight, bias, ref, channels_last=False):
         tdy, tx, w, None, None, mean, invstd, True, 1e-5, [True, True, True])[0]  # fmt: skip
 
 
-def _numpy_result(result, shape, channels_last):
-    """A contender's result as a channel-first NumPy array of ``shape``."""
+def _numpy_result(result, shape, backend, channels):
+    """A contender's result as a channel-first NumPy array of ``shape``: bnbench's
+    channels-last results are ``(N, *spatial, C)``; PyTorch's are its logical ``(N, C,
+    *spatial)``, or for 1-D signals the ``(N * L, C)`` view."""
     a = result.numpy() if hasattr(result, "numpy") else result
-    if channels_last and a.ndim == 2 and len(shape) == 3:  # PyTorch's (N * L, C) view
+    if channels == "first":
+        return a
+    if backend == "torch" and len(shape) > 3:
+        return a
+    if backend == "torch":
         a = a.reshape(shape[0], shape[2], shape[1])
-    if channels_last and a.shape != tuple(shape):  # (N, *spatial, C)
-        a = np.moveaxis(a, -1, 1)
-    return a
+    return np.moveaxis(a, -1, 1)
 
 
 def _contenders(shape, op, data, has_torch):
@@ -121,7 +125,7 @@ def measure_margins(shapes, dtype=np.float32, budget_s=1.0, seed=0, progress=Non
             cases, inputs = _contenders(shape, op, data, has_torch)
             expected = _reference(op, data)
             for (backend, arrays, channels), fn in cases.items():
-                got = _numpy_result(fn(), shape, channels == "last")
+                got = _numpy_result(fn(), shape, backend, channels)
                 _validate(f"{backend} {arrays} channels-{channels} {op} {shape}", got, expected)
             bound = data[0].nbytes >= OUT_OF_CACHE_BYTES
             timed = dict(cases)

@@ -228,3 +228,16 @@ def test_skipping_the_input_gradient_keeps_every_parameter_gradient(name, rng):
     odd.input_grad = False
     odd.forward(x, "train")
     assert odd.backward(np.ones((6, 10))).shape == (6, 40)
+
+
+def test_sgd_updates_a_shared_layer_once_and_refuses_no_parameters(rng):
+    lin = nn.Linear(3, 3, rng, dtype=F64)
+    model = nn.Sequential([lin, nn.ReLU(), lin])
+    opt = nn.SGD(model, lr=0.1, momentum=0.0)
+    assert opt.params.size == 12  # weight and bias once
+    w0 = lin.params["weight"].copy()
+    lin.grads["weight"][...] = 1.0
+    opt.step()
+    np.testing.assert_allclose(lin.params["weight"], w0 - 0.1)
+    with pytest.raises(ValueError, match="with parameters"):
+        nn.SGD(nn.Sequential([nn.ReLU()]), lr=0.1)

@@ -24,11 +24,19 @@ class SGD:
     The model's parameters, gradients and velocities are moved into three flat buffers
     (each layer's ``params[name]`` and ``grads[name]`` become views of them, with their
     values), so a step is one compiled pass over all of them instead of several NumPy
-    calls per parameter. Layers must update them in place (``[...] =``), as they do."""
+    calls per parameter. Layers must update them in place (``[...] =``), as they do; an
+    array put in ``params[name]`` afterwards (or a second optimizer on the same model)
+    is no longer the one this optimizer updates."""
 
     def __init__(self, model, lr, momentum=0.9, weight_decay=0.0):
         self.model, self.lr, self.momentum, self.weight_decay = model, lr, momentum, weight_decay
-        pairs = model.parameters()
+        seen, pairs = set(), []
+        for layer, name in model.parameters():  # a layer shared twice is updated once
+            if id(layer.params[name]) not in seen:
+                seen.add(id(layer.params[name]))
+                pairs.append((layer, name))
+        if not pairs:
+            raise ValueError("SGD needs a model with parameters, got none")
         dtypes = {layer.params[name].dtype for layer, name in pairs}
         if len(dtypes) != 1:
             raise TypeError(f"SGD needs parameters of one dtype, got {sorted(map(str, dtypes))}")
