@@ -93,7 +93,8 @@ def torch_step(network, batch_size, seed=0):
 
 def run_job(params):
     """Sweep entry point: one (model, batch size), both libraries, interleaved repeats
-    of ``max(5, 1000 // batch_size)`` steps each (at least 5 repeats, more while they fit
+    of ``max(20, 2000 // batch_size)`` steps each (many steps per repeat: the first steps after
+    a switch of library pay for the other library's thread pool still spinning) (at least 5 repeats, more while they fit
     in ``budget_s`` per library)."""
     params = resolve_params(params)
     model, batch_size = params["model"], params["batch_size"]
@@ -108,7 +109,7 @@ def run_job(params):
         torch.set_num_threads(threads)
         network = sweep.load_factory(params["peer"])(model)
         contenders["torch"] = torch_step(network, batch_size)
-    steps = max(5, 1000 // batch_size)
+    steps = max(20, 2000 // batch_size)
 
     def repeat(fn):
         def run():

@@ -122,7 +122,7 @@ def analyse(df):
         "softmax cross-entropy, backward and SGD (momentum 0.9, weight decay 5e-4) on one "
         "fixed batch of 40-value inputs; bnbench's BN layers feed an EMA estimator each, "
         "as in a training run. Both libraries are warmed up, then timed in interleaved "
-        "repeats of `max(5, 1000 // batch size)` steps; the table gives the median per "
+        "repeats of `max(20, 2000 // batch size)` steps; the table gives the median per "
         "step. The PyTorch networks are `torch_network` in this study's script.",
         "![training steps](steps.png)",
         "## Milliseconds per training step",

@@ -59,11 +59,13 @@ _PJIT = {"parallel": True, **_JIT}
 _EXACT = {"cache": config.CACHE}
 
 #: Inputs of fewer elements run a kernel's serial twin: waking Numba's thread pool costs
-#: 5-10 us a call, more than the work. Reductions (statistics, gradient sums, the fused
-#: dense passes) and elementwise passes cross over at different sizes. Measured through
-#: the public API (float32, 2 threads, serial / parallel us): forward-train (512, 100)
-#: 18 / 28, (128, 32, 40) 51 / 42; inference (512, 100) 15.7 / 14.6, (4864, 25) 38 / 26;
-#: backward (9728, 25) 127 / 146, (128, 32, 40) 57 / 44.
+#: 5-15 us a call on this 2-core VM, more than the work. Reductions (statistics, gradient
+#: sums, the fused dense passes) and elementwise passes cross over at different sizes.
+#: Measured through the public API (float32, 2 threads, serial / parallel us):
+#: forward-train (512, 100) 18 / 28, (128, 32, 40) 51 / 42; inference (512, 100) 15.7 /
+#: 14.6, (4864, 25) 38 / 26; backward (9728, 25) 127 / 146, (128, 32, 40) 57 / 44. Between
+#: 2^17 and 2^18 elements repeated measurements disagreed on the winner (run-to-run noise
+#: of 20-40% on this VM).
 SERIAL_BELOW = 1 << 17
 ELEMENTWISE_SERIAL_BELOW = 1 << 15
 
@@ -100,7 +102,9 @@ class ParallelKernel:
         return (self.serial if serial else self.parallel)(*args)
 
 
-def _elementwise(fn):
+def elementwise_kernel(fn):
+    """A ``prange`` kernel over elements or rows, with a serial twin below
+    :data:`ELEMENTWISE_SERIAL_BELOW` elements (also used by :mod:`bnbench.nn`)."""
     return ParallelKernel(fn, elementwise=True)
 
 
@@ -306,7 +310,7 @@ def _renorm_grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, r,
     return out[0:1], out[1:2], out[2:3], out[3], out[4]
 
 
-@_elementwise
+@elementwise_kernel
 def _spatial_affine(x, group_size, a, b, out, nchunks):
     """``out[n, c] = x[n, c] * a[g, c] + b[g, c]`` with ``g = n // group_size``.
 
@@ -328,7 +332,7 @@ def _spatial_affine(x, group_size, a, b, out, nchunks):
                     dst[i] = src[i] * ac + bc
 
 
-@_elementwise
+@elementwise_kernel
 def _dense_affine(x, group_size, a, b, out):
     for n in prange(x.shape[0]):
         src, dst = x[n], out[n]
@@ -386,7 +390,7 @@ def _dense_grad_sums(dy, x, splits):
     return sum_dy, sum_dy_x
 
 
-@_elementwise
+@elementwise_kernel
 def _spatial_grad_input(dy, x, group_size, a, b, d, out, nchunks):
     # the loop order of _spatial_affine
     N, C, L = x.shape
@@ -403,7 +407,7 @@ def _spatial_grad_input(dy, x, group_size, a, b, d, out, nchunks):
                     dst[i] = gr[i] * ac + v[i] * bc + dc
 
 
-@_elementwise
+@elementwise_kernel
 def _dense_grad_input(dy, x, group_size, a, b, d, out):
     for n in prange(x.shape[0]):
         gr, v, dst = dy[n], x[n], out[n]

@@ -52,6 +52,16 @@ def _shared_rows_product(a, b, partial, nchunks):
         partial[k] = np.dot(a[lo:hi].T, b[lo:hi])
 
 
+@numba.njit(**_PJIT)
+def _two_products(a1, b1, out1, a2, b2, out2):
+    """``out1 = a1 @ b1`` and ``out2 = a2 @ b2``, one per thread."""
+    for k in prange(2):
+        if k == 0:
+            out1[...] = np.dot(a1, b1)
+        else:
+            out2[...] = np.dot(a2, b2)
+
+
 _numba_blas = None
 _lock = threading.Lock()
 
@@ -107,3 +117,21 @@ def matmul_tn(a, b):
     _parallel(_shared_rows_product, np.ascontiguousarray(a), np.ascontiguousarray(b),
               partial, nchunks)  # fmt: skip
     return partial.sum(axis=0)
+
+
+def linear_gradients(dy, x, w):
+    """``(dy.T @ x, dy @ w)``: the weight and input gradients of ``y = x @ w.T`` (``dy``
+    ``(M, N)``, ``x`` ``(M, K)``, ``w`` ``(N, K)``). Each product runs on a thread of its
+    own when they are big enough to split and Numba has two threads or more; otherwise as
+    :func:`matmul_tn` and :func:`matmul`. For a linear layer's products (float32, 2
+    threads) this beat two split products: (512, 100, 100) 115 vs 122 us, (128, 100,
+    100) 35 vs 45 us; for the convolution's tall products ((5120, 25) and (5120, 75))
+    it lost, 344 vs 319 us, so :class:`bnbench.nn.Conv1d` splits them instead."""
+    M, N = dy.shape
+    K = x.shape[1]
+    if numba.get_num_threads() < 2 or M * N * K < PARALLEL_MACS:
+        return matmul_tn(dy, x), matmul(dy, w)
+    dy, x, w = (np.ascontiguousarray(a) for a in (dy, x, w))
+    dw, dx = np.empty((N, K), dy.dtype), np.empty((M, K), dy.dtype)
+    _parallel(_two_products, dy.T, x, dw, dy, w, dx)
+    return dw, dx

@@ -16,16 +16,11 @@ k`` values) per call.
 import numpy as np
 from numba import prange
 
-from ..kernels.cpu import ParallelKernel
+from ..kernels.cpu import elementwise_kernel
 from .blas import matmul, matmul_tn
 
 
-def _elementwise(fn):
-    """Parallel over samples, with a serial twin for small inputs (as the BN kernels)."""
-    return ParallelKernel(fn, elementwise=True)
-
-
-@_elementwise
+@elementwise_kernel
 def _im2col(x, k, stride, padding, cols):
     """``cols[n, l, j * C + c] = x[n, l * stride + j - padding, c]``, 0 outside ``x``.
     x ``(N, L, C)``, cols ``(N, L_out, k * C)``."""
@@ -44,7 +39,7 @@ def _im2col(x, k, stride, padding, cols):
                         cols[n, lo, base + c] = 0
 
 
-@_elementwise
+@elementwise_kernel
 def _col2im(dcols, k, stride, padding, dx):
     """The adjoint of :func:`_im2col`: ``dx[n, pos, c] = sum of dcols`` over every
     ``(l, j)`` with ``l * stride + j - padding = pos``."""

@@ -8,8 +8,10 @@ to BLAS (:mod:`bnbench.nn.blas`), batch norm to the bnbench kernels.
 """
 
 import numpy as np
+from numba import prange
 
-from .blas import matmul, matmul_tn
+from ..kernels.cpu import elementwise_kernel
+from .blas import linear_gradients, matmul, matmul_tn
 from .conv import Conv1dCore
 
 
@@ -48,10 +50,13 @@ class Linear(Layer):
         return y
 
     def backward(self, dy, input_grad=True):
-        self.grads["weight"][...] = matmul_tn(dy, self.x)
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=0)
-        return matmul(dy, self.params["weight"]) if input_grad else None
+        if not input_grad:
+            self.grads["weight"][...] = matmul_tn(dy, self.x)
+            return None
+        self.grads["weight"][...], dx = linear_gradients(dy, self.x, self.params["weight"])
+        return dx
 
 
 class Conv1d(Layer):
@@ -110,13 +115,35 @@ class Conv1d(Layer):
         return dx.transpose(0, 2, 1)
 
 
+@elementwise_kernel
+def _relu(x, y):
+    """``y = x * (x > 0)`` over flat arrays, in one pass (NumPy's mask-and-multiply took
+    two passes and two allocations)."""
+    for i in prange(x.size):
+        y[i] = x[i] if x[i] > 0 else x[i] * 0
+
+
+@elementwise_kernel
+def _relu_backward(dy, x, dx):
+    """``dx = dy * (x > 0)``."""
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * 0
+
+
 class ReLU(Layer):
+    """``max(x, 0)`` elementwise, as ``x * (x > 0)`` (so NaN stays NaN)."""
+
     def forward(self, x, mode):
-        self.mask = x > 0
-        return x * self.mask
+        self.x = np.ascontiguousarray(x)
+        y = np.empty_like(self.x)
+        _relu(self.x.reshape(-1), y.reshape(-1))
+        return y
 
     def backward(self, dy):
-        return dy * self.mask
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        _relu_backward(dy.reshape(-1), self.x.reshape(-1), dx.reshape(-1))
+        return dx
 
 
 class GlobalAvgPool(Layer):
