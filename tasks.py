@@ -28,7 +28,8 @@ TASKS = {
         [
             ["ruff", "check", "."],
             ["ruff", "format", "--check", "."],
-            # the asv suite is valid and runs once against this environment (nothing timed)
+            # the asv suite is valid and runs once against this environment (nothing timed,
+            # so benchmarks are forked from asv's server instead of spawned as asv.json asks)
             ["asv", "machine", "--yes", "--config", "asv.json"],
             ["asv", "check", "--config", "asv.json", "-E", "existing:{python}"],
             [
@@ -40,6 +41,8 @@ TASKS = {
                 "existing:{python}",
                 "--quick",
                 "--dry-run",
+                "--launch-method",
+                "forkserver",
             ],
             # the peers extra is installed: a peer that does not load fails the run
             ({"BNBENCH_REQUIRE_PEERS": "1"}, ["python", "-m", "pytest", "{args}"]),
