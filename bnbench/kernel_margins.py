@@ -17,8 +17,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from . import functional as F
-from .throughput import BYTE_MODEL, OUT_OF_CACHE_BYTES, _inputs, _timing_row, _validate
+from .throughput import BYTE_MODEL, OUT_OF_CACHE_BYTES, _call, _inputs, _timing_row, _validate
 from .timing import interleaved_timings, time_once, triad
 
 #: the targets of issue 11, as speed ratios against PyTorch (its time over bnbench's)
@@ -34,16 +33,6 @@ BANDWIDTH_TARGET = 90.0  # % of the triad, where both are at the memory-bandwidt
 def _channels_last(a):
     """``(N, C, *spatial)`` -> a C-contiguous ``(N, *spatial, C)`` copy (NumPy default)."""
     return np.ascontiguousarray(np.moveaxis(a, 1, -1))
-
-
-def _bnbench(op, x, dy, weight, bias, ref, axis=1):
-    if op == "forward_train":
-        return lambda: F.batch_norm_train(x, weight, bias, axis=axis).y
-    if op == "forward_eval":
-        return lambda: F.batch_norm_eval(x, weight, bias, mean=ref.mean, var=ref.var,
-                                         axis=axis)  # fmt: skip
-    return lambda: F.batch_norm_backward(dy, x, weight, mean=ref.mean, invstd=ref.invstd,
-                                         axis=axis).dx  # fmt: skip
 
 
 def _torch(op, x, dy, weight, bias, ref, channels_last=False):
@@ -90,15 +79,16 @@ def _contenders(shape, op, data, has_torch):
     x, dy, weight, bias, ref = data
     plain = [np.array(a) for a in (x, dy)]
     cases = {
-        ("cpu", "aligned", "first"): _bnbench(op, x, dy, weight, bias, ref),
-        ("cpu", "numpy default", "first"): _bnbench(op, *plain, weight, bias, ref),
+        ("cpu", "aligned", "first"): _call(op, "cpu", data, None),
+        ("cpu", "numpy default", "first"): _call(op, "cpu", (*plain, weight, bias, ref), None),
     }
     if has_torch:
         cases[("torch", "aligned", "first")] = _torch(op, x, dy, weight, bias, ref)
         cases[("torch", "numpy default", "first")] = _torch(op, *plain, weight, bias, ref)
     if len(shape) > 2:
         last = [_channels_last(a) for a in (x, dy)]
-        cases[("cpu", "numpy default", "last")] = _bnbench(op, *last, weight, bias, ref, -1)
+        cases[("cpu", "numpy default", "last")] = _call(op, "cpu", (*last, weight, bias, ref),
+                                                         None, axis=-1)  # fmt: skip
         if has_torch:
             cases[("torch", "numpy default", "last")] = _torch(op, *last, weight, bias, ref,
                                                                channels_last=True)  # fmt: skip
@@ -123,7 +113,7 @@ def measure_margins(shapes, dtype=np.float32, budget_s=1.0, seed=0, progress=Non
         data = _inputs(shape, dtype, seed)
         for op, factor in BYTE_MODEL.items():
             cases, inputs = _contenders(shape, op, data, has_torch)
-            expected = _reference(op, data)
+            expected = _call(op, "reference", data, None)()
             for (backend, arrays, channels), fn in cases.items():
                 got = _numpy_result(fn(), shape, backend, channels)
                 _validate(f"{backend} {arrays} channels-{channels} {op} {shape}", got, expected)
@@ -151,17 +141,6 @@ def measure_margins(shapes, dtype=np.float32, budget_s=1.0, seed=0, progress=Non
     df = pd.DataFrame(rows)
     df["pct_of_triad"] = 100 * df["gbps"] / df["triad_gbps"]
     return df
-
-
-def _reference(op, data):
-    x, dy, weight, bias, ref = data
-    if op == "forward_train":
-        return ref.y
-    if op == "forward_eval":
-        return F.batch_norm_eval(x, weight, bias, mean=ref.mean, var=ref.var,
-                                 backend="reference")  # fmt: skip
-    return F.batch_norm_backward(dy, x, weight, mean=ref.mean, invstd=ref.invstd,
-                                 backend="reference").dx  # fmt: skip
 
 
 OPS = {"forward_train": "Forward, training mode", "forward_eval": "Forward, inference mode",

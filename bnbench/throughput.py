@@ -59,20 +59,17 @@ def _inputs(shape, dtype, seed):
     return x, dy, weight, bias, ref
 
 
-def _call(op, backend, data, out):
-    """A zero-argument callable running ``op`` on ``backend``; returns y or dx."""
+def _call(op, backend, data, out, axis=1):
+    """A zero-argument callable running ``op`` on ``backend`` (channel ``axis`` of the
+    data); returns y or dx."""
     x, dy, weight, bias, ref = data
+    kw = {"backend": backend, "out": out, "axis": axis}
     if op == "forward_train":
-        return lambda: F.batch_norm_train(x, weight, bias, backend=backend, out=out).y
+        return lambda: F.batch_norm_train(x, weight, bias, **kw).y
     if op == "forward_eval":
-        return lambda: F.batch_norm_eval(
-            x, weight, bias, mean=ref.mean, var=ref.var, backend=backend, out=out
-        )
-    return lambda: (
-        F.batch_norm_backward(
-            dy, x, weight, mean=ref.mean, invstd=ref.invstd, backend=backend, out=out
-        ).dx
-    )
+        return lambda: F.batch_norm_eval(x, weight, bias, mean=ref.mean, var=ref.var, **kw)
+    return lambda: F.batch_norm_backward(dy, x, weight, mean=ref.mean, invstd=ref.invstd,
+                                         **kw).dx  # fmt: skip
 
 
 def _out_modes(op, backend):

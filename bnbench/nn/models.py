@@ -5,6 +5,7 @@ import functools
 
 import numpy as np
 
+from .conv import output_length
 from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 from .norm import BatchNorm
 
@@ -113,7 +114,7 @@ def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32, norm=Bat
             _norm(norm, channels, dtype, channels_last),
             ReLU(),
         ]  # fmt: skip
-        c_in, L = channels, (L + 2 - k) // 2 + 1
+        c_in, L = channels, output_length(L, k, stride=2, padding=1)
     layers += [Flatten(channels_last), Linear(channels * L, classes, rng, dtype=dtype)]
     return Sequential(layers)
 
