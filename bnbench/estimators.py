@@ -166,20 +166,22 @@ class CumulativeAverage(FixedStatistics):
 
 
 class BatchAggregate:
-    """Exact statistics of the union of the batches seen: PreciseBN's aggregation.
+    """Exact statistics of the union of the batches seen: PreciseBN's aggregations.
 
-    Mean = count-weighted mean of batch means; variance = mean of the (biased) batch
-    variances plus the variance of the batch means (law of total variance), merged
-    pairwise with Chan's formula. Bessel's correction is applied once, over the total
-    count, when ``unbiased=True``; never per batch. This follows Wu & Johnson, "Rethinking
-    'Batch' in BatchNorm" (2021), section 3 and appendix, and is what fvcore's current
-    ``update_bn_stats`` computes (its ``_PopulationVarianceEstimator``, since May 2021;
-    fvcore does not Bessel-correct the total: ``unbiased=False`` here).
+    :attr:`var` (with :attr:`mean`) is fvcore's current ``update_bn_stats`` exactly
+    (``fvcore/nn/precise_bn.py``, ``_PopulationVarianceEstimator``, since 2021-05-17): the
+    count-weighted mean of the batch means, and the *biased* variance of the union of the
+    batches, i.e. the count-weighted mean of the biased batch variances plus the variance
+    of the batch means (law of total variance; fvcore undoes BN's Bessel correction per
+    batch and does not apply it to the total), merged pairwise with Chan's formula. This
+    follows Wu & Johnson, "Rethinking 'Batch' in BatchNorm" (2021), section 3 and
+    appendix.
 
-    :attr:`mean_batch_var` gives, from the same pass, the older aggregation: the mean of
-    the Bessel-corrected batch variances, as fvcore computed it before 2021 (kept there,
-    unused, as ``_MeanOfBatchVarianceEstimator``) and as ``torch.optim.swa_utils.update_bn``
-    still does (a cumulative average, ``momentum=None``).
+    :attr:`mean_batch_var` gives, from the same pass, the older aggregation: the plain
+    (equal-weight) mean of the Bessel-corrected batch variances (``unbiased=False``: of
+    the biased ones), as fvcore computed it before 2021-05-17 (kept there, unused, as
+    ``_MeanOfBatchVarianceEstimator``) and as ``torch.optim.swa_utils.update_bn`` still
+    does (a cumulative average, ``momentum=None``, over batches).
 
     Fed with batches from a network in training mode with frozen weights, this is
     PreciseBN: it degrades when few samples are used (noisy) and, unlike the
@@ -194,6 +196,7 @@ class BatchAggregate:
     def __init__(self, num_channels, unbiased=True):
         self.unbiased = unbiased
         self.count = 0.0
+        self.batches = 0
         self._mean = np.zeros(num_channels)
         self._m2 = np.zeros(num_channels)
         self._batch_var_sum = np.zeros(num_channels)
@@ -208,18 +211,18 @@ class BatchAggregate:
             self.count, self._mean, self._m2, n, bm, bv * n
         )
         bessel = (n / (n - 1) if n > 1 else np.nan) if self.unbiased else 1.0
-        self._batch_var_sum += n * bessel * bv
+        self._batch_var_sum += bessel * bv
+        self.batches += 1
 
     @property
     def mean_batch_var(self):
-        """The count-weighted mean of the batch variances alone (Bessel per batch if
+        """The equal-weight mean of the batch variances alone (Bessel per batch if
         ``unbiased``, so NaN after a batch of one), missing the variance of the batch
-        means: the old PreciseBN variance (fvcore before 2021) and what
-        ``torch.optim.swa_utils.update_bn`` computes. Those weigh every batch equally,
-        which is the same for batches of equal size (as :mod:`bnbench.train` feeds)."""
-        if self.count == 0:
+        means: the old PreciseBN variance (fvcore before 2021-05-17) and what
+        ``torch.optim.swa_utils.update_bn`` computes."""
+        if self.batches == 0:
             return np.full_like(self._m2, np.nan)
-        return self._batch_var_sum / self.count
+        return self._batch_var_sum / self.batches
 
     @property
     def mean(self):
@@ -227,6 +230,7 @@ class BatchAggregate:
 
     @property
     def var(self):
+        """The biased variance of the union of the batches (fvcore's current estimate)."""
         if self.count == 0:
             return np.full_like(self._m2, np.nan)
-        return self._m2 / (self.count - 1 if self.unbiased else self.count)
+        return self._m2 / self.count

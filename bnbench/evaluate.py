@@ -4,15 +4,15 @@ Every study scores statistics through :func:`evaluate_network` and so records th
 columns: accuracy, NLL and ECE (:mod:`bnbench.metrics`), the error of the statistics
 against the exact population statistics of the data scored, and the seconds each
 estimator costs. A run is scored on the clean test set (``corruption="none"``,
-``severity=0``) and on each corrupted MNIST-1D-C test set it names
-(:mod:`bnbench.shift`), with:
+``severity=0``) and on each corrupted test set it names (MNIST-1D-C, :mod:`bnbench.shift`;
+MNIST-C, :mod:`bnbench.mnist_c`), with:
 
 * fixed statistics: the running estimates, PreciseBN (:func:`precise_statistics`),
   ``population`` (:func:`population_statistics` over the training set: the *source*
   statistics) and ``adabn`` (the same exact computation over the unlabeled test set, or
   over ``k`` of its samples);
 * the adaptation modes of :mod:`bnbench.adaptation` (``test_batch`` = prediction-time BN,
-  ``prior``, ``online_ema``), on test batches of exactly ``B`` examples
+  ``prior``, ``online_ema``, ``robust_bn``), on test batches of exactly ``B`` examples
   (:func:`exact_batches`), iid or sorted by class.
 
 The statistics error (:func:`statistics_error`) is against ``population`` on the clean
@@ -236,13 +236,12 @@ def test_sets(data, config):
     statistics)."""
     yield "test", "none", 0, data.x_test, data.y_test
     if config.corruptions:
-        from . import shift
+        from .data import corrupted_test_set
 
         for corruption in config.corruptions:
             for severity in config.severities:
-                x, y = shift.corrupted_test_set(
-                    corruption, severity, num_samples=config.num_samples or 5000
-                )
+                x, y = corrupted_test_set(config.dataset, corruption, severity,
+                                          config.num_samples)  # fmt: skip
                 yield "test", corruption, severity, x, y
     if config.score_train_set:
         yield "train", "none", 0, data.x_train, data.y_train
@@ -299,7 +298,8 @@ def _batch_mode_evaluations(model, x, y, config, source, where):
     """Entries of the modes that normalise each test batch, for every test batch size,
     order and mode parameter; every mode sees the same batches."""
     params = {"test_batch": [None], "prior": config.prior_strengths,
-              "online_ema": config.online_momenta}  # fmt: skip
+              "online_ema": config.online_momenta,
+              "robust_bn": [adaptation.ROBUST_BN_MOMENTUM]}  # fmt: skip
     out = []
     for mode, param_name in adaptation.BATCH_MODES.items():
         if mode not in config.estimators:

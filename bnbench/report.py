@@ -74,35 +74,62 @@ def markdown_to_html(text, folder):
     return _HTML.format(title=title, body=body)
 
 
-def _write_text(path, text):
+def _atomic(path, write):
+    """``write(tmp_path)``, then rename over ``path``; the temporary file never stays
+    behind, even when ``write`` fails (a full disk)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
-def write_report(out_dir, title, body, results, figures=(), command=None, extra_provenance=None):
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically (a temporary file, then a rename)."""
+    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_report(out_dir, title, body, results, figures=(), command=None, extra_provenance=None,
+                 texts=None):  # fmt: skip
     """Write a report folder and return its path.
 
     ``body``: markdown after the title; ``results``: the tidy DataFrame (one row per
     measurement); ``figures``: ``(file_name, matplotlib Figure)`` pairs, saved as PNG
-    and closed. ``provenance.json`` records the machine writing the report (git state,
-    versions, CPU, threads), the time and ``command``, plus ``extra_provenance`` (a
-    study adds where its runs came from).
+    and closed; ``texts``: more files, ``{name: text}`` (e.g. ``findings.json``).
+    ``provenance.json`` records the machine writing the report (git state, versions,
+    CPU, threads), the time and ``command``, plus ``extra_provenance`` (a study adds
+    where its runs came from). Every file is written atomically, and a write that fails
+    (a full disk) leaves no temporary file behind.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, fig in figures:
-        fig.savefig(out / name, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-    csv_tmp = out / "results.csv.tmp"
-    results.to_csv(csv_tmp, index=False)
-    os.replace(csv_tmp, out / "results.csv")
+    try:
+        for name, fig in figures:
+            _atomic(out / name,
+                    lambda tmp, fig=fig: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))  # fmt: skip
+    finally:
+        for _, fig in figures:
+            plt.close(fig)
+    _atomic(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
     prov = {"report": provenance(command), **(extra_provenance or {})}
-    _write_text(out / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
+    write_text(out / "provenance.json", json.dumps(prov, indent=2, default=str) + "\n")
+    for name, text in (texts or {}).items():
+        write_text(out / name, text)
     text = f"# {title}\n\n{body.strip()}\n"
-    _write_text(out / "report.md", text)
-    _write_text(out / "report.html", markdown_to_html(text, out))
+    write_text(out / "report.md", text)
+    write_text(out / "report.html", markdown_to_html(text, out))
     return out
+
+
+def single(df, column):
+    """The one value of ``column`` in ``df`` (e.g. the dataset of a report), or a clear
+    error when the table mixes several."""
+    values = df[column].dropna().unique()
+    if len(values) != 1:
+        raise ValueError(f"expected one {column} in the results, got {sorted(map(str, values))}")
+    return values[0]
 
 
 def mean_and_spread(df, by, value):
@@ -139,40 +166,3 @@ def lines_with_spread(ax, df, x, hue, value="mean", spread="std", logx=True):
     if logx:
         ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
-
-
-def paired_difference(df, value, baseline, run_key="job_key", on=()):
-    """``value`` minus the same run's ``baseline`` value, per row.
-
-    ``baseline``: a boolean mask selecting one row per (run, ``on``...) whose ``value``
-    is subtracted, e.g. the source statistics of the same network on the same test set.
-    Pairing by run removes the seed-to-seed spread of the networks themselves, which
-    would otherwise hide an estimator's effect."""
-    keys = [run_key, *on]
-    base = df.loc[baseline, [*keys, value]].rename(columns={value: "_base"})
-    if base.duplicated(keys).any():
-        raise ValueError(f"baseline must select one row per {keys}")
-    merged = df[keys].merge(base, on=keys, how="left")
-    return df[value].to_numpy() - merged["_base"].to_numpy()
-
-
-def per_run_spread(df, value, run_key="job_key"):
-    """``(mean, sd)`` over runs of ``value`` (each run's rows averaged first): the seed
-    spread of a paired difference."""
-    per_run = df.groupby(run_key)[value].mean()
-    return float(per_run.mean()), float(per_run.std())
-
-
-def direction(mean, std):
-    """+1 (helps), -1 (hurts) or 0 (within seed noise): the mean of a paired difference
-    beyond one standard deviation over seeds (no spread measured: any nonzero mean)."""
-    margin = std if std == std else 0.0
-    return 0 if abs(mean) <= margin else (1 if mean > 0 else -1)
-
-
-def verdict(mean, std, unit="points"):
-    """``"helps (+1.2 +- 0.3 points)"``: a paired difference against its seed spread
-    (:func:`direction`)."""
-    word = {1: "helps", -1: "hurts", 0: "within seed noise"}[direction(mean, std)]
-    spread = f" +- {std:.1f}" if std == std else ""
-    return f"{word} ({mean:+.1f}{spread} {unit})"

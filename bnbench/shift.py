@@ -58,7 +58,9 @@ Random corruptions (``RANDOM``: the two noises and the sign of the shear) draw f
 ``numpy.random.default_rng([corruption_seed, crc32(name)])``; the others ignore
 ``corruption_seed``. Corrupted sets are cached with :func:`bnbench.data.cached_arrays`
 (atomic, checksummed; a damaged file is regenerated, never read) under a key that holds
-``VERSION``, which changes whenever a definition above does.
+``VERSION``, which changes whenever a definition above does, and the versions of
+mnist1d, NumPy and SciPy with mnist1d's generator arguments
+(:func:`bnbench.data.generator_key`).
 """
 
 import zlib
@@ -189,6 +191,9 @@ def corrupted_test_set(corruption, severity, num_samples=5000, seed=42, corrupti
         x = raw.standardize(_corrupt(raw, corruption, severity, corruption_seed))
         return {"x": np.ascontiguousarray(x), "y": raw.y}
 
-    key = f"mnist1d-c-v{VERSION}-{corruption}-{severity}-n{num_samples}-s{seed}-c{corruption_seed}"
+    key = (
+        f"mnist1d-c-v{VERSION}-{corruption}-{severity}-n{num_samples}-s{seed}"
+        f"-c{corruption_seed}-g{data._mnist1d_key()}"
+    )
     arrays = data.cached_arrays(key, make, ("x", "y"))
     return TestSet(arrays["x"], arrays["y"])

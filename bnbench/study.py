@@ -14,6 +14,7 @@ preset's grid, so a report never mixes presets.
 """
 
 import argparse
+import errno
 import importlib.util
 import json
 import os
@@ -186,9 +187,42 @@ def runs_provenance(records):
     return summary, notes
 
 
+def stale_runs(records):
+    """Sentences for the runs computed by another bnbench source or other library
+    versions than the environment building the report (their numbers may differ)."""
+    code, versions = sweep.code_hash(), sweep.library_versions()
+    notes = []
+    other_code = sum(r.get("provenance", {}).get("code") != code for r in records)
+    if other_code:
+        notes.append(f"{other_code} of {len(records)} runs were computed by another version of "
+                     f"the bnbench source than this report's ({code})")  # fmt: skip
+    other = sum(r.get("provenance", {}).get("versions") != versions for r in records)
+    if other:
+        notes.append(f"{other} of {len(records)} runs were computed with other library "
+                     f"versions than this report's ({versions})")  # fmt: skip
+    return notes
+
+
+def analysed(study, df):
+    """``(body, figures, findings)`` of the study's analysis (``findings`` may be
+    missing from an analysis that returns only body and figures: then ``[]``)."""
+    out = study.analyse(df)
+    body, figures, *rest = out
+    return body, figures, (rest[0] if rest else [])
+
+
 def build_report(study, out, command=None):
     """(Re)build the report of ``study`` in ``out`` from the saved runs of the preset
-    recorded in ``out/study.json`` (runs outside that preset's grid are ignored)."""
+    recorded in ``out/study.json`` (runs outside that preset's grid are ignored).
+
+    Each experiment is reported by its newest attempt: one whose newest attempt failed
+    is listed under "Failed runs", never reported with an older attempt's numbers. The
+    first line of the report says how many runs finished, flags runs computed by
+    another code or library version than this environment's and names record files
+    that cannot be read. The findings the analysis returns are written as
+    ``findings.json`` (:mod:`bnbench.findings`)."""
+    from . import findings as fnd
+
     out = Path(out)
     meta = _read_meta(out)
     preset = meta.get("preset", study.default_preset)
@@ -200,10 +234,12 @@ def build_report(study, out, command=None):
             f"no finished runs of preset {preset!r} in {out / 'runs'}: nothing to report"
         )
     df = sweep.table(records)
-    body, figures = study.analyse(df)
+    body, figures, found = analysed(study, df)
     failed = sweep.failures(out / "runs", jobs)
     if failed:
-        body += f"\n\n## Failed runs\n\n{len(failed)} run(s) failed; their errors are in runs/."
+        body += (f"\n\n## Failed runs\n\n{len(failed)} run(s) failed (their newest attempt); "
+                 "their errors are in runs/:\n\n" + "\n".join(
+                     f"- `{_brief(job)}`: {_last_line(error)}" for job, error in failed))  # fmt: skip
     notes = f"Preset `{preset}`: {len(records)} finished run(s)"
     if options:
         notes += (
@@ -214,21 +250,49 @@ def build_report(study, out, command=None):
     if len(records) < len(jobs):
         notes += f" of {len(jobs)} (a partial study: re-run the same command to resume)"
     summary, disagreements = runs_provenance(records)
-    if disagreements:
-        notes += ". Note: " + "; ".join(disagreements)
+    flags = disagreements + stale_runs(records)
+    bad = sweep.unreadable(out / "runs")
+    if bad:
+        flags.append(f"{len(bad)} run record(s) cannot be read and count as not done: "
+                     + ", ".join(p.name for p in bad))  # fmt: skip
+    if flags:
+        notes += ". Note: " + "; ".join(flags)
     body = f"{notes}.\n\n{body}"
-    return report.write_report(
-        out, study.title, body, df, figures, command=command,
-        extra_provenance={"study": study.name, "preset": preset, "options": options or {},
-                          "runs": summary, "runs_disagree": disagreements},
-    )  # fmt: skip
+    extra = {"study": study.name, "preset": preset, "options": options or {}, "runs": summary,
+             "runs_disagree": flags}  # fmt: skip
+    texts = {"findings.json": fnd.to_json(found, study=study.name, preset=preset,
+                                          options=options or {}, title=study.title)}  # fmt: skip
+    return report.write_report(out, study.title, body, df, figures, command=command,
+                               extra_provenance=extra, texts=texts)  # fmt: skip
+
+
+def _brief(job):
+    params = job.get("params", {})
+    return ", ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, (list, dict)))[
+        :160
+    ]
+
+
+def _last_line(error):
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no error text)"
+
+
+class StudyStopped(Exception):
+    """A study that stopped before the end: ``status`` is its exit status, ``message``
+    the one line that says what happened, what was kept and what to do."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
 
 
 def run(study, preset, out, n_jobs=None, scheduler=None, command=None, progress=True,
         options=None):  # fmt: skip
     """Run (or resume) ``study`` with ``preset`` (and ``options``, for a study that
     declares ``arguments``) into ``out``; returns the number of failed runs (0 on
-    success)."""
+    success). A sweep stopped by Ctrl-C or a full disk writes a report from what
+    finished (where the disk allows) and raises :class:`StudyStopped`."""
     options = study.options(options)
     jobs = study.jobs(preset, options)
     out = _check_writable(out)
@@ -236,18 +300,61 @@ def run(study, preset, out, n_jobs=None, scheduler=None, command=None, progress=
         n_jobs = min(n_jobs or study.max_jobs, study.max_jobs)
     _claim(study, preset, out, len(jobs), options)
     meta = {"study": study.name, "preset": preset}
-    done, failed, skipped = sweep.run(jobs, out / "runs", n_jobs, scheduler, progress, meta)
+    try:
+        done, failed, skipped = sweep.run(jobs, out / "runs", n_jobs, scheduler, progress, meta)
+    except sweep.SweepStopped as stop:
+        raise _stopped(study, out, command, stop) from None
     print(f"{study.name}: {done} run(s) done, {skipped} already done, {failed} failed")
-    path = build_report(study, out, command)
+    try:
+        path = build_report(study, out, command)
+    except OSError as err:
+        raise report_failed(out, err, f"all {len(jobs)} runs are saved") from None
     print(f"report written to {path / 'report.md'}")
     return failed
 
 
+def report_failed(out, err, kept):
+    what = "the disk is full" if err.errno == errno.ENOSPC else f"it cannot be written ({err})"
+    return StudyStopped(
+        f"the report in {out} could not be written: {what}; {kept} in {out / 'runs'}: free "
+        f"space and run `bnbench report {out}` (or re-run the same command)",
+        EXIT_FAULT,
+    )
+
+
+def _stopped(study, out, command, stop):
+    """The :class:`StudyStopped` of a stopped sweep, after writing a partial report
+    where possible."""
+    kept = f"{stop.saved} of {stop.total} runs saved"
+    if stop.reason == "interrupted":
+        tail = "re-run the same command to resume"
+        status = EXIT_INTERRUPTED
+    else:
+        what = "the disk is full" if stop.reason == "disk full" else "runs/ cannot be written"
+        return StudyStopped(f"stopped: {what} ({stop.detail}); {kept} in {out / 'runs'}: "
+                            "free space and re-run the same command to resume", EXIT_FAULT)  # fmt: skip
+    try:
+        path = build_report(study, out, command)
+        where = f"a partial report is in {path / 'report.md'}"
+    except ValueError:
+        where = "no run had finished, so no report"
+    except OSError as err:
+        raise report_failed(out, err, kept) from None
+    return StudyStopped(f"interrupted: {kept} in {out / 'runs'}, {where}; {tail}", status)
+
+
+#: exit statuses of a study command
+EXIT_FAILED_RUNS, EXIT_BAD_ARGUMENT, EXIT_FAULT, EXIT_INTERRUPTED = 1, 2, 3, 130
+
 #: How a study command ends, for ``--help`` and the README.
 EXIT_STATUS = (
-    "Exit status: 0 when every run finished; 2 for bad arguments (unknown study or preset, "
-    "empty grid, unwritable or foreign output folder); otherwise the number of failed runs, "
-    "capped at 100 (so 2 can also mean two failed runs: their errors are in OUT/runs/)."
+    "Exit status: 0 when every run finished; 1 when some runs failed (their errors are in "
+    "OUT/runs/ and the report's 'Failed runs' section); 2 for a bad argument (unknown study "
+    "or preset, empty grid, unwritable or foreign output folder, unreachable scheduler); 3 "
+    "when the disk filled up or the output could not be written (finished runs are kept: "
+    "free space and re-run); 130 when interrupted (Ctrl-C: finished runs are kept and a "
+    "partial report is written; re-run the same command to resume). Set BNBENCH_DEBUG=1 "
+    "(or pass --debug) for a traceback."
 )
 
 
@@ -258,6 +365,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--scheduler", default=None, help="Dask scheduler address, or 'local' for a LocalCluster"
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show a traceback on errors (also: BNBENCH_DEBUG=1)")  # fmt: skip
     parser.add_argument(
         "-o", "--option", action="append", default=[], metavar="NAME=VALUE",
         help="one of the study's own options (its script's --help lists them), e.g. "
@@ -295,14 +404,55 @@ def parse_option_pairs(study, pairs):
 
 
 def run_from_args(study, args, command=None):
+    """Run a study from parsed command-line ``args``; returns the exit status
+    (:data:`EXIT_STATUS`), raising only :class:`StudyStopped` and ``ValueError``."""
     preset = args.preset or study.default_preset
     out = args.out or default_out(study, preset)
     options = {**study.options(args), **parse_option_pairs(study, getattr(args, "option", []))}
     failed = run(study, preset, out, args.jobs, args.scheduler, command or " ".join(sys.argv),
                  options=options)  # fmt: skip
     if failed:
-        print(f"{failed} run(s) failed; see {out}/runs", file=sys.stderr)
-    return min(failed, 100)
+        print(f"{failed} run(s) failed; their errors are in {out}/runs and the report",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED_RUNS
+    return 0
+
+
+def debugging(args=None):
+    """Whether a traceback was asked for (``--debug`` or ``BNBENCH_DEBUG=1``)."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("BNBENCH_DEBUG", "") not in (
+        "", "0",
+    )  # fmt: skip
+
+
+def guarded(name, fn, args):
+    """``fn(args)`` with every expected fault turned into one line on stderr and its
+    exit status (:data:`EXIT_STATUS`); a traceback only when :func:`debugging`."""
+    try:
+        return fn(args)
+    except StudyStopped as stop:
+        if debugging(args):
+            raise
+        print(f"{name}: {stop}", file=sys.stderr)
+        return stop.status
+    except ValueError as err:
+        if debugging(args):
+            raise
+        print(f"{name}: {err}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    except KeyboardInterrupt:
+        if debugging(args):
+            raise
+        print(f"{name}: interrupted; every finished run is kept in the output folder's runs/: "
+              "re-run the same command to resume", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if debugging(args):
+            raise
+        what = "the disk is full" if err.errno == errno.ENOSPC else str(err)
+        print(f"{name}: stopped: {what}; finished runs are kept: free space and re-run",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAULT
 
 
 def main(study, argv=None):
@@ -312,8 +462,4 @@ def main(study, argv=None):
     if study.arguments is not None:
         study.arguments(parser.add_argument_group(f"{study.name} options"))
     args = parser.parse_args(argv)
-    try:
-        return run_from_args(study, args)
-    except ValueError as err:
-        print(f"{study.name}: {err}", file=sys.stderr)
-        return 2
+    return guarded(study.name, lambda a: run_from_args(study, a), args)

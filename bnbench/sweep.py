@@ -6,7 +6,8 @@ defines ``resolve_params``, fills in every default of its parameters. Every fini
 written at once to ``runs/<key>.json`` (atomically: a temporary file, then a rename), so
 that:
 
-* re-running a study skips finished jobs (failed ones are tried again);
+* re-running a study skips finished jobs (failed ones are tried again), and several
+  study processes on one folder share the work (:mod:`bnbench.claims`);
 * a study killed at any moment (``kill -9`` included) loses at most the jobs in flight
   and never leaves a partial or duplicated record;
 * a job that raises is recorded with its traceback and the others go on.
@@ -15,12 +16,14 @@ The key (:func:`job_key`) hashes everything that can change a result: the fully
 resolved parameters (canonical types: ``np.int64(64)`` and ``64`` hash alike), the
 identity of the code (a hash of the package's source files), the versions of the
 libraries that compute it, the Numba thread count (reductions merge per-thread partials,
-so bits depend on it) and, for machine-specific kinds (kernel timings), the machine.
+so bits depend on it), the CPU model and, for machine-specific kinds (kernel timings),
+the whole machine (:func:`environment` says what is not keyed).
 Editing the code or upgrading numba therefore means re-running, never a silently stale
 result. Each record also carries its own provenance (commit, dirty flag, host, CPU,
 threads, versions), so a report can say when its runs disagree.
 """
 
+import errno
 import functools
 import hashlib
 import importlib
@@ -47,7 +50,7 @@ KINDS = {
 #: kinds whose results belong to one machine (timings): the key includes the machine
 MACHINE_SPECIFIC = {"kernel", "step"}
 #: libraries whose version can change a result
-RESULT_LIBRARIES = ("numpy", "numba", "llvmlite", "mnist1d", "torch")
+RESULT_LIBRARIES = ("numpy", "numba", "llvmlite", "scipy", "mnist1d", "mlxtend", "torch")
 
 
 def load_factory(path):
@@ -146,7 +149,12 @@ def _digest(obj):
 @functools.cache
 def code_hash():
     """A hash of every source file of the installed bnbench package."""
-    root = Path(__file__).resolve().parent
+    return source_tree_hash(Path(__file__).resolve().parent)
+
+
+def source_tree_hash(root):
+    """A hash of the names and bytes of every ``.py`` file under ``root``."""
+    root = Path(root)
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())
@@ -178,10 +186,15 @@ def machine():
 
 
 def environment(kind, threads):
-    """Everything besides the parameters that can change a job's result."""
+    """Everything besides the parameters that can change a job's result: the code, the
+    library versions, the thread count and the CPU model (Numba's fastmath flags allow
+    reassociation, so the SIMD width of another CPU can change the last bits, and
+    training amplifies them); for machine-specific kinds (timings) the whole machine
+    (host, CPU, core count). Not keyed: the operating system, the BLAS build behind
+    SciPy/NumPy beyond their versions, environment variables other than the thread
+    count (e.g. ``NUMBA_THREADING_LAYER``)."""
     env = {"code": code_hash(), "versions": library_versions(), "threads": int(threads)}
-    if kind in MACHINE_SPECIFIC:
-        env["machine"] = machine()
+    env["machine"] = machine() if kind in MACHINE_SPECIFIC else {"cpu": machine()["cpu"]}
     return env
 
 
@@ -251,6 +264,7 @@ class Store:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.unreadable = []
 
     def path(self, key):
         return self.folder / f"{key}.json"
@@ -275,79 +289,55 @@ class Store:
             return None
 
     def records(self):
+        """Every readable record; the unreadable files are listed in ``unreadable``."""
+        self.unreadable = []
         for path in sorted(self.folder.glob("*.json")):
             try:
                 with open(path) as f:
-                    yield json.load(f)
-            except (OSError, ValueError):  # unreadable: treated as not done
+                    record = json.load(f)
+            except (OSError, ValueError):  # truncated or corrupted: treated as not done
+                self.unreadable.append(path)
                 continue
+            if isinstance(record, dict):
+                yield record
+            else:
+                self.unreadable.append(path)
 
     def done(self, key):
         record = self.read(key)
         return record is not None and record.get("status") == "ok"
 
 
-def _init_worker():
-    _die_with_parent()
+class SweepStopped(Exception):
+    """The sweep stopped before every run was done, for ``reason`` (``"interrupted"``,
+    ``"disk full"`` or ``"unwritable"``): every finished run is saved; ``saved`` of
+    ``total`` runs are done (this call's and earlier ones')."""
 
-
-def _die_with_parent():
-    """On Linux, have the kernel kill this worker when the study process dies (even by
-    ``kill -9``), instead of leaving it orphaned; elsewhere a no-op."""
-    import ctypes
-    import signal
-
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _local_executor(n_jobs, threads):
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    # spawn, not fork: forking after Numba's OpenMP pool started can deadlock
-    pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker)
-
-    def submit(job, meta):
-        return pool.submit(execute, job, threads, meta)
-
-    def completed(futures):
-        from concurrent.futures import as_completed
-
-        return as_completed(futures)
-
-    return submit, completed, lambda: pool.shutdown(cancel_futures=True)
-
-
-def _dask_executor(address, n_jobs, threads):
-    from distributed import Client, LocalCluster, as_completed
-
-    if address == "local":
-        cluster = LocalCluster(
-            n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=None
+    def __init__(self, reason, saved, total, detail=""):
+        super().__init__(
+            f"{reason}: {saved} of {total} runs saved" + (f" ({detail})" if detail else "")
         )
-        client = Client(cluster)
-    else:
-        cluster, client = None, Client(address)
-
-    def submit(job, meta):
-        return client.submit(execute, job, threads, meta, pure=False)
-
-    def close():
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-    return submit, as_completed, close
+        self.reason, self.saved, self.total, self.detail = reason, saved, total, detail
 
 
 def threads_per_job(n_jobs=None):
     """Numba threads each of ``n_jobs`` parallel jobs gets: ``cores // n_jobs``, at least 1."""
     cores = os.cpu_count() or 1
     return max(1, cores // (n_jobs or cores))
+
+
+def _outcome(future, job, meta):
+    """The record a finished future holds; a future that raised (its worker died, was
+    killed or lost) becomes a failed record saying so, never a crash of the sweep."""
+    try:
+        return future.result()
+    except Exception as err:  # BrokenProcessPool, distributed.KilledWorker, ...
+        return {
+            "config_key": config_key(job), "job": job, **(meta or {}), "seconds": None,
+            "finished_unix": time.time(), "provenance": run_provenance(), "status": "failed",
+            "error": f"{type(err).__name__}: {err} (the worker process running this job "
+            "died or was lost: killed, or out of memory?)",
+        }  # fmt: skip
 
 
 def run(jobs, folder, n_jobs=None, scheduler=None, progress=True, meta=None):
@@ -358,7 +348,17 @@ def run(jobs, folder, n_jobs=None, scheduler=None, progress=True, meta=None):
     key. ``scheduler``: a Dask scheduler address, or ``"local"`` for a ``LocalCluster``;
     ``None`` uses a local process pool. ``meta`` (e.g. study and preset) is stored in
     every record.
+
+    Several processes may run the same jobs into one folder: each run is claimed before
+    it starts (:mod:`bnbench.claims`), a claimed run is left to its owner and its record
+    awaited (a dead owner's claim is taken over), so every run is computed once;
+    ``skipped`` counts the runs found done, by earlier calls or by another process.
+    Stops with :class:`SweepStopped` on Ctrl-C or when a record cannot be written (disk
+    full), every finished run saved.
     """
+    from . import executors
+    from .claims import Claims
+
     if not jobs:
         raise ValueError("the grid is empty: no jobs to run")
     store = Store(folder)
@@ -367,51 +367,108 @@ def run(jobs, folder, n_jobs=None, scheduler=None, progress=True, meta=None):
         raise ValueError(f"jobs must be >= 1, got {n_jobs}")
     threads = threads_per_job(n_jobs)
     unique = {job_key(j, threads): j for j in jobs}
-    todo = {k: j for k, j in unique.items() if not store.done(k)}
-    skipped = len(unique) - len(todo)
+    pending = [k for k in unique if not store.done(k)]
+    skipped = len(unique) - len(pending)
     done = failed = 0
-    if not todo:
+    if not pending:
         return done, failed, skipped
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), unit="run", disable=not (progress and sys.stderr.isatty()))
-    if scheduler is None:
-        submit, completed, close = _local_executor(min(n_jobs, len(todo)), threads)
-    else:
-        submit, completed, close = _dask_executor(scheduler, n_jobs, threads)
+    started = time.time()
+    claims, executor, running, waiting = Claims(store.folder), None, {}, set()
+    bar = tqdm(total=len(pending), unit="run", disable=not (progress and sys.stderr.isatty()))
+
+    def finished_elsewhere(key):
+        record = store.read(key)
+        return record is not None and (record.get("status") == "ok"
+                                       or record.get("finished_unix", 0) >= started)  # fmt: skip
+
     try:
-        keys = {submit(j, meta): k for k, j in todo.items()}
-        for fut in completed(list(keys)):
-            record = fut.result()
-            record["key"] = keys[fut]  # the key the parent looks for when resuming
-            store.write(record)
-            if record["status"] == "ok":
-                done += 1
-            else:
-                failed += 1
-            running = min(n_jobs, len(todo) - done - failed)
-            bar.set_postfix(done=done, running=running, failed=failed, skipped=skipped)
-            bar.update(1)
+        while pending or running or waiting:
+            while pending and len(running) < n_jobs:
+                key = pending.pop(0)
+                if finished_elsewhere(key):
+                    skipped += 1
+                    bar.update(1)
+                elif not claims.acquire(key):
+                    waiting.add(key)
+                else:
+                    executor = executor or executors.make(scheduler, n_jobs)
+                    running[executor.submit(execute, unique[key], threads, meta)] = key
+            for fut in executor.wait_first(running, 1.0) if running else ():
+                key = running.pop(fut)
+                record = _outcome(fut, unique[key], meta)
+                record["key"] = key  # the key the parent looks for when resuming
+                store.write(record)
+                claims.release(key)
+                done, failed = (
+                    done + (record["status"] == "ok"),
+                    failed + (record["status"] != "ok"),
+                )
+                bar.set_postfix(done=done, running=len(running), failed=failed, skipped=skipped)
+                bar.update(1)
+                if getattr(fut, "exception", None) and _broken(fut):
+                    executor.kill()  # a local pool with a dead worker takes no more jobs
+                    executor = None
+            for key in list(waiting):
+                if finished_elsewhere(key):
+                    waiting.discard(key)
+                    skipped += 1
+                    bar.update(1)
+                elif not claims.held_elsewhere(key):  # its owner died: take it over
+                    waiting.discard(key)
+                    pending.append(key)
+            if waiting and not running and not pending:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        if executor is not None:
+            executor.kill()
+            executor = None
+        raise SweepStopped("interrupted", skipped + done + failed, len(unique)) from None
+    except OSError as err:
+        reason = "disk full" if err.errno == errno.ENOSPC else "unwritable"
+        if executor is not None:
+            executor.kill()
+            executor = None
+        raise SweepStopped(reason, skipped + done + failed, len(unique), str(err)) from err
     finally:
         bar.close()
-        close()
+        claims.release_all()
+        if executor is not None:
+            executor.close()
     return done, failed, skipped
 
 
-def latest(folder, jobs=None):
-    """The newest finished record of each experiment (:func:`config_key`) in ``folder``;
-    with ``jobs``, only those of the given jobs. Records written by an older bnbench (no
-    ``config_key``) are left out. Several records of one experiment (say, before and
-    after a code change) reduce to the newest."""
+def _broken(future):
+    """Whether ``future`` failed because its local process pool broke."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return isinstance(future.exception(timeout=0), BrokenProcessPool)
+    except Exception:
+        return False
+
+
+def attempts(folder, jobs=None):
+    """The newest attempt of each experiment (:func:`config_key`) in ``folder``, finished
+    or failed; with ``jobs``, only those of the given jobs. Several attempts of one
+    experiment (before and after a code change, say) reduce to the newest, so a job that
+    now fails is reported as failed, never with an older code's numbers. Records written
+    by an older bnbench (no ``config_key``) are left out."""
     wanted = None if jobs is None else {config_key(j) for j in jobs}
     newest = {}
     for record in Store(folder).records():
         ck = record.get("config_key")
-        if record.get("status") != "ok" or ck is None or (wanted is not None and ck not in wanted):
+        if ck is None or (wanted is not None and ck not in wanted):
             continue
-        if ck not in newest or record["finished_unix"] > newest[ck]["finished_unix"]:
+        if ck not in newest or record.get("finished_unix", 0) > newest[ck].get("finished_unix", 0):
             newest[ck] = record
     return list(newest.values())
+
+
+def latest(folder, jobs=None):
+    """The experiments of :func:`attempts` whose newest attempt finished."""
+    return [r for r in attempts(folder, jobs) if r.get("status") == "ok"]
 
 
 def table(records):
@@ -432,15 +489,15 @@ def collect(folder, jobs=None):
 
 
 def failures(folder, jobs=None):
-    """``(job, error)`` for every job (of ``jobs``, if given) whose last attempt failed
-    and that has no finished record."""
-    records = list(Store(folder).records())
-    wanted = None if jobs is None else {config_key(j) for j in jobs}
-    ok = {r.get("config_key") for r in records if r.get("status") == "ok"}
-    return [
-        (r["job"], r["error"])
-        for r in records
-        if r.get("status") == "failed"
-        and r.get("config_key") not in ok
-        and (wanted is None or r.get("config_key") in wanted)
-    ]
+    """``(job, error)`` for every experiment (of ``jobs``, if given) whose newest attempt
+    failed, even if an older attempt (older code) had finished."""
+    return [(r["job"], r.get("error", ""))
+            for r in attempts(folder, jobs) if r.get("status") != "ok"]  # fmt: skip
+
+
+def unreadable(folder):
+    """Paths of the record files in ``folder`` that cannot be read (truncated,
+    corrupted): each counts as not done, and a report names them."""
+    store = Store(folder)
+    list(store.records())
+    return store.unreadable

@@ -216,6 +216,9 @@ def train_network(config, data, progress=None, at_checkpoint=None):
             layer.freeze(None)
         running["frozen"] = [_Timed(est.FixedStatistics(*stats)) for stats in frozen]
         running["frozen"][0].seconds = freeze_seconds  # one pass for every layer
+    if config.bn == "renorm":  # Ioffe's inference: each layer's own moving mu and sigma
+        running["renorm"] = [_Timed(est.FixedStatistics(*layer.statistics))
+                             for layer in model.bn_layers]  # fmt: skip
     return model, running, timing
 
 

@@ -13,7 +13,7 @@ from .nn import MODELS, check_depth
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 #: test-time adaptation modes, scored when named in ``estimators``
-ADAPTATION = ("adabn", "prior", "online_ema")
+ADAPTATION = ("adabn", "prior", "online_ema", "robust_bn")
 #: every name ``TrainConfig.estimators`` accepts
 ESTIMATORS = est.NAMES + ADAPTATION
 BN_VARIANTS = ("bn", "renorm")
@@ -36,14 +36,16 @@ class TrainConfig:
 
     ``estimators`` may add the adaptation modes (:data:`ADAPTATION`): ``adabn`` (on the
     whole test set and on each of ``adapt_samples`` samples), ``prior`` (each of
-    ``prior_strengths``) and ``online_ema`` (each of ``online_momenta``); the modes that
+    ``prior_strengths``), ``online_ema`` (each of ``online_momenta``) and ``robust_bn``
+    (RoTTA's robust BN, its momentum 0.05); the modes that
     normalise test batches use ``test_batch_sizes`` x ``test_orders``. ``corruptions``
     (MNIST-1D-C names, :mod:`bnbench.shift`) at ``severities`` add shifted test sets;
     the clean test set is always scored.
 
     BN variants (Wu & Johnson 2021, section 4; Ioffe 2017): ``bn`` is ``"bn"`` or
-    ``"renorm"`` (Batch Renorm, its ``rmax``/``dmax`` warm-up from
-    :func:`bnbench.nn.renorm_clip`); ``ghost_batch_size`` normalises groups of that many
+    ``"renorm"`` (Batch Renorm, Ioffe's Algorithm 1, its ``rmax``/``dmax`` warm-up from
+    :func:`bnbench.nn.renorm_clip`; scored also with each layer's own moving ``mu`` and
+    ``sigma`` as estimator ``renorm``, the inference Ioffe prescribes); ``ghost_batch_size`` normalises groups of that many
     samples (the normalization batch size; plain BN only); ``frozen_fraction`` trains the
     last fraction of the steps with fixed population statistics computed exactly at the
     switch (FrozenBN; scored as estimator ``frozen``); ``batch_order="non_iid"`` draws
@@ -207,26 +209,43 @@ class TrainConfig:
             )
         if not set(self.test_orders) <= set(ORDERS):
             raise ValueError(f"test_orders must be a subset of {ORDERS}, got {self.test_orders!r}")
+        batch_modes = [e for e in self.estimators if e in adaptation.BATCH_MODES]
+        for name in ("test_batch_sizes", "test_orders"):
+            if batch_modes and not getattr(self, name):
+                raise ValueError(
+                    f"{name} must not be empty: estimators {batch_modes} normalise test batches"
+                )
+        if "prior" in self.estimators and not self.prior_strengths:
+            raise ValueError("prior_strengths must not be empty when estimators include 'prior'")
         for strength in self.prior_strengths:
             adaptation.check_strength(strength)
         est.check_momenta(self.online_momenta)
+        if self.num_samples is not None and self.dataset not in datasets.SIZED:
+            raise ValueError(
+                f"num_samples applies to datasets {datasets.SIZED}, got dataset {self.dataset!r}"
+            )
         if self.corruptions:
-            from . import shift
-
-            if self.dataset != "mnist1d":
+            if self.dataset not in datasets.CORRUPTED:
                 raise ValueError(
-                    f"corruptions are MNIST-1D-C test sets: dataset must be 'mnist1d', "
-                    f"got {self.dataset!r}"
+                    f"corruptions are MNIST-1D-C or MNIST-C test sets: dataset must be one of "
+                    f"{sorted(datasets.CORRUPTED)}, got {self.dataset!r}"
                 )
-            unknown = [c for c in self.corruptions if c not in shift.CORRUPTIONS]
+            registry = datasets.corruptions(self.dataset)
+            unknown = [c for c in self.corruptions if c not in registry.CORRUPTIONS]
             if unknown:
                 raise ValueError(
-                    f"corruptions must be names in {sorted(shift.CORRUPTIONS)}, got {unknown!r}"
+                    f"corruptions must be names in {sorted(registry.CORRUPTIONS)} (the "
+                    f"{self.dataset} corruptions), got {unknown!r}"
                 )
-            if not self.severities or any(
-                isinstance(v, bool) or v not in shift.SEVERITIES for v in self.severities
-            ):
-                raise ValueError(f"severities must be integers in 0-5, got {self.severities!r}")
+            if len(set(self.corruptions)) != len(self.corruptions):
+                raise ValueError(f"corruptions must not repeat a name, got {self.corruptions!r}")
+            if (not self.severities or len(set(self.severities)) != len(self.severities) or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                or v not in registry.SEVERITIES for v in self.severities
+            )):  # fmt: skip
+                raise ValueError(
+                    f"severities must be distinct integers in 0-5, got {self.severities!r}"
+                )
 
     def to_dict(self):
         return dataclasses.asdict(self)

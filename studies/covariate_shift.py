@@ -16,15 +16,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bnbench import shift
-from bnbench.report import (
-    direction,
-    lines_with_spread,
-    markdown_table,
-    mean_and_spread,
-    paired_difference,
-    per_run_spread,
-    verdict,
-)
+from bnbench.findings import Cell, Finding, cells, render, verdict_lists
+from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
+from bnbench.stats import METHOD, compare, holds_from, paired_gap
 from bnbench.study import Study, main
 from bnbench.sweep import train_jobs
 
@@ -83,7 +77,7 @@ def prepare(df):
     df["label"] = [_label(m, b) for m, b in zip(df.method, df.B, strict=True)]
     df["acc"] = 100 * df["test_accuracy"]
     df["ece"] = 100 * df["test_ece"]
-    df["gain"] = paired_difference(df, "acc", df.method == "source", on=("corruption", "severity"))
+    df["gain"] = paired_gap(df, "acc", df.method == "source", on=("corruption", "severity"))
     return df
 
 
@@ -135,8 +129,9 @@ def _batch_figure(df, model, severity):
 
 
 def _summary(df, model):
-    """Per method: clean accuracy, mean accuracy over every corruption and severity
-    ("mCE"-style), its paired gain over source and the mean ECE under shift."""
+    """Per method: clean accuracy, mean accuracy over every corruption and severity (a
+    plain mean, not Hendrycks' normalised mCE), its paired gain over source and the mean
+    ECE under shift."""
     sub = df[df.model == model]
     shifted = sub[sub.corruption != "none"]
     per_run = shifted.groupby(["label", "job_key"]).agg(acc=("acc", "mean"), gain=("gain", "mean"),
@@ -152,74 +147,143 @@ def _summary(df, model):
     return table
 
 
-def _findings(df, model, seeds):
+def _by_corruption(sub, label, top, common, fid):
+    """``label`` minus the source statistics at severity ``top``, per corruption."""
+    at = sub[(sub.label == label) & (sub.severity == top) & (sub.corruption != "none")]
+    if not len(at):
+        return []
+    diffs = compare(at, "gain", by=["corruption"])
+    cs = cells(diffs, lambda k: k[0], ["corruption"])
+    lists = verdict_lists(cs)
+    summary = "; ".join(f"{v} on {len(lists[v])} ({', '.join(lists[v])})"
+                        for v in ("helps", "hurts", "no clear difference") if lists[v])  # fmt: skip
+    return [Finding(fid, f"{common['model']}, severity {top}", f"{label} minus the source "
+                    "statistics, by corruption", cs, summary=summary, method=label,
+                    baseline="source", **common)]  # fmt: skip
+
+
+def held_out_choice(part, param):
+    """Oracle-free selection over held-out corruptions. ``part``: the rows of one
+    test batch size and severity, one method family (e.g. every prior strength), with
+    ``acc``, ``corruption``, ``job_key`` and the column ``param``. For each corruption, the
+    ``param`` value with the best mean accuracy over the *other* corruptions (every seed)
+    is chosen, and that value's rows on the held-out corruption are kept. Returns
+    ``(rows, {corruption: chosen})``: the rows the choice scores, one per run and
+    corruption."""
+    rows, chosen = [], {}
+    for c in sorted(part.corruption.unique()):
+        others = part[part.corruption != c]
+        if others.empty:
+            continue
+        best = others.groupby(param).acc.mean().idxmax()
+        chosen[c] = best
+        rows.append(part[(part.corruption == c) & (part[param] == best)])
+    return (pd.concat(rows) if rows else part.iloc[:0]), chosen
+
+
+def _prior_findings(shifted, tb, common, top):
+    """The prior strength chosen on held-out corruptions, against the source statistics
+    and against prediction-time BN; the test-set-selected (oracle) strength beside it."""
+    pri = shifted[shifted.method.str.startswith("prior")]
+    if pri.empty:
+        return []
+    chosen_rows, notes = [], {}
+    for b in sorted(pri.B.unique()):
+        rows, chosen = held_out_choice(pri[pri.B == b], "prior_strength")
+        if rows.empty:
+            continue
+        chosen_rows.append(rows)
+        counts = pd.Series(chosen).value_counts()
+        oracle = pri[pri.B == b].groupby("prior_strength").acc.mean()
+        notes[b] = ("N chosen on held-out corruptions: " + ", ".join(
+            f"{n:g} ({k} of {len(chosen)})" for n, k in counts.items())
+            + f"; held-out choice {rows.acc.mean():.1f}%, oracle (best N on these test "
+            f"results) N={oracle.idxmax():g} {oracle.max():.1f}%")  # fmt: skip
+    if not chosen_rows:
+        return []
+    picked = pd.concat(chosen_rows)
+    out = []
+    vs_source = compare(picked, "gain", by=["B"])
+    out.append(Finding(
+        "prior-heldout-vs-source", f"{common['model']}, severity {top}, mean over corruptions",
+        "Schneider et al.'s prior, its strength N chosen on held-out corruptions, minus the "
+        "source statistics, by test batch size",
+        [Cell(f"B={int(k[0])}", d, condition={"test_batch_size": int(k[0])}, note=notes[k[0]])
+         for k, d in vs_source.items()], method="prior (held-out N)", baseline="source",
+        **common,
+    ))  # fmt: skip
+    per_run_tb = tb.groupby(["job_key", "B"]).acc.mean()
+    per_run_pri = picked.groupby(["job_key", "B"]).acc.mean()
+    both = pd.concat({"prior": per_run_pri, "tb": per_run_tb}, axis=1).dropna().reset_index()
+    if len(both):
+        both["gain"] = both["prior"] - both["tb"]
+        vs_tb = compare(both, "gain", by=["B"])
+        out.append(Finding(
+            "prior-heldout-vs-test-batch", f"{common['model']}, severity {top}, mean over "
+            "corruptions", "the same held-out-chosen prior minus prediction-time BN, by test "
+            "batch size (where prediction-time BN is defined)",
+            cells(vs_tb, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
+            method="prior (held-out N)", baseline="test_batch", **common,
+        ))  # fmt: skip
+    return out
+
+
+def _findings(df, model):
     sub = df[df.model == model]
     top = int(sub.severity.max())
+    common = {"dataset": single(df, "dataset"), "model": model}
     out = []
-
-    def paired(part):
-        return per_run_spread(part, "gain")
-
     clean = sub[sub.corruption == "none"]
     tb = clean[clean.method == "pred-time BN"]
     if len(tb):
-        cells = [f"B={int(b)}: {verdict(*paired(tb[tb.B == b]))}" for b in sorted(tb.B.unique())]
-        out.append(
-            f"- **{model}, clean test set**: prediction-time BN against the source "
-            f"statistics, by test batch size: {'; '.join(cells)}."
-        )
-    for method in ("AdaBN", f"pred-time BN B={HEADLINE_BATCH}"):
-        at = sub[(sub.label == method) & (sub.severity == top) & (sub.corruption != "none")]
-        if not len(at):
-            continue
-        per = {
-            c: paired(at[at.corruption == c]) for c in shift.CORRUPTIONS if c in set(at.corruption)
-        }
-        sign = {c: direction(m, s) for c, (m, s) in per.items()}
-        helps = [f"{c} ({per[c][0]:+.1f})" for c in per if sign[c] > 0]
-        hurts = [f"{c} ({per[c][0]:+.1f})" for c in per if sign[c] < 0]
-        noise = [c for c in per if sign[c] == 0]
-        out.append(
-            f"- **{model}, severity {top}**: {method} against the source statistics helps on "
-            f"{len(helps)} of {len(per)} corruptions ({', '.join(helps) or 'none'}), hurts on "
-            f"{len(hurts)} ({', '.join(hurts) or 'none'}), within seed noise on "
-            f"{', '.join(noise) or 'none'} (paired difference in points, {seeds} seeds)."
-        )
+        diffs = compare(tb, "gain", by=["B"])
+        out.append(Finding(
+            "test-batch-vs-source-clean", f"{model}, clean test set", "prediction-time BN minus "
+            "the source statistics, by test batch size",
+            cells(diffs, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
+            method="test_batch", baseline="source", **common,
+        ))  # fmt: skip
+    out += _by_corruption(sub, "AdaBN", top, common, "adabn-vs-source-by-corruption")
+    out += _by_corruption(sub, f"pred-time BN B={HEADLINE_BATCH}", top, common,
+                          "test-batch-vs-source-by-corruption")  # fmt: skip
     shifted = sub[(sub.corruption != "none") & (sub.severity == top)]
     tb = shifted[shifted.method == "pred-time BN"]
     if len(tb):
-        by_b = {int(b): paired(tb[tb.B == b]) for b in sorted(tb.B.unique())}
-        good = [b for b, (m, s) in by_b.items() if direction(m, s) > 0]
-        out.append(
-            f"- **{model}, severity {top}, mean over corruptions**: prediction-time BN minus "
-            "source by test batch size: "
-            + "; ".join(f"B={b}: {m:+.1f} +- {s:.1f}" for b, (m, s) in by_b.items())
-            + (f" points; it helps from B={min(good)}." if good else " points; it helps at no B.")
-        )
-        pri = shifted[shifted.method.str.startswith("prior")]
-        if len(pri):
-            best = pri.groupby(["B", "method"]).acc.mean().reset_index()
-            cells = []
-            for b in sorted(best.B.unique()):
-                row = best[best.B == b].sort_values("acc").iloc[-1]
-                tb_acc = tb[tb.B == b].acc.mean()
-                versus = f"{tb_acc:.1f}%" if tb_acc == tb_acc else "undefined"
-                cells.append(f"B={int(b)}: {row.method} {row.acc:.1f}% vs {versus}")
-            out.append(
-                f"- **{model}, severity {top}**: the best prior strength of the grid per test "
-                "batch size, against prediction-time BN (mean accuracy over corruptions): "
-                + "; ".join(cells)
-                + "."
-            )
-    ece = shifted.groupby("label").ece.mean()
-    if {"source", "AdaBN"} <= set(ece.index):
-        out.append(
-            f"- **{model}, severity {top}**: mean ECE {ece['source']:.1f}% with the source "
-            f"statistics, {ece['AdaBN']:.1f}% with AdaBN"
-            + (f", {ece[f'pred-time BN B={HEADLINE_BATCH}']:.1f}% with prediction-time BN at "
-               f"B={HEADLINE_BATCH}" if f"pred-time BN B={HEADLINE_BATCH}" in ece else "")
-            + "."
-        )  # fmt: skip
+        diffs = compare(tb, "gain", by=["B"])
+        helps = holds_from({k[0]: d.verdict == "helps" for k, d in diffs.items()})
+        out.append(Finding(
+            "test-batch-vs-source-shifted", f"{model}, severity {top}, mean over corruptions",
+            "prediction-time BN minus the source statistics, by test batch size",
+            cells(diffs, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
+            summary=(f"It helps at every test batch size from B={int(helps)} on" if helps
+                     else "It helps at no test batch size onwards from any B"),
+            method="test_batch", baseline="source", **common,
+        ))  # fmt: skip
+        out += _prior_findings(shifted, tb, common, top)
+    online = sub[(sub.corruption != "none") & sub.method.str.startswith("online EMA")]
+    if len(online):
+        diffs = compare(online, "gain", by=["method", "B"])
+        out.append(Finding(
+            "online-ema-vs-source", f"{model}, every corruption and severity", "the online "
+            "EMA over the test stream minus the source statistics, by test batch size",
+            cells(diffs, lambda k: f"{k[0].split(' ', 2)[2]} B={int(k[1])}",
+                  ["method", "test_batch_size"]), method="online_ema", baseline="source",
+            **common,
+        ))  # fmt: skip
+    ece = shifted.assign(ece_gain=lambda d: -paired_gap(d, "ece", d.method == "source",
+                                                       on=("corruption",)))  # fmt: skip
+    labels = [x for x in ("AdaBN", f"pred-time BN B={HEADLINE_BATCH}") if x in set(ece.label)]
+    if labels:
+        source_ece = ece[ece.method == "source"].ece.mean()
+        diffs = compare(ece[ece.label.isin(labels)], "ece_gain", by=["label"])
+        out.append(Finding(
+            "ece-vs-source", f"{model}, severity {top}, mean over corruptions", "expected "
+            f"calibration error of the source statistics ({source_ece:.1f}%) minus that of each "
+            "method (positive: better calibrated)",
+            [Cell(k[0], d, condition={"method": k[0]},
+                  note=f"{100 * d.mean / source_ece:.0f}% of the source's ECE")
+             for k, d in diffs.items()], unit="points of ECE", baseline="source", **common,
+        ))  # fmt: skip
     return out
 
 
@@ -246,7 +310,7 @@ def analyse(df):
             (f"ece_vs_severity_{model}.png", _severity_figure(df, model, "ece", "ECE (%)")),
             (f"batch_size_{model}.png", _batch_figure(df, model, top)),
         ]  # fmt: skip
-        findings += _findings(df, model, seeds)
+        findings += _findings(df, model)
         tables = []
         for severity in sorted({3, top} & set(df.severity.unique())):
             part = df[(df.model == model) & (df.severity == severity)
@@ -262,8 +326,9 @@ def analyse(df):
             f"![ECE vs severity](ece_vs_severity_{model}.png)",
             f"![batch size](batch_size_{model}.png)",
             *tables,
-            "#### Every method: clean accuracy and the mean over every corruption and "
-            "severity (mCE-style summary)\n\n" + markdown_table(_summary(df, model), "{:.2f}",
+            "#### Every method: clean accuracy and the mean accuracy over every corruption "
+            "and severity (a plain mean accuracy, not Hendrycks' normalised mCE)\n\n"
+            + markdown_table(_summary(df, model), "{:.2f}",
                                                                   index=True),
         ]  # fmt: skip
     claim = (
@@ -273,10 +338,12 @@ def analyse(df):
         "corrupted set measures whether statistics re-estimated on the test data do better."
     )
     body = "\n\n".join([
-        "## Findings", claim, "\n".join(findings),
-        "Verdicts compare each method with the source statistics of the *same* network on "
-        "the same test set (paired over seeds): 'helps' or 'hurts' when the mean difference "
-        "is more than one standard deviation over seeds from zero.",
+        "## Findings", claim, render(findings),
+        "Every difference compares a method with the source statistics (or prediction-time "
+        "BN) of the *same* network on the same test set, paired over seeds. Hyperparameters "
+        "are never chosen on the numbers they are scored on: the prior strength N is chosen "
+        "for each corruption on the other corruptions (leave one corruption out); the "
+        "strength that is best on the test results themselves is shown only as *oracle*.",
         "## Results", *sections,
         "## Corruptions (MNIST-1D-C)",
         markdown_table(pd.DataFrame({"corruption": list(shift.CORRUPTIONS),
@@ -289,11 +356,13 @@ def analyse(df):
         "computation over the unlabeled corrupted test set (k: over k of its samples); "
         "prediction-time BN normalises each test batch of exactly B iid examples with its own "
         "statistics; 'prior N' mixes source and batch statistics with weights N/(N+B) and "
-        "B/(N+B) (Schneider et al. 2020); the online EMA starts at the source statistics and "
-        "predicts each batch after updating on it. ECE: 15 equal-width confidence bins.",
+        "B/(N+B) (Schneider et al. 2020, the batch's unbiased variance as their reference "
+        "code); the online EMA starts at the source statistics and "
+        "predicts each batch after updating on it. ECE: 15 equal-width confidence bins. "
+        + METHOD,
         undefined,
     ])  # fmt: skip
-    return body, figures
+    return body, figures, findings
 
 
 STUDY = Study(

@@ -11,7 +11,16 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from bnbench.report import heatmap_panel, lines_with_spread, markdown_table, mean_and_spread
+from bnbench.data import DESCRIPTIONS
+from bnbench.findings import Cell, Finding, cells, render
+from bnbench.report import (
+    heatmap_panel,
+    lines_with_spread,
+    markdown_table,
+    mean_and_spread,
+    single,
+)
+from bnbench.stats import METHOD, compare, correct, paired_gap
 from bnbench.study import Study, main
 from bnbench.sweep import train_jobs
 
@@ -37,12 +46,84 @@ def _label(row):
     return row.estimator
 
 
+def _findings(m, model, dataset):
+    """The headline findings of one model: each a paired difference against the
+    population statistics of the same network (bnbench.stats), Holm-corrected over the
+    cells of the finding."""
+    m = m.assign(gain=paired_gap(m, "acc", m.setting == "population"))
+    steps = m.drop_duplicates("batch_size").set_index("batch_size").steps
+    common = {"dataset": dataset, "model": model, "baseline": "population"}
+    out = []
+
+    def by_batch(setting):
+        return compare(m[m.setting == setting], "gain", by=["batch_size"])
+
+    ema = by_batch("ema m=0.1")
+    out.append(Finding(
+        "ema-default-vs-population", model, "PyTorch's default EMA (momentum 0.1) minus the "
+        "population statistics, by training batch size",
+        cells(ema, lambda k: f"{k[0]}", ["batch_size"]), method="ema m=0.1",
+        summary=_where("it is clearly worse", ema, "hurts"), **common,
+    ))  # fmt: skip
+    emas = sorted((s for s in m.setting.unique() if s.startswith("ema m=")),
+                  key=lambda s: float(s.split("=")[1]))  # fmt: skip
+    family = correct({(s, k[0]): d for s in emas for k, d in
+                      compare(m[m.setting == s], "gain", by=["batch_size"], correction=None).items()})  # fmt: skip
+    worst_cells, safe = [], []
+    for s in emas:
+        mine = {k: d for k, d in family.items() if k[0] == s}
+        (_, bs), worst = min(mine.items(), key=lambda kv: kv[1].mean)
+        worst_cells.append(Cell(f"{s.split()[1]} (worst at batch {bs}, {int(steps[bs])} steps)",
+                                worst, condition={"momentum": float(s.split("=")[1]),
+                                                  "batch_size": int(bs)}))  # fmt: skip
+        if not any(d.verdict == "hurts" for d in mine.values()):
+            safe.append(s.split("=")[1])
+    out.append(Finding(
+        "ema-momenta-vs-population", model, "every EMA momentum against the population "
+        "statistics at its worst training batch size", worst_cells, method="ema",
+        summary=f"Momenta with no clear loss at any of the {m.batch_size.nunique()} batch sizes: "
+        + (", ".join(safe) or "none"), **common,
+    ))  # fmt: skip
+    cum = by_batch("cumulative")
+    out.append(Finding(
+        "cumulative-vs-population", model, "the cumulative average (PyTorch momentum=None) "
+        "minus the population statistics, by training batch size",
+        cells(cum, lambda k: f"{k[0]}", ["batch_size"]), method="cumulative",
+        summary="It weighs the untrained network's first batches as much as the last",
+        **common,
+    ))  # fmt: skip
+    sizes = sorted(int(s.split()[1]) for s in m.setting.unique() if s.startswith("test_batch "))
+    if sizes:
+        tb = m[m.setting.str.startswith("test_batch ")]
+        family = compare(tb, "gain", by=["setting", "batch_size"])
+        tb_cells = []
+        for b in sizes:
+            mine = {k: d for k, d in family.items() if k[0] == f"test_batch {b}"}
+            (_, bs), worst = min(mine.items(), key=lambda kv: kv[1].mean)
+            hurts = sum(d.verdict == "hurts" for d in mine.values())
+            tb_cells.append(Cell(f"B={b} (worst at training batch {bs})", worst,
+                                 condition={"test_batch_size": b, "batch_size": int(bs)},
+                                 note=f"clearly worse at {hurts} of {len(mine)} training batch sizes"))  # fmt: skip
+        out.append(Finding(
+            "test-batch-vs-population", model, "BN on iid test batches of B minus the population "
+            "statistics, at the worst training batch size", tb_cells, method="test_batch",
+            **common,
+        ))  # fmt: skip
+    return out
+
+
+def _where(what, diffs, verdict):
+    """``"it is clearly worse at batch sizes 2, 512"`` (or ``"... at none"``)."""
+    keys = [str(k[0]) for k, d in diffs.items() if d.verdict == verdict]
+    return f"{what} at {'batch sizes ' + ', '.join(keys) if keys else 'no batch size'}"
+
+
 def analyse(df):
     df = df.copy()
     df["acc"] = 100 * df["test_accuracy"]
     df["setting"] = [_label(r) for r in df.itertuples()]
     models = sorted(df.model.unique())
-    figures, findings, tables = [], [], []
+    figures, tables = [], []
 
     # Figure 1: accuracy heatmaps over momentum x batch size for the EMAs
     emas = df[df.estimator.isin(["ema", "ema_debiased"])]
@@ -95,51 +176,13 @@ def analyse(df):
     axes[0, -1].legend(title="batch size", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     figures.append(("ema_error_vs_momentum.png", fig))
 
-    # Findings and tables
-    seeds = df.seed.nunique()
+    # Findings (paired over seeds, bnbench.stats) and tables
+    seeds, dataset = df.seed.nunique(), single(df, "dataset")
+    found = []
     for model in models:
-        m = df[(df.model == model) & df.acc.notna()]
+        m = df[(df.model == model) & df.acc.notna()].copy()
+        found += _findings(m, model, dataset)
         per = mean_and_spread(m, ["setting", "batch_size"], "acc")
-        by = per.pivot_table(index="setting", columns="batch_size", values="mean")
-        noise = float(per["std"].median())  # a typical seed-to-seed spread
-        pop = by.loc["population"]
-        findings.append(
-            f"- **{model}**: a typical standard deviation over the {seeds} seeds is "
-            f"{noise:.1f} points; smaller differences below are within seed noise."
-        )
-        gap = (pop - by.loc["ema m=0.1"]).dropna()
-        findings.append(
-            f"- **{model}**: population statistics minus PyTorch's default EMA (momentum "
-            f"0.1), by training batch size: "
-            + ", ".join(f"{bs}: {g:+.1f}" for bs, g in gap.items())
-            + f" points (population: {pop.min():.1f}% to {pop.max():.1f}%)."
-        )
-        emas = [s for s in by.index if s.startswith("ema m=")]
-        deficit = {s: float((pop - by.loc[s]).max()) for s in emas}
-        safe = [s.split("=")[1] for s, d in deficit.items() if d <= noise]
-        worst = max(deficit, key=deficit.get)
-        worst_bs = (pop - by.loc[worst]).idxmax()
-        findings.append(
-            f"- **{model}**: EMA momenta within one seed-sd of the population statistics "
-            f"at every batch size: {', '.join(safe) or 'none'}. The worst is {worst}: "
-            f"{deficit[worst]:.1f} points below at batch size {worst_bs} "
-            f"({int(m[m.batch_size == worst_bs].steps.iloc[0])} training steps)."
-        )
-        cum = pop - by.loc["cumulative"]
-        findings.append(
-            f"- **{model}**: the cumulative average trails the population statistics by up "
-            f"to {cum.max():.1f} points (batch size {cum.idxmax()}): it weighs the untrained "
-            "network's first batches as much as the last."
-        )
-        sizes = sorted(int(s.split()[1]) for s in by.index if s.startswith("test_batch "))
-        if sizes:
-            cost = {b: pop - by.loc[f"test_batch {b}"] for b in sizes}
-            findings.append(
-                f"- **{model}**: BN on iid test batches instead of population statistics "
-                "costs, by test batch size: "
-                + ", ".join(f"{b}: {c.min():.1f} to {c.max():.1f} points" for b, c in cost.items())
-                + " (range over training batch sizes)."
-            )
         table = per.pivot_table(index="setting", columns="batch_size", values="mean")
         order = [s for s in chosen if s in table.index] + [
             s for s in table.index if s not in chosen and not s.startswith("ema")
@@ -160,7 +203,7 @@ def analyse(df):
     body = "\n\n".join(
         [
             "## Findings",
-            "\n".join(findings),
+            render(found),
             "## Test accuracy over momentum and batch size",
             "![heatmaps](accuracy_heatmaps.png)",
             "![accuracy vs batch size](accuracy_vs_batch_size.png)",
@@ -176,15 +219,15 @@ def analyse(df):
             + ".",
             cost_md,
             "## Method",
-            f"MNIST-1D (4000 train / 1000 test), {seeds} seed(s) per cell, "
+            f"{DESCRIPTIONS.get(dataset, dataset)}, {seeds} seed(s) per cell, "
             f"{int(df.epochs.iloc[0])} epochs of SGD (momentum 0.9, lr 0.05 x batch/64 capped "
             "at 0.4, 1 warm-up epoch, cosine decay, weight decay 5e-4). Every estimator and "
             "momentum is evaluated on the same trained network; 'population' is the exact "
             "statistics of the final network over the training set. Accuracies are means "
-            "over seeds.",
+            "over seeds. " + METHOD,
         ]
     )
-    return body, figures
+    return body, figures, found
 
 
 STUDY = Study(

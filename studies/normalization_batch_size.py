@@ -17,7 +17,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bnbench.report import lines_with_spread, markdown_table, mean_and_spread
+from bnbench.data import DESCRIPTIONS
+from bnbench.findings import Cell, Finding, cells, render
+from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
+from bnbench.stats import METHOD, compare, paired_gap
 from bnbench.study import Study, main
 from bnbench.sweep import train_jobs
 
@@ -105,11 +108,12 @@ def _nbs_figure(curves):
 
 
 def natural(df):
-    """Each variant scored with its own test-time statistics: the population statistics,
-    except FrozenBN's, scored with the statistics it was frozen with (those its last phase
+    """Each variant scored with its own test-time statistics: BN with the population
+    statistics, Batch Renorm with each layer's own moving mu and sigma (Ioffe 2017's
+    inference), FrozenBN with the statistics it was frozen with (those its last phase
     trained with)."""
-    frozen = df.variant == "FrozenBN"
-    return df[(~frozen & (df.label == "population")) | (frozen & (df.label == "frozen"))]
+    own = {"BN": "population", "Batch Renorm": "renorm", "FrozenBN": "frozen"}
+    return df[df.label == df.variant.map(own)]
 
 
 def _variants_figure(df):
@@ -127,68 +131,117 @@ def _variants_figure(df):
     return fig
 
 
-def _findings(df, curves):
+def _by_seed(part, label_col, a, b):
+    """Per seed: accuracy of ``a`` minus ``b`` (values of ``label_col``), each the mean of
+    its runs with that seed: different networks paired by seed (same initialisation and
+    batch order), the closest pairing configurations that train separately allow."""
+    wide = part.pivot_table(index=["seed", *[c for c in ("model", "batches", "batch_size")
+                                              if c in part]],
+                            columns=label_col, values="acc").reset_index()  # fmt: skip
+    if a not in wide or b not in wide:
+        return wide.iloc[:0].assign(gain=[])
+    return wide.assign(gain=wide[a] - wide[b], job_key=wide["seed"]).dropna(subset=["gain"])
+
+
+def _nbs_findings(df, common):
+    sub = df[df.part == "nbs"].copy()
+    sub["nbs"] = sub.ghost_batch_size.astype(int)
     out = []
-    seeds = df.seed.nunique()
-    for model in sorted(curves.model.unique()):
-        c = curves[curves.model == model].pivot_table(index="nbs", columns="kind", values="mean")
-        sd = curves[curves.model == model].pivot_table(index="nbs", columns="kind", values="std")
-        col = "test error, population statistics"
-        noise = float(sd[col].median()) if col in sd else 0.0
-        if col in c:
-            best = c[col].idxmin()
-            ends = (c[col].iloc[0], c[col].iloc[-1])
-            u_shape = ends[0] - c[col].min() > noise and ends[1] - c[col].min() > noise
-            out.append(
-                f"- **{model}**: test error with population statistics is lowest at NBS {best} "
-                f"({c[col].min():.1f}%), against {ends[0]:.1f}% at NBS {c.index[0]} and "
-                f"{ends[1]:.1f}% at NBS {c.index[-1]} (median seed sd {noise:.1f}): "
-                + ("a U-shape, as Wu & Johnson report (their optimum: NBS 32-128)." if u_shape
-                   else "no U-shape beyond the seed spread here, unlike Wu & Johnson's.")
-            )  # fmt: skip
-        tb, tr = "test error, batch statistics", "train error, batch statistics"
-        if tb in c and col in c:
-            gap = (c[col] - c[tb]).round(1)
-            worse = [int(n) for n, g in gap.items() if g > noise]
-            out.append(
-                f"- **{model}**: test error with population minus batch statistics, by NBS: "
-                + ", ".join(f"{int(n)}: {g:+.1f}" for n, g in gap.items())
-                + " points; population statistics are worse beyond the seed spread at "
-                + (f"NBS {', '.join(map(str, worse))} (train/test inconsistency)" if worse
-                   else "no NBS")
-                + "."
-            )  # fmt: skip
-        if tr in c and tb in c:
-            gen = (c[tb] - c[tr]).round(1)
-            out.append(
-                f"- **{model}**: generalization gap with batch statistics (test minus train "
-                "error), by NBS: " + ", ".join(f"{int(n)}: {g:+.1f}" for n, g in gen.items())
-                + " points."
-            )  # fmt: skip
-    sub = natural(df[df.part == "variants"])
-    for (model, batches), part in sub.groupby(["model", "batches"]):
-        table = mean_and_spread(part, ["variant", "batch_size"], "acc")
-        cells = []
-        for bs in sorted(table.batch_size.unique()):
-            t = table[table.batch_size == bs].set_index("variant")
-            cells.append(f"batch {int(bs)}: " + ", ".join(
-                f"{v} {t.loc[v, 'mean']:.1f} +- {t.loc[v, 'std']:.1f}" for v in t.index))  # fmt: skip
-        out.append(f"- **{model}, {batches} training batches**, test accuracy (%) with each "
-                   f"variant's own statistics ({seeds} seeds): " + "; ".join(cells) + ".")  # fmt: skip
-    frozen = df[(df.part == "variants") & (df.variant == "FrozenBN")]
-    if len(frozen):
-        g = frozen.pivot_table(index=["job_key", "model"], columns="label", values="acc")
-        if {"frozen", "population"} <= set(g.columns):
-            d = (g["frozen"] - g["population"]).groupby("model").agg(["mean", "std"])
-            out.append("- FrozenBN networks scored with the statistics they were frozen with, "
-                       "minus their final population statistics: " + ", ".join(
-                           f"{m} {r['mean']:+.1f} +- {r['std']:.1f} points" for m, r in d.iterrows())
-                       + ".")  # fmt: skip
+    test = sub[sub.split == "test"]
+    pop = test[test.estimator == "population"]
+    best = pop.groupby("nbs").acc.mean()
+    middle = [n for n in best.index if 32 <= n <= 128]
+    ends = [n for n in (best.index.min(), best.index.max()) if n not in middle]
+    if middle and ends:  # a contrast fixed in advance: Wu & Johnson's optimum, 32-128
+        mid = pop[pop.nbs.isin(middle)].groupby("seed").acc.mean()
+        rows = []
+        for n in ends:
+            at = pop[pop.nbs == n].groupby("seed").acc.mean()
+            rows += [
+                {"job_key": s, "nbs": n, "gain": at[s] - mid[s]} for s in at.index if s in mid
+            ]
+        diffs = compare(pd.DataFrame(rows), "gain", by=["nbs"])
+        u = all(d.verdict == "hurts" for d in diffs.values())
+        span = f"{middle[0]}" if len(middle) == 1 else f"{middle[0]}-{middle[-1]}"
+        out.append(Finding(
+            "nbs-u-shape", common["model"], "test accuracy with population statistics at the "
+            f"smallest and largest NBS minus its mean over NBS {span} "
+            "(paired by seed)", cells(diffs, lambda k: f"NBS {k[0]}", ["nbs"]),
+            summary=(f"Lowest error at NBS {best.idxmax()} ({100 - best.max():.1f}%). "
+                     + ("A U-shape, as Wu & Johnson report (their optimum: NBS 32-128)" if u
+                        else "Not a clear U-shape here, unlike Wu & Johnson's")),
+            method="population at NBS end", baseline=f"population at NBS {span}",
+            **common,
+        ))  # fmt: skip
+    tb = test[test.estimator == "test_batch"][["job_key", "nbs", "acc"]]
+    both = pop[["job_key", "nbs", "acc"]].merge(tb, on=["job_key", "nbs"], suffixes=("", "_tb"))
+    both["gain"] = both["acc"] - both["acc_tb"]
+    diffs = compare(both, "gain", by=["nbs"])
+    worse = [str(k[0]) for k, d in diffs.items() if d.verdict == "hurts"]
+    out.append(Finding(
+        "nbs-population-vs-batch", common["model"], "test accuracy with population statistics "
+        "minus with test batches of the NBS, by NBS",
+        cells(diffs, lambda k: f"{k[0]}", ["nbs"]),
+        summary="Population statistics are clearly worse at " + (
+            f"NBS {', '.join(worse)} (Wu & Johnson's train/test inconsistency)" if worse
+            else "no NBS"), method="population", baseline="test_batch", **common,
+    ))  # fmt: skip
+    train = sub[(sub.split == "train") & (sub.estimator == "test_batch")][
+        ["job_key", "nbs", "acc"]
+    ]
+    gen = tb.merge(train, on=["job_key", "nbs"], suffixes=("", "_train"))
+    gen["gain"] = gen["acc"] - gen["acc_train"]
+    out.append(Finding(
+        "nbs-generalization-gap", common["model"], "test minus training accuracy with batch "
+        "statistics (the generalization gap, negative), by NBS",
+        cells(compare(gen, "gain", by=["nbs"]), lambda k: f"{k[0]}", ["nbs"]),
+        method="test split", baseline="train split", **common,
+    ))  # fmt: skip
+    return out
+
+
+def _findings(df):
+    out = []
+    dataset = single(df, "dataset")
+    for model in sorted(df[df.part == "nbs"].model.unique()):
+        out += _nbs_findings(df[df.model == model], {"dataset": dataset, "model": model})
+    variants = natural(df[df.part == "variants"])
+    for (model, batches), part in variants.groupby(["model", "batches"]):
+        common = {"dataset": dataset, "model": model}
+        for variant, fid in (("Batch Renorm", "renorm-vs-bn"), ("FrozenBN", "frozen-vs-bn")):
+            paired = _by_seed(part, "variant", variant, "BN")
+            if paired.empty:
+                continue
+            diffs = compare(paired, "gain", by=["batch_size"])
+            acc = part.groupby(["variant", "batch_size"]).acc.mean()
+            out.append(Finding(
+                fid, f"{model}, {batches} training batches", f"{variant} minus BN, each with "
+                "its own test-time statistics (paired by seed), by training batch size",
+                [Cell(f"batch {int(k[0])}", d, condition={"batch_size": int(k[0])},
+                      note=f"{acc.get((variant, k[0]), float('nan')):.1f}% vs "
+                           f"{acc.get(('BN', k[0]), float('nan')):.1f}%")
+                 for k, d in diffs.items()], method=variant, baseline="BN", **common,
+            ))  # fmt: skip
+    for variant, own, fid in (("FrozenBN", "frozen", "frozen-own-vs-population"),
+                              ("Batch Renorm", "renorm", "renorm-own-vs-population")):  # fmt: skip
+        part = df[(df.part == "variants") & (df.variant == variant)]
+        part = part[part.label.isin([own, "population"])]
+        if part.label.nunique() < 2:
+            continue
+        part = part.assign(gain=paired_gap(part, "acc", part.label == "population"))
+        diffs = compare(part[part.label == own], "gain", by=["model"])
+        out.append(Finding(
+            fid, variant, f"{variant} networks scored with {'the statistics they were frozen with' if own == 'frozen' else 'their own moving mu and sigma'} "
+            "minus with their final population statistics (the same network)",
+            cells(diffs, lambda k: k[0], ["model"]), method=own, baseline="population",
+            dataset=dataset,
+        ))  # fmt: skip
     return out
 
 
 def analyse(df):
     df = prepare(df)
+    found = _findings(df)
     figures, sections = [], []
     curves = _nbs_curves(df) if (df.part == "nbs").any() else pd.DataFrame(columns=["model"])
     if len(curves):
@@ -206,20 +259,26 @@ def analyse(df):
                      "Test accuracy (%) by estimator (mean over seeds):",
                      markdown_table(table, "{:.1f}", index=True)]  # fmt: skip
     body = "\n\n".join([
-        "## Findings", "\n".join(_findings(df, curves)), *sections,
+        "## Findings", render(found), *sections,
         "## Method",
-        f"MNIST-1D, {df.seed.nunique()} seed(s). (a) SGD batch {SGD_BATCH}, ghost batches of "
+        f"{DESCRIPTIONS.get(single(df, 'dataset'), single(df, 'dataset'))}, "
+        f"{df.seed.nunique()} seed(s). (a) SGD batch {SGD_BATCH}, ghost batches of "
         f"the NBS in training; the training error with batch statistics normalises batches "
         "of the NBS of the training set, the test error with batch statistics test batches "
         "of the NBS (iid), the test error with population statistics uses the exact "
-        "statistics of the final network over the training set. (b) Batch Renorm with "
-        "Ioffe's warm-up (plain BN for 4% of the steps, rmax to 3 and dmax to 5 by 31% and "
-        f"19%), its running estimates an EMA of momentum 0.01; FrozenBN trains the last "
+        "statistics of the final network over the training set. (b) Batch Renorm as Ioffe's "
+        "Algorithm 1 (moving averages of the batch mean and of sigma_B = sqrt(var_B + eps), "
+        "momentum 0.01, started at the first batch) with his warm-up (plain BN for 4% of "
+        "the steps, rmax to 3 and dmax to 5 by 31% and 19%), scored with its own mu and "
+        "sigma; FrozenBN trains the last "
         f"{FROZEN:.0%} of the steps with the exact population statistics of the network at "
         "the switch; non-iid batches hold 2 random classes each. Learning rate 0.05 x "
-        "batch/64 (capped at 0.4), 1 warm-up epoch, cosine.",
+        "batch/64 (capped at 0.4), 1 warm-up epoch, cosine. Variants train separate "
+        "networks, so their comparison is paired by seed (same initialisation and batch "
+        "order); comparisons of statistics on one network are paired on that network. "
+        + METHOD,
     ])  # fmt: skip
-    return body, figures
+    return body, figures, found
 
 
 STUDY = Study(

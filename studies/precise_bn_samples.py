@@ -3,8 +3,8 @@
 After training, PreciseBN forwards K training samples in training mode and aggregates the
 batch statistics. How many samples are enough, does the recompute batch size matter, and
 does the total variance (mean of batch variances *plus* variance of batch means: current
-fvcore ``update_bn_stats``) beat the mean of batch variances alone (fvcore before 2021,
-and ``torch.optim.swa_utils.update_bn``)?
+fvcore ``update_bn_stats``) beat the mean of batch variances alone (fvcore before
+2021-05-17, and ``torch.optim.swa_utils.update_bn``)?
 
     python studies/precise_bn_samples.py --preset quick
 """
@@ -13,7 +13,10 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from bnbench.report import lines_with_spread, markdown_table, mean_and_spread
+from bnbench.data import DESCRIPTIONS
+from bnbench.findings import Finding, cells, render
+from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
+from bnbench.stats import METHOD, compare, holds_from
 from bnbench.study import Study, main
 from bnbench.sweep import train_jobs
 
@@ -71,54 +74,68 @@ def analyse(df):
         axes[0, j].legend(fontsize=7)
     figures = [("precise_samples.png", fig)]
 
-    findings = []
+    found = []
+    dataset = single(df, "dataset")
     for model in models:
-        a = acc[acc.model == model]
-        best = a[a.setting.str.endswith("total var")]
+        part = pre[pre.model == model]
+        common = {"dataset": dataset, "model": model, "baseline": "population"}
         target = pop.loc[model, "mean"]
-        enough = best[best["mean"] >= target - 0.5].groupby("setting").precise_samples.min()
-        findings.append(
-            f"- **{model}**: population statistics give {target:.1f}%; PreciseBN (total "
-            "variance) comes within 0.5 points from "
-            + (
-                ", ".join(f"{int(v)} samples ({s.split(',')[0]})" for s, v in enough.items())
-                or "no sample count measured"
-            )  # fmt: skip
-            + f" ({seeds} seeds)."
-        )
-        e = err[err.model == model]
-        e = e.assign(batch=e.setting.str.split(",").str[0])
-        for bs in sorted(e.batch.unique(), key=lambda b: int(b.split()[1])):
-            part = e[e.batch == bs]  # the most samples this recompute batch forwarded
-            most = part.precise_samples.max()
-            at = part[part.precise_samples == most].set_index("setting")["mean"]
-            total, per_batch = at.get(f"{bs}, total var"), at.get(f"{bs}, mean of batch vars")
-            if total is None or per_batch is None:
-                continue
-            better = "total variance" if total < per_batch else "the mean of batch variances"
-            findings.append(
-                f"- **{model}**, recompute {bs}, {int(most)} samples: variance error "
-                f"{total:.3g} with the total variance against {per_batch:.3g} with the mean "
-                f"of batch variances; {better} is closer to the population statistics."
-            )
+        for bs in sorted(part.precise_batch_size.unique()):
+            tv = part[(part.precise_batch_size == bs) & (part.aggregation == "total_variance")]
+            diffs = compare(tv, "gap", by=["precise_samples"])
+            enough = holds_from({k[0]: d.within(0.5) for k, d in diffs.items()})
+            found.append(Finding(
+                "precise-vs-population", f"{model}, recompute batch {int(bs)}",
+                f"PreciseBN (total variance, fvcore) minus the population statistics "
+                f"({target:.1f}%), by samples forwarded",
+                cells(diffs, lambda k: f"{int(k[0])}", ["precise_samples"]),
+                summary=(f"It is confidently within 0.5 points from {int(enough)} samples on"
+                         if enough is not None else
+                         "At no sample count is it confidently within 0.5 points"),
+                method=f"precise total_variance batch {int(bs)}", **common,
+            ))  # fmt: skip
+        # the two aggregations of the same pass: which is closer to the population statistics
+        most = part.groupby("precise_batch_size").precise_samples.transform("max")
+        at = part[part.precise_samples == most]
+        wide = at.pivot_table(index=["job_key", "precise_batch_size"], columns="aggregation",
+                              values="var_error").dropna().reset_index()  # fmt: skip
+        if {"total_variance", "mean_of_batch_variances"} <= set(wide.columns):
+            # positive: the total variance has the smaller error
+            wide["gain"] = wide["mean_of_batch_variances"] - wide["total_variance"]
+            used = at.groupby("precise_batch_size").precise_samples.max()
+            diffs = compare(wide, "gain", by=["precise_batch_size"])
+            found.append(Finding(
+                "precise-total-vs-mean-var", model, "variance error of the mean of batch "
+                "variances minus that of the total variance (positive: the total variance is "
+                "closer to the population statistics), at the most samples, by recompute batch",
+                cells(diffs, lambda k, used=used: f"batch {int(k[0])} ({int(used[k[0]])} samples)",
+                      ["precise_batch_size"]),
+                unit="RMS log-variance error", digits=3, method="precise total_variance",
+                baseline="precise mean_of_batch_variances", dataset=dataset, model=model,
+            ))  # fmt: skip
     table = acc.pivot_table(index=["model", "setting"], columns="precise_samples",
                             values="mean")  # fmt: skip
     body = "\n\n".join([
-        "## Findings", "\n".join(findings),
+        "## Findings", render(found),
         "![precise samples](precise_samples.png)",
         "## Test accuracy (%) by samples forwarded", markdown_table(table, "{:.1f}", index=True),
         "## Method",
-        f"MNIST-1D, training batch size 64, {int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
+        f"{DESCRIPTIONS.get(dataset, dataset)}, training batch size 64, "
+        f"{int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
         "Every PreciseBN setting is computed on the same trained network, from the same "
         "random subset order, in whole recompute batches: the sample counts shown are those "
         "actually forwarded (e.g. 3968 of the 4000 training samples in batches of 128). "
-        "'total var' is the current fvcore aggregation; 'mean of batch vars' is fvcore's "
-        "pre-2021 one and what torch.optim.swa_utils.update_bn computes. Upstream BN "
+        "'total var' is fvcore's current aggregation exactly (since 2021-05-17: the biased "
+        "variance of the union of the batches); 'mean of batch vars' is fvcore's earlier "
+        "one and what torch.optim.swa_utils.update_bn computes (the plain mean of the "
+        "Bessel-corrected batch variances). Upstream BN "
         "layers run in training mode during the recompute passes (as in fvcore), while the "
         "population target has them in inference mode: deeper layers' statistics differ "
-        "between the two, more so for small recompute batches.",
+        "between the two, more so for small recompute batches. 'Within 0.5 points from N' "
+        "means: at N and at every larger sample count the interval's lower end is above "
+        "-0.5 points. " + METHOD,
     ])  # fmt: skip
-    return body, figures
+    return body, figures, found
 
 
 STUDY = Study(

@@ -12,7 +12,10 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from bnbench.report import lines_with_spread, markdown_table, mean_and_spread
+from bnbench.data import DESCRIPTIONS
+from bnbench.findings import Finding, cells, render
+from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
+from bnbench.stats import METHOD, compare, holds_from, paired_gap
 from bnbench.study import Study, main
 from bnbench.sweep import train_jobs
 
@@ -54,53 +57,61 @@ def analyse(df):
         ax.legend(fontsize=8)
     figures = [("test_batch_size.png", fig)]
 
-    findings = []
+    found = []
+    dataset = single(df, "dataset")
+    scored = df[df.acc.notna()].copy()
+    scored["gain"] = paired_gap(scored, "acc", scored.estimator == "population")
     for model in models:
-        c = curves[curves.model == model]
+        m = scored[(scored.model == model) & (scored.estimator == "test_batch")]
+        common = {"dataset": dataset, "model": model, "method": "test_batch"}
+        iid = compare(m[m.test_order == "iid"], "gain", by=["test_batch_size"])
         pop = refs[(refs.model == model) & (refs.estimator == "population")]["mean"].iloc[0]
-        iid = c[c.test_order == "iid"].set_index("test_batch_size")["mean"]
-        srt = c[c.test_order == "sorted"].set_index("test_batch_size")["mean"]
-        close = iid[iid >= pop - 1.0]
-        first = (f"reaches within 1 point of the population statistics ({pop:.1f}%) from "
-                 f"test batch size {close.index.min()}" if len(close)
-                 else f"never comes within 1 point of the population statistics ({pop:.1f}%)")  # fmt: skip
-        smallest = iid.index.min()
-        findings.append(
-            f"- **{model}**: with iid test batches, test-batch BN {first}; at test batch size "
-            f"{smallest} it scores {iid.loc[smallest]:.1f}% ({seeds} seeds)."
-        )
-        common = [b for b in srt.index if b in iid.index and b <= 128]
-        if common:
-            b = max(common)
-            findings.append(
-                f"- **{model}**: class-sorted test batches collapse it: at test batch size {b}, "
-                f"{srt.loc[b]:.1f}% sorted against {iid.loc[b]:.1f}% iid. A prediction then "
-                "depends on which other examples share its batch."
-            )
+        from_b = holds_from({k[0]: d.within(1.0) for k, d in iid.items()})
+        found.append(Finding(
+            "test-batch-iid-vs-population", model, "BN normalising each iid test batch with its "
+            f"own statistics minus the population statistics ({pop:.1f}%), by test batch size",
+            cells(iid, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
+            summary=(f"It is confidently within 1 point of the population statistics from test "
+                     f"batch size {int(from_b)} on" if from_b is not None else
+                     "At no test batch size is it confidently within 1 point of the population "
+                     "statistics"), baseline="population", **common,
+        ))  # fmt: skip
+        sorted_gap = m.pivot_table(index=["job_key", "test_batch_size"], columns="test_order",
+                                   values="acc").dropna().reset_index()  # fmt: skip
+        if "sorted" in sorted_gap and "iid" in sorted_gap:
+            sorted_gap["gain"] = sorted_gap["sorted"] - sorted_gap["iid"]
+            small = sorted_gap[sorted_gap.test_batch_size <= 128]
+            diffs = compare(small, "gain", by=["test_batch_size"])
+            found.append(Finding(
+                "test-batch-sorted-vs-iid", model, "class-sorted minus iid test batches, by test "
+                "batch size", cells(diffs, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
+                summary="A prediction then depends on which other examples share its batch",
+                baseline="test_batch iid", **{**common, "method": "test_batch sorted"},
+            ))  # fmt: skip
     skipped = df[(df.estimator == "test_batch") & df.acc.isna()]
     if len(skipped):
         cases = sorted({(r.model, int(r.test_batch_size)) for r in skipped.itertuples()})
-        findings.append(
-            "- Not measurable: "
-            + ", ".join(f"{m} at test batch size {b}" for m, b in cases)
-            + " (one value per channel: BN in training mode is undefined there)."
-        )
+        found.append(Finding("not-measurable", "", "Not measurable: " + ", ".join(
+            f"{m} at test batch size {b}" for m, b in cases)
+            + " (one value per channel: BN in training mode is undefined there)", unit=""))  # fmt: skip
     table = curves.pivot_table(index=["model", "test_order"], columns="test_batch_size",
                                values="mean")  # fmt: skip
     body = "\n\n".join([
-        "## Findings", "\n".join(findings),
+        "## Findings", render(found),
         "![test batch size](test_batch_size.png)",
         "## Test accuracy (%) by test batch size", markdown_table(table, "{:.1f}", index=True),
         "## Running estimates on the same networks", markdown_table(refs.round(2), "{:.2f}"),
         "## Method",
-        f"MNIST-1D, training batch size 64, {int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
+        f"{DESCRIPTIONS.get(dataset, dataset)}, training batch size 64, "
+        f"{int(df.epochs.iloc[0])} epochs, {seeds} seed(s). "
         f"Every test example is predicted in a batch of exactly the stated size, cut from "
         f"the shuffled (iid) or label-sorted test set of {int(df.test_size.iloc[0])} "
         "examples (where the size does not divide the test set, the last batch overlaps the "
         "one before it and predicts only the examples not yet predicted); BN normalises each "
-        "batch with its own statistics.",
+        "batch with its own statistics. 'Within 1 point from B' means: at B and at every "
+        "larger B the interval's lower end is above -1 point. " + METHOD,
     ])  # fmt: skip
-    return body, figures
+    return body, figures, found
 
 
 STUDY = Study(

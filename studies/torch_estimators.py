@@ -18,14 +18,11 @@ import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-from bnbench.report import (
-    lines_with_spread,
-    markdown_table,
-    mean_and_spread,
-    paired_difference,
-    verdict,
-)
+from bnbench.findings import Cell, Finding, cells, render
+from bnbench.report import lines_with_spread, markdown_table, mean_and_spread
+from bnbench.stats import METHOD, compare, correct, paired_gap
 from bnbench.study import Study, main
 
 MOMENTA = [0.003, 0.01, 0.03, 0.1, 0.3, 0.9]
@@ -107,84 +104,102 @@ def prepare(df):
     df["acc"] = 100 * df["test_accuracy"]
     df["setting"] = [_label(r) for r in df.itertuples()]
     df["cost_item"] = [_cost_label(r) for r in df.itertuples()]
-    df["gain"] = paired_difference(df, "acc", df.setting == "population")
+    df["gain"] = paired_gap(df, "acc", df.setting == "population")
     return df
 
 
-def _paired(part):
-    g = part.groupby("job_key").gain.mean()
-    return float(g.mean()), float(g.std())
+def _by_batch(df, setting, common, fid, claim, method=None):
+    part = df[df.setting == setting]
+    if part.empty:
+        return []
+    diffs = compare(part, "gain", by=["batch_size"])
+    return [Finding(fid, "", claim, cells(diffs, lambda k: f"{int(k[0])}", ["batch_size"]),
+                    method=method or setting, **common)]  # fmt: skip
 
 
-def _findings(df, seeds):
+def _findings(df):
     out = []
-    per = mean_and_spread(df, ["setting", "batch_size"], "acc")
-    noise = float(per["std"].median())
-    pop = per[per.setting == "population"].set_index("batch_size")["mean"]
-    out.append(f"- A typical standard deviation of test accuracy over the {seeds} seeds is "
-               f"{noise:.1f} points; every comparison below is paired against the population "
-               "statistics of the same network (its exact statistics over the training set: "
-               f"{pop.min():.1f}% to {pop.max():.1f}% by batch size).")  # fmt: skip
-    sizes = sorted(df.batch_size.unique())
-    if "ema m=0.1" in set(df.setting):
-        cells = [f"{int(b)}: {verdict(*_paired(df[(df.setting == 'ema m=0.1') & (df.batch_size == b)]))}"
-                 for b in sizes]  # fmt: skip
-        out.append("- PyTorch's default EMA (momentum 0.1) against the population statistics, by "
-                   "training batch size: " + "; ".join(cells) + ".")  # fmt: skip
+    common = {"dataset": str(df.data.iloc[0]), "model": str(df.model.iloc[0]),
+              "baseline": "population"}  # fmt: skip
+    pop = df[df.setting == "population"].groupby("batch_size").acc.mean()
+    out += _by_batch(df, "ema m=0.1", common, "ema-default-vs-population",
+                     "PyTorch's default EMA (momentum 0.1) minus the population statistics (its "
+                     f"exact statistics over the training set: {pop.min():.1f}% to "
+                     f"{pop.max():.1f}%), by training batch size")  # fmt: skip
     emas = sorted({s for s in df.setting if s.startswith("ema m=")},
                   key=lambda s: float(s.split("=")[1]))  # fmt: skip
     if emas:
-        deficit = {s: max(-_paired(df[(df.setting == s) & (df.batch_size == b)])[0] for b in sizes)
-                   for s in emas}  # fmt: skip
-        safe = [s.split("=")[1] for s, d in deficit.items() if d <= noise]
-        worst = max(deficit, key=deficit.get)
-        out.append(f"- EMA momenta within one seed-sd of the population statistics at every batch "
-                   f"size: {', '.join(safe) or 'none'}; the worst is {worst}, up to "
-                   f"{deficit[worst]:.1f} points below.")  # fmt: skip
-    if "cumulative" in set(df.setting):
-        by_b = {b: _paired(df[(df.setting == "cumulative") & (df.batch_size == b)]) for b in sizes}
-        b, (m, s) = min(by_b.items(), key=lambda kv: kv[1][0])
-        out.append(f"- The cumulative average (PyTorch momentum=None) at its worst "
-                   f"{verdict(m, s)} against the population statistics (batch size {int(b)}).")  # fmt: skip
+        family = correct({(s, k[0]): d for s in emas for k, d in compare(
+            df[df.setting == s], "gain", by=["batch_size"], correction=None).items()})  # fmt: skip
+        worst, safe = [], []
+        for s in emas:
+            mine = {k: d for k, d in family.items() if k[0] == s}
+            (_, b), d = min(mine.items(), key=lambda kv: kv[1].mean)
+            worst.append(Cell(f"{s.split()[1]} (worst at batch {int(b)})", d,
+                              condition={"momentum": float(s.split("=")[1]), "batch_size": int(b)}))  # fmt: skip
+            if not any(x.verdict == "hurts" for x in mine.values()):
+                safe.append(s.split("=")[1])
+        out.append(Finding(
+            "ema-momenta-vs-population", "", "every EMA momentum against the population "
+            "statistics at its worst training batch size", worst,
+            summary="Momenta with no clear loss at any batch size: " + (", ".join(safe) or "none"),
+            method="ema", **common,
+        ))  # fmt: skip
+    out += _by_batch(df, "cumulative", common, "cumulative-vs-population", "the cumulative "
+                     "average (PyTorch momentum=None) minus the population statistics, by "
+                     "training batch size")  # fmt: skip
     precise = df[df.estimator == "precise"]
     for n in sorted({s.split()[1] for s in precise.setting}, key=lambda n: (n != "all", n)):
         t, mv = (df[df.setting == f"precise {n} {a}"] for a in ("total", "mean-var"))
         if len(t) and len(mv):
-            diff = t.groupby("job_key").var_error.mean() - mv.groupby("job_key").var_error.mean()
-            closer = ("the total variance is closer" if diff.mean() < -diff.std() else
-                      "the mean of batch variances is closer" if diff.mean() > diff.std() else
-                      "the two are within seed noise of each other")  # fmt: skip
-            out.append(f"- PreciseBN over {n} samples, variance error against the population: "
-                       f"{t.var_error.mean():.4f} with fvcore's current total-variance "
-                       f"aggregation, {mv.var_error.mean():.4f} with the mean of batch variances "
-                       f"(old fvcore, swa_utils.update_bn): {closer} (paired over runs); "
-                       f"accuracy {verdict(*_paired(t))} vs {verdict(*_paired(mv))}.")  # fmt: skip
+            both = pd.concat({"t": t.groupby("job_key").var_error.mean(),
+                              "mv": mv.groupby("job_key").var_error.mean()}, axis=1).dropna()  # fmt: skip
+            both = both.assign(gain=both.mv - both.t).reset_index()
+            d = compare(both, "gain")[()]
+            out.append(Finding(
+                "precise-total-vs-mean-var", f"PreciseBN over {n} samples", "variance error of "
+                "the mean of batch variances (old fvcore, swa_utils.update_bn) minus that of "
+                "fvcore's current total variance (positive: the total variance is closer to "
+                f"the population statistics; {t.var_error.mean():.4f} vs "
+                f"{mv.var_error.mean():.4f})", [Cell("every batch size", d)],
+                unit="RMS log-variance error", digits=4, method="precise total",
+                **{**common, "baseline": "precise mean-var"},
+            ))  # fmt: skip
     tb = sorted(int(s.split()[1]) for s in set(df.setting) if s.startswith("test_batch "))
     if tb:
-        out.append("- Prediction-time BN (each test batch with its own statistics) against the "
-                   "population statistics, by test batch size: " + "; ".join(
-                       f"B={b}: {verdict(*_paired(df[df.setting == f'test_batch {b}']))}" for b in tb)
-                   + " (over every training batch size).")  # fmt: skip
+        diffs = compare(df[df.setting.isin([f"test_batch {b}" for b in tb])], "gain",
+                        by=["test_batch_size"])  # fmt: skip
+        out.append(Finding(
+            "test-batch-vs-population", "", "prediction-time BN (each test batch with its own "
+            "statistics) minus the population statistics, by test batch size, over every "
+            "training batch size", cells(diffs, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
+            method="test_batch", **common,
+        ))  # fmt: skip
     if {"ema m=0.1", "running_buffers"} <= set(df.setting):
         a = df[df.setting == "ema m=0.1"].set_index("job_key").var_error
         b = df[df.setting == "running_buffers"].set_index("job_key").var_error
         gap = float(np.abs(a - b.reindex(a.index)).max())
-        out.append(f"- Check: the hooks' EMA at momentum 0.1 reproduces the model's own running "
-                   f"buffers (momentum 0.1): largest difference in variance error {gap:.2g}.")  # fmt: skip
+        out.append(Finding("hooks-reproduce-buffers", "Check", "the hooks' EMA at momentum 0.1 "
+                           "reproduces the model's own running buffers (momentum 0.1): largest "
+                           f"difference in variance error {gap:.2g}", unit=""))  # fmt: skip
     runs = df.drop_duplicates("job_key")
     frac = (100 * runs.hook_seconds / runs.train_seconds).groupby(runs.batch_size).median()
-    out.append("- Share of the training loop's time spent in the tracking hooks "
-               f"({len(MOMENTA)} momenta x 3 estimators; `python -m bnbench.torch.overhead` "
-               "times the loop with and without them), median by batch size: "
-               + ", ".join(f"{int(b)}: {f:.0f}%" for b, f in frac.items())
-               + f". The population statistics cost {int(runs.bn_layers.iloc[0])} passes "
-               "(one per BN layer).")  # fmt: skip
+    out.append(Finding(
+        "hook-share", "Cost", "share of the training loop's time spent in the tracking hooks "
+        f"({len(MOMENTA)} momenta x 3 estimators; `python -m bnbench.torch.overhead` times the "
+        "loop with and without them), median by batch size",
+        [Cell(f"{int(b)}", value=float(f), condition={"batch_size": int(b)}) for b, f in frac.items()],
+        unit="%", digits=0,
+        summary=f"The population statistics cost {int(runs.bn_layers.iloc[0])} passes (one per "
+        "BN layer)",
+    ))  # fmt: skip
     return out
 
 
 def analyse(df):
     df = prepare(df)
     seeds = df.seed.nunique()
+    found = _findings(df)
     figures = []
     chosen = [s for s in HEADLINE if s in set(df.setting)]
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
@@ -218,7 +233,7 @@ def analyse(df):
     cost = cost.loc[sorted(cost.index, key=_sort_key)].rename_axis("estimator")
     model, data = df.model.iloc[0], df.data.iloc[0]
     body = "\n\n".join([
-        "## Findings", "\n".join(_findings(df, seeds)),
+        "## Findings", render(found),
         "## Test accuracy", "![accuracy vs batch size](accuracy_vs_batch_size.png)",
         "Mean test accuracy (%) over seeds, by training batch size:",
         markdown_table(acc.loc[order], "{:.1f}", index=True),
@@ -252,10 +267,9 @@ def analyse(df):
         "by run seed and B) and cut into batches of exactly B, the last one being the last B "
         "shuffled examples and predicting only those not yet predicted, so every prediction "
         "comes from a batch of exactly B (bnbench.evaluate.exact_batches, as in the NumPy "
-        "studies). Accuracy differences are paired "
-        "per run against 'population'; 'helps'/'hurts' means more than one seed-sd from zero.",
+        "studies). " + METHOD,
     ])  # fmt: skip
-    return body, figures
+    return body, figures, found
 
 
 STUDY = Study(

@@ -14,8 +14,12 @@ import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, paired_difference
+from bnbench.data import DESCRIPTIONS
+from bnbench.findings import Cell, Finding, cells, render
+from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
+from bnbench.stats import METHOD, compare, paired_gap
 from bnbench.study import Study, main
 from bnbench.sweep import train_jobs
 
@@ -41,7 +45,9 @@ def _label(row):
     if row.estimator in ("ema", "ema_debiased"):
         return f"{row.estimator} m={row.momentum:g}"
     if row.estimator == "precise":  # "all": the training set in whole recompute batches
-        return "precise all" if row.precise_samples >= row.train_size else "precise 1024"
+        if row.precise_samples >= row.train_size:
+            return "precise all"
+        return f"precise {int(row.precise_samples_used)}"  # the count actually forwarded
     return row.estimator
 
 
@@ -52,7 +58,7 @@ def prepare(df):
     df["acc"] = 100 * df["test_accuracy"]
     df["progress"] = df["step"] / df["steps"]
     # paired with the same network at the same step: the seeds' own spread cancels
-    df["gap"] = paired_difference(df, "acc", df.estimator == "population", on=("step",))
+    df["gap"] = paired_gap(df, "acc", df.estimator == "population", on=("step",))
     df["part"] = np.where(df.model == "resnet", "depth",
                           np.where(df.batch_size == DEPTH_BATCH, "length", "during"))  # fmt: skip
     df["network"] = [f"resnet, {int(d)} BN layers" if m == "resnet" else m
@@ -103,13 +109,11 @@ def _final_figure(df):
 
 
 def _mid_training(df, bs):
-    """Per estimator: mean |gap| and worst gap (points) over checkpoints between 20% and
-    80% of training, averaged over seeds."""
+    """Per run and estimator: the mean signed gap (points, estimator minus the same
+    checkpoint's population statistics) over the checkpoints between 20% and 80% of
+    training."""
     sub = df[(df.part == "during") & (df.batch_size == bs) & df.progress.between(0.2, 0.8)]
-    per_run = sub.groupby(["label", "job_key"]).gap.agg(
-        mean_abs=lambda g: g.abs().mean(), worst="min"
-    )  # fmt: skip
-    return per_run.groupby("label").agg(["mean", "std"])
+    return sub.groupby(["label", "job_key", "seed"], as_index=False).gap.mean()
 
 
 def precise_used(df):
@@ -121,59 +125,75 @@ def precise_used(df):
 
 def _findings(df):
     out = []
-    seeds = df.seed.nunique()
+    common = {"dataset": single(df, "dataset"), "baseline": "population"}
     sizes = sorted(int(b) for b in df[df.part == "during"].batch_size.unique())
     mid = {bs: _mid_training(df, bs) for bs in sizes}
-    for label in ("ema m=0.1", "ema m=0.01", "precise 1024", "cumulative"):
-        if not all(label in m.index for m in mid.values()):
+    shown = ("ema m=0.1", "ema m=0.01", "precise 1024", "cumulative")
+    for label in shown:
+        parts = [m[m.label == label].assign(batch_size=bs) for bs, m in mid.items()]
+        part = pd.concat(parts) if parts else pd.DataFrame()
+        if part.empty or part.batch_size.nunique() < len(sizes):
             continue
-        cells = [f"batch {bs}: {m.loc[label, ('mean_abs', 'mean')]:.1f} "
-                 f"(worst {m.loc[label, ('worst', 'mean')]:+.1f})" for bs, m in mid.items()]  # fmt: skip
-        out.append(f"- Mid-training (20-80% of the steps), {label} against the same checkpoint's "
-                   f"population statistics, mean |gap| in points: " + "; ".join(cells) + ".")  # fmt: skip
-    if len(sizes) == 2 and all(
-        {"ema m=0.1", "precise 1024"} <= set(m.index) for m in mid.values()
-    ):
-        mean = {bs: mid[bs].loc[:, ("mean_abs", "mean")] for bs in sizes}
-        sd = {bs: mid[bs].loc[:, ("mean_abs", "std")].fillna(0) for bs in sizes}
+        diffs = compare(part.rename(columns={"gap": "gain"}), "gain", by=["batch_size"])
+        out.append(Finding(
+            "mid-training-gap", f"cnn, {label}", "mean gap to the same checkpoint's population "
+            "statistics over the checkpoints at 20-80% of training, by training batch size",
+            cells(diffs, lambda k: f"batch {k[0]}", ["batch_size"]), method=label, model="cnn",
+            **common,
+        ))  # fmt: skip
+    if len(sizes) == 2:
         small, large = sizes
         ema, pre = "ema m=0.1", "precise 1024"
-        # beyond the seed spread: two means differ by more than their sds together
-        agrees = (mean[large][ema] - mean[small][ema] > sd[large][ema] + sd[small][ema]
-                  and mean[large][ema] - mean[large][pre] > sd[large][ema] + sd[large][pre])  # fmt: skip
-        out.append(
-            f"- Wu & Johnson's claim (EMA most wrong mid-training at large batch, PreciseBN "
-            f"stable): {'consistent with' if agrees else 'not seen in'} these numbers: EMA "
-            f"m=0.1 mean |gap| {mean[large][ema]:.1f} +- {sd[large][ema]:.1f} at batch {large} vs "
-            f"{mean[small][ema]:.1f} +- {sd[small][ema]:.1f} at batch {small}; PreciseBN (1024 "
-            f"samples) {mean[large][pre]:.1f} +- {sd[large][pre]:.1f} at batch {large} ({seeds} "
-            "seeds; 'consistent' needs each difference beyond the two seed sds together)."
-        )
+        by_seed = {bs: m.pivot_table(index="seed", columns="label", values="gap")
+                   for bs, m in mid.items()}  # fmt: skip
+        if all({ema, pre} <= set(t.columns) for t in by_seed.values()):
+            rows = pd.DataFrame({
+                "large minus small batch, EMA": by_seed[large][ema] - by_seed[small][ema],
+                f"EMA minus PreciseBN at batch {large}": by_seed[large][ema] - by_seed[large][pre],
+            }).dropna().reset_index().melt(id_vars="seed", var_name="contrast", value_name="gain")  # fmt: skip
+            diffs = compare(rows.assign(job_key=rows.seed), "gain", by=["contrast"])
+            agrees = all(d.verdict == "hurts" for d in diffs.values())
+            out.append(Finding(
+                "wu-johnson-mid-training", "cnn", "Wu & Johnson's claim (EMA statistics most "
+                "wrong mid-training at a large batch, PreciseBN stable), as contrasts of the "
+                "mid-training gaps (paired by seed)",
+                cells(diffs, lambda k: k[0], ["contrast"]),
+                summary=("Consistent with these numbers" if agrees else
+                         "Not seen as clearly in these numbers"),
+                method=ema, model="cnn", **common,
+            ))  # fmt: skip
     final = df[(df.step == df.steps)]
     for part, x in (("depth", "depth"), ("length", "epochs")):
         sub = final[final.part == part]
         if sub.empty:
             continue
-        g = sub.groupby(["label", x]).gap.agg(["mean", "std"]).reset_index()
-        lo, hi = (int(v) for v in (sub[x].min(), sub[x].max()))
-        cells = []
-        for label in ("ema m=0.1", "ema m=0.01", "cumulative", "precise 1024"):
-            row = g[g.label == label].set_index(x)
-            if lo in row.index and hi in row.index:
-                cells.append(f"{label} {row.loc[lo, 'mean']:+.1f} +- {row.loc[lo, 'std']:.1f} at "
-                             f"{lo} -> {row.loc[hi, 'mean']:+.1f} +- {row.loc[hi, 'std']:.1f} at {hi}")  # fmt: skip
         what = "BN layers of the resnet" if part == "depth" else "training epochs of the cnn"
-        out.append(f"- End of training, by {what}: accuracy minus population, "
-                   + "; ".join(cells) + " points.")  # fmt: skip
+        for label in ("ema m=0.1", "ema m=0.01", "cumulative", "precise 1024"):
+            at = sub[sub.label == label]
+            if at.empty:
+                continue
+            diffs = compare(at.rename(columns={"gap": "gain"}), "gain", by=[x])
+            out.append(Finding(
+                f"final-gap-by-{part}", f"end of training, {label}", f"accuracy minus the "
+                f"population statistics', by {what}",
+                cells(diffs, lambda k: f"{int(k[0])}", [x]), method=label,
+                model="resnet" if part == "depth" else "cnn", **common,
+            ))  # fmt: skip
         if part == "depth":
             err = sub[sub.label == "ema m=0.1"].groupby(x).var_error.mean()
-            out.append("- The EMA (m=0.1) variance error, mean over layers, by depth: "
-                       + ", ".join(f"{int(d)}: {e:.3f}" for d, e in err.items()) + ".")  # fmt: skip
+            out.append(Finding(
+                "ema-var-error-by-depth", "resnet", "the EMA (m=0.1) variance error (RMS log "
+                "variance ratio, mean over layers), by depth",
+                [Cell(f"{int(d)}", value=float(e), condition={"depth": int(d)})
+                 for d, e in err.items()], unit="", digits=3, method="ema m=0.1", model="resnet",
+                **common,
+            ))  # fmt: skip
     return out
 
 
 def analyse(df):
     df = prepare(df)
+    found = _findings(df)
     figures = []
     if (df.part == "during").any():
         figures.append(("during_training.png", _during_figure(df)))
@@ -186,7 +206,7 @@ def analyse(df):
     cost = df.drop_duplicates("job_key").groupby(["part", "model"])[
         ["train_seconds", "checkpoint_seconds"]].mean()  # fmt: skip
     body = "\n\n".join([
-        "## Findings", "\n".join(_findings(df)),
+        "## Findings", render(found),
         "Gaps are paired: each estimator's accuracy minus the population statistics' "
         "accuracy on the same network at the same step, so the networks' own seed spread "
         "cancels.",
@@ -196,7 +216,8 @@ def analyse(df):
         "### Seconds per run (mean): training, and scoring the checkpoints",
         markdown_table(cost, "{:.2f}", index=True),
         "## Method",
-        f"MNIST-1D, {df.seed.nunique()} seed(s). (a) CNN at training batch sizes "
+        f"{DESCRIPTIONS.get(single(df, 'dataset'), single(df, 'dataset'))}, "
+        f"{df.seed.nunique()} seed(s). (a) CNN at training batch sizes "
         f"{sorted(int(b) for b in df[df.part == 'during'].batch_size.unique())}, every "
         "estimator scored at "
         f"{len(CHECKPOINTS)} checkpoints (5%-95% of the steps) and at the end; each "
@@ -206,9 +227,11 @@ def analyse(df):
         f"layers with identity skips) at batch size {DEPTH_BATCH} by number of BN layers, "
         f"and the plain CNN at batch size {DEPTH_BATCH} by number of epochs. PreciseBN: 1024 "
         "samples, or 'all': the training set in whole recompute batches of the training "
-        f"batch size ({precise_used(df)}); total variance. Learning rate 0.05 x batch/64 (capped at 0.4), 1 warm-up epoch, cosine.",
+        f"batch size ({precise_used(df)}); total variance; other counts are labelled with the "
+        "samples actually forwarded. Learning rate 0.05 x batch/64 (capped at 0.4), 1 "
+        "warm-up epoch, cosine. " + METHOD,
     ])  # fmt: skip
-    return body, figures
+    return body, figures, found
 
 
 STUDY = Study(

@@ -72,3 +72,28 @@ def backends_for(operation, backends=None):
             reason = f"peer {name!r} has no {operation} kernel"
             params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason)))
     return params
+
+
+#: a training job that takes about a second: the tiny study's runs
+TINY = {"dataset": "gaussian_mixture", "model": "mlp", "epochs": 1, "bn_momenta": [0.1],
+        "estimators": ["ema", "population"], "test_batch_sizes": [300]}  # fmt: skip
+
+TINY_STUDY = """
+import sys
+from bnbench.study import Study, main
+
+TINY = {tiny!r}
+
+def jobs(n, **extra):
+    return [{{"kind": "train", "params": {{**TINY, "seed": s, **extra}}}} for s in range(n)]
+
+def analyse(df):
+    return f"{{len(df)}} rows, seeds {{sorted(df.seed.unique().tolist())}}", []
+
+STUDY = Study(name="tiny", title="Tiny study", analyse=analyse,
+              presets={{"quick": lambda: jobs(2), "many": lambda: jobs(12),
+                       "slow": lambda: jobs(8, epochs=60), "empty": lambda: []}})
+
+if __name__ == "__main__":
+    sys.exit(main(STUDY))
+"""

@@ -99,14 +99,24 @@ def test_prior_mixes_source_and_batch_statistics(tiny, strength):
     got = evaluate.predict(model, batch, adaptation.normalisers("prior", src, strength))
     n, N = 6, strength
 
-    def mixed(i, h):
+    def mixed(i, h):  # the batch's unbiased variance, as Schneider et al.'s reference
         m, v = own(h)
+        v = v * n / (n - 1)
         return (N * src[i][0] + n * m) / (N + n), (N * src[i][1] + n * v) / (N + n)
 
     np.testing.assert_allclose(got, hand_forward(model, batch, mixed), rtol=1e-9, atol=1e-12)
     if strength == 1e9:  # a huge prior is the source statistics
         source_only = evaluate.predict(model, batch, src)
         np.testing.assert_allclose(got, source_only, rtol=1e-6, atol=1e-8)
+
+
+def test_prior_is_undefined_with_one_value_per_channel(tiny):
+    """A batch of one (MLP): the unbiased batch variance does not exist, so the prior is
+    undefined there (before: the biased variance 0 was mixed in silently)."""
+    model, source, target = tiny
+    src = evaluate.population_statistics(model, source)
+    with pytest.raises(ValueError, match="the prior needs more than one value per channel"):
+        evaluate.predict(model, target[:1], adaptation.normalisers("prior", src, 4.0))
 
 
 @pytest.mark.parametrize("n", [24, 20])  # 20: the last batch overlaps the one before it

@@ -54,30 +54,61 @@ def test_cumulative_is_the_arithmetic_mean(rng):
 
 @pytest.mark.parametrize("unbiased", [True, False])
 def test_batch_aggregate_is_exact_statistics_of_the_union(rng, unbiased):
+    """The total variance is the biased variance of the union whatever ``unbiased`` says
+    (fvcore's current PreciseBN applies no Bessel correction to the total)."""
     data = batches(rng, [7, 1, 30, 12], loc=1e4, scale=0.5)  # uneven sizes, large mean
     agg = est.BatchAggregate(3, unbiased)
     for b in data:
         agg.update(b.mean(0), b.var(0), len(b))
     union = np.concatenate(data)
     np.testing.assert_allclose(agg.mean, union.mean(0), rtol=1e-14)
-    np.testing.assert_allclose(agg.var, union.var(0, ddof=int(unbiased)), rtol=1e-9)
+    np.testing.assert_allclose(agg.var, union.var(0), rtol=1e-9)
     assert agg.count == len(union)
 
 
+def fvcore_population_variance(data):
+    """fvcore's ``_PopulationVarianceEstimator`` (fvcore/nn/precise_bn.py, 2026 snapshot),
+    written out: it is fed each batch's Bessel-corrected variance (what BN's running_var
+    takes at momentum 1) and the batch size, undoes the correction and averages
+    ``mean^2 + var`` weighted by batch size."""
+    tot, pop_mean, pop_sq = 0, 0.0, 0.0
+    for b in data:
+        n = len(b)
+        tot += n
+        batch_var = b.var(0, ddof=1)
+        square_mean = b.mean(0) ** 2 + batch_var * ((n - 1) / n)
+        pop_mean = pop_mean + (b.mean(0) - pop_mean) * (n / tot)
+        pop_sq = pop_sq + (square_mean - pop_sq) * (n / tot)
+    return pop_mean, pop_sq - pop_mean**2
+
+
+def test_total_variance_is_fvcore_exactly_at_32_samples(rng):
+    """The issue's case: 32 samples in batches of 8 (an MLP's PreciseBN at 32 samples).
+    Bessel over the total would be 32/31 = 3% off fvcore."""
+    data = batches(rng, [8, 8, 8, 8], loc=2.0, scale=1.5)
+    agg = est.BatchAggregate(3)
+    for b in data:
+        agg.update(b.mean(0), b.var(0), len(b))
+    mean, var = fvcore_population_variance(data)
+    np.testing.assert_allclose(agg.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(agg.var, var, rtol=1e-9)
+
+
 @pytest.mark.parametrize("unbiased", [True, False])
-def test_mean_batch_var_is_the_count_weighted_mean_of_batch_variances(rng, unbiased):
-    """Against a direct NumPy computation: sum_b n_b * var_b / sum_b n_b, with var_b the
-    batch's Bessel-corrected variance if unbiased (and its biased one otherwise)."""
-    sizes = [7, 2, 30, 12]  # uneven: a plain mean of the batch variances would differ
+def test_mean_batch_var_is_the_plain_mean_of_batch_variances(rng, unbiased):
+    """Against fvcore's old ``_MeanOfBatchVarianceEstimator`` (and swa_utils.update_bn):
+    every batch weighs the same, with var_b the batch's Bessel-corrected variance if
+    unbiased (and its biased one otherwise)."""
+    sizes = [7, 2, 30, 12]  # uneven: a count-weighted mean would differ
     data = batches(rng, sizes, loc=50.0, scale=3.0)
     agg = est.BatchAggregate(3, unbiased)
     for b in data:
         agg.update(b.mean(0), b.var(0), len(b))
     ddof = int(unbiased)
     per_batch = np.array([b.var(axis=0, ddof=ddof) for b in data])  # (batches, C)
-    expected = np.average(per_batch, axis=0, weights=sizes)
-    np.testing.assert_allclose(agg.mean_batch_var, expected, rtol=1e-12)
-    assert not np.allclose(expected, per_batch.mean(axis=0), rtol=1e-3)
+    np.testing.assert_allclose(agg.mean_batch_var, per_batch.mean(axis=0), rtol=1e-12)
+    assert not np.allclose(np.average(per_batch, axis=0, weights=sizes),
+                           per_batch.mean(axis=0), rtol=1e-3)  # fmt: skip
 
 
 def test_mean_batch_var_edge_cases():

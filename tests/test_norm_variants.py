@@ -65,7 +65,7 @@ def test_frozen_layer_is_an_affine_map_with_fixed_statistics(rng):
 def test_renorm_layer_gradient_holds_r_and_d_fixed(rng):
     layer = nn.BatchRenorm(3, dtype=F64, momentum=0.0)  # running statistics stay put
     layer.running_mean = np.array([3.0, -3.0, 0.0])
-    layer.running_var = np.array([9.0, 0.1, 1.0])
+    layer.running_sigma = np.array([3.0, 0.3, 1.0])
     layer.rmax, layer.dmax = 1.05, 0.1  # r and d clipped: locally constant, as stop-gradient
     x = rng.normal(size=(8, 3, 4))
     fd_check(layer, x, rng)
@@ -75,25 +75,53 @@ def test_renorm_layer_gradient_holds_r_and_d_fixed(rng):
     np.testing.assert_allclose(layer.forward(x, "train"), bn.batch_norm_train(x).y, rtol=1e-12)
 
 
-def test_renorm_running_statistics_and_schedule(rng):
-    layer = nn.BatchRenorm(2, dtype=F64, momentum=0.25)
+def test_renorm_is_ioffe_algorithm_1_by_hand(rng):
+    """Ioffe (2017), Algorithm 1, computed by hand: moving averages of mu_B and of
+    sigma_B = sqrt(var_B + eps) (biased variance, eps inside), r and d from them, and
+    inference with (x - mu) / sigma."""
+    eps, alpha = 1e-3, 0.25
+    layer = nn.BatchRenorm(2, dtype=F64, momentum=alpha, eps=eps)
     layer.rmax, layer.dmax = 3.0, 5.0
-    x = rng.normal(2.0, 3.0, size=(10, 2))
-    # the first batch starts the running estimates (unbiased variance, as the EMA): d = 0,
-    # r = sigma_B / sigma = sqrt((n - 1) / n) for the batch's biased variance
-    layer.forward(x, "train")
+    x = rng.normal(2.0, 3.0, size=(2, 2))  # a batch of 2: where the conventions differ most
+    layer.forward(x, "train")  # the first batch starts mu and sigma: r = 1, d = 0
+    np.testing.assert_allclose(layer.r, 1.0, rtol=1e-12)
     np.testing.assert_allclose(layer.d, 0.0, atol=1e-12)
-    np.testing.assert_allclose(layer.r, np.sqrt(9 / 10), rtol=1e-6)
-    np.testing.assert_allclose(layer.running_mean, x.mean(axis=0))
-    np.testing.assert_allclose(layer.running_var, x.var(axis=0, ddof=1))
-    x2 = rng.normal(0.0, 1.0, size=(10, 2))
-    layer.forward(x2, "train")  # then an EMA of momentum 0.25
-    np.testing.assert_allclose(layer.running_mean, 0.75 * x.mean(axis=0) + 0.25 * x2.mean(axis=0))
-    np.testing.assert_allclose(layer.running_var,
-                               0.75 * x.var(axis=0, ddof=1) + 0.25 * x2.var(axis=0, ddof=1))  # fmt: skip
+    mu, sigma = x.mean(axis=0), np.sqrt(x.var(axis=0) + eps)
+    np.testing.assert_allclose(layer.running_mean, mu, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_sigma, sigma, rtol=1e-12)
+    x2 = rng.normal(0.0, 1.0, size=(2, 2))
+    y = layer.forward(x2, "train")
+    mu_b, sigma_b = x2.mean(axis=0), np.sqrt(x2.var(axis=0) + eps)
+    r, d = np.clip(sigma_b / sigma, 1 / 3, 3), np.clip((mu_b - mu) / sigma, -5, 5)
+    np.testing.assert_allclose(layer.r, r, rtol=1e-10)
+    np.testing.assert_allclose(layer.d, d, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y, (x2 - mu_b) / sigma_b * r + d, rtol=1e-10, atol=1e-12)
+    mu, sigma = mu + alpha * (mu_b - mu), sigma + alpha * (sigma_b - sigma)
+    np.testing.assert_allclose(layer.running_mean, mu, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_sigma, sigma, rtol=1e-12)
+    # inference with its own statistics: y = (x - mu) / sigma exactly
+    layer.eval_stats = layer.statistics
+    np.testing.assert_allclose(layer.forward(x2, "eval"), (x2 - mu) / sigma, rtol=1e-10)
     before = layer.running_mean.copy()
     layer.forward(x, "stats")  # evaluation passes leave them alone
     np.testing.assert_array_equal(layer.running_mean, before)
+
+
+def test_renorm_r_is_near_one_at_batch_2_unlike_the_variance_average():
+    """The issue's measurement: with a moving average of the unbiased variance (torchrl)
+    the mean r at batch 2 is about 0.63; Algorithm 1's moving average of sigma_B keeps
+    it near 1 on stationary data."""
+    rng = np.random.default_rng(0)
+    layer = nn.BatchRenorm(64, dtype=F64, momentum=0.01)
+    layer.rmax, layer.dmax = 1e6, 1e6  # unclipped: r measures the estimate itself
+    rs = []
+    for _ in range(3000):
+        layer.forward(rng.normal(size=(2, 64)), "train")
+        rs.append(layer.r.mean())
+    assert abs(np.mean(rs[1000:]) - 1.0) < 0.1
+
+
+def test_renorm_clip_schedule():
     assert nn.renorm_clip(0.0) == (1.0, 0.0) and nn.renorm_clip(1.0) == (3.0, 5.0)
     r_mid, d_mid = nn.renorm_clip(0.15)
     assert 1 < r_mid < 3 and 0 < d_mid < 5 and nn.renorm_clip(25 / 130)[1] == pytest.approx(5.0)

@@ -148,7 +148,7 @@ def test_scale_keeps_the_centre_and_stretches(clean):
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper"])
 def test_damaged_cache_file_is_regenerated(cache, damage):
     first = shift.corrupted_test_set("gaussian_noise", 2, N, corruption_seed=5)
-    (path,) = cache.glob("mnist1d-c-*-gaussian_noise-2-*-c5.npz")
+    (path,) = cache.glob("mnist1d-c-*-gaussian_noise-2-*-c5-*.npz")
     raw = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(raw[: len(raw) // 2])

@@ -53,3 +53,28 @@ def test_margin_rows_validate_and_tabulate():
     assert (table["cpu ms (NumPy default)"] > 0).all()
     found = kernel_margins.margin_findings(df)
     assert len(found.splitlines()) == (3 if "torch" in set(df.backend) else 0)
+
+
+def test_margin_findings_state_the_measured_ratios_and_misses():
+    """Synthetic timings whose ratios are known: backward on a spatial shape at 1.2x
+    (target 1.5x) and channels-last at 0.8x (floor 1x), a bandwidth-bound shape at 85%
+    of the triad (target 90%), everything else comfortably met."""
+    import pandas as pd
+
+    rows = []
+    for shape, bound in (("16x6x5", False), ("64x64x56x56", True)):
+        for backend, arrays, channels in [(b, a, c) for b in ("cpu", "torch")
+                                          for a, c in (("aligned", "first"),
+                                                       ("numpy default", "first"),
+                                                       ("numpy default", "last"))]:  # fmt: skip
+            ms = 1.0
+            if backend == "torch":
+                ms = 1.2 if channels == "first" else 0.8
+            rows.append({"op": "margin_backward", "shape": shape, "backend": backend,
+                         "arrays": arrays, "channels": channels, "median_ms": ms,
+                         "bandwidth_bound": bound, "pct_of_triad": 85.0})  # fmt: skip
+    (line,) = kernel_margins.margin_findings(pd.DataFrame(rows)).splitlines()
+    assert line.startswith("- Backward: bnbench is 0.80x to 1.20x PyTorch's speed")
+    assert "16x6x5 (1.20x, target 1.5x)" in line
+    assert "16x6x5 channels-last (0.80x, floor 1x)" in line
+    assert "64x64x56x56 (85% of triad)" in line

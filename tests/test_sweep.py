@@ -5,17 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TINY
 
 from bnbench import cli, study, sweep
-
-TINY = {"dataset": "gaussian_mixture", "model": "mlp", "epochs": 1, "bn_momenta": [0.1],
-        "estimators": ["ema", "population"], "test_batch_sizes": [300]}  # fmt: skip
 
 
 def tiny_jobs(n, **extra):
@@ -66,13 +63,34 @@ def test_cache_key_changes_with_the_code_and_the_libraries(monkeypatch):
     monkeypatch.setattr(sweep, "library_versions", lambda: versions)
     assert sweep.job_key(base) != before[0]
     monkeypatch.undo()
-    # kernel timings belong to a machine; training results do not
-    monkeypatch.setattr(
-        sweep, "machine", lambda: {"host": "elsewhere", "cpu": "?", "cpu_count": 64}
-    )
+    # kernel timings belong to a machine; training results to its CPU model only
+    # (fastmath reassociation: another SIMD width can change the last bits)
+    here = sweep.machine()
+    monkeypatch.setattr(sweep, "machine", lambda: {**here, "host": "elsewhere", "cpu_count": 64})
     assert sweep.job_key(kernel) != before[1] and sweep.job_key(base) == before[0]
-    # the package's source hash covers every module of bnbench
-    assert len(sweep.code_hash()) == 16
+    monkeypatch.setattr(sweep, "machine", lambda: {**here, "cpu": "another CPU"})
+    assert sweep.job_key(base) != before[0]
+
+
+def test_source_hash_covers_every_module(tmp_path):
+    """Editing any module of the package, a nested one included, or adding one, changes
+    the code hash (before, the test only checked the hash's length)."""
+    import shutil
+    from pathlib import Path
+
+    root = tmp_path / "bnbench"
+    shutil.copytree(Path(sweep.__file__).parent, root,
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    first = sweep.source_tree_hash(root)
+    assert first == sweep.code_hash() and len(first) == 16
+    seen = {first}
+    for edit in ("stats.py", "nn/norm.py", "torch/evaluation.py"):
+        path = root / edit
+        path.write_text(path.read_text() + "\n# edited\n")
+        seen.add(sweep.source_tree_hash(root))
+    (root / "kernels" / "new_backend.py").write_text("x = 1\n")
+    seen.add(sweep.source_tree_hash(root))
+    assert len(seen) == 5
 
 
 def test_a_code_change_reruns_instead_of_reusing(tmp_path, monkeypatch):
@@ -161,38 +179,6 @@ def test_every_record_carries_its_provenance(tmp_path):
     assert record["study"] == "s" and record["key"] == sweep.job_key(
         tiny_jobs(1)[0], sweep.threads_per_job(1)
     )
-
-
-STUDY_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    from bnbench.study import Study, main
-
-    TINY = {tiny!r}
-
-    def jobs(n):
-        return [{{"kind": "train", "params": {{**TINY, "seed": s}}}} for s in range(n)]
-
-    def analyse(df):
-        return f"{{len(df)}} rows, seeds {{sorted(df.seed.unique().tolist())}}", []
-
-    STUDY = Study(name="tiny", title="Tiny study", analyse=analyse,
-                  presets={{"quick": lambda: jobs(2), "many": lambda: jobs(12),
-                           "empty": lambda: []}})
-
-    if __name__ == "__main__":
-        sys.exit(main(STUDY))
-    """
-)
-
-
-@pytest.fixture
-def studies(tmp_path, monkeypatch):
-    folder = tmp_path / "studies"
-    folder.mkdir()
-    (folder / "tiny.py").write_text(STUDY_SCRIPT.format(tiny=TINY))
-    monkeypatch.setenv("BNBENCH_STUDIES_DIR", str(folder))
-    return folder
 
 
 def test_study_via_cli_writes_a_report(studies, tmp_path, capsys):
@@ -342,3 +328,33 @@ def test_partial_results_build_a_report(studies, tmp_path):
     path = study.build_report(study.load("tiny"), out)
     text = (path / "report.md").read_text()
     assert "1 finished run(s) of 2 (a partial study" in text and "2 rows" in text
+
+
+def test_the_newest_attempt_wins_and_stale_runs_are_flagged(studies, tmp_path):
+    """After a code change a job that now fails is reported as failed, not with the old
+    code's numbers; and a report flags runs computed by another source or library
+    versions than the environment building it."""
+    out = tmp_path / "out"
+    assert cli.main(["study", "tiny", "--preset", "quick", "--out", str(out), "--jobs", "1"]) == 0
+    old, other = sorted((out / "runs").glob("*.json"))
+    record = json.loads(old.read_text())
+    # the same experiment, attempted later by edited code, failed
+    failed = {**record, "key": "newer" + record["key"][5:], "status": "failed",
+              "error": "Traceback ...\nValueError: the edited code breaks",
+              "finished_unix": record["finished_unix"] + 60}  # fmt: skip
+    failed.pop("result")
+    (out / "runs" / f"{failed['key']}.json").write_text(json.dumps(failed))
+    assert [r["key"] for r in sweep.latest(out / "runs")] == [json.loads(other.read_text())["key"]]
+    ((job, error),) = sweep.failures(out / "runs")
+    assert "the edited code breaks" in error
+    assert cli.main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Failed runs" in text and "ValueError: the edited code breaks" in text
+    assert "Preset `quick`: 1 finished run(s) of 2" in text
+    # a record from another bnbench source is flagged on the report's first line
+    record = json.loads(other.read_text())
+    record["provenance"]["code"] = "0123456789abcdef"
+    other.write_text(json.dumps(record))
+    assert cli.main(["report", str(out)]) == 0
+    head = (out / "report.md").read_text().splitlines()[2]
+    assert "1 of 1 runs were computed by another version of the bnbench source" in head

@@ -74,7 +74,8 @@ def test_prior_and_online_ema_against_hand_computations():
     expected, running = [], [s.clone() for s in src["0"]]
     online = []
     for xb, _ in batches:
-        m, v = xb.double().mean(0), xb.double().var(0, correction=0)
+        # the batch's unbiased variance, as Schneider et al.'s reference code
+        m, v = xb.double().mean(0), xb.double().var(0)
         w = strength / (strength + 8)
         expected.append(head(xb, w * src["0"][0] + (1 - w) * m, w * src["0"][1] + (1 - w) * v))
         running[0] += 0.2 * (m - running[0])
@@ -88,18 +89,69 @@ def test_prior_and_online_ema_against_hand_computations():
         np.testing.assert_allclose(logits, np.concatenate(online), rtol=1e-5, atol=1e-6)
 
 
-def test_adabn_is_the_population_of_the_test_data(trained):
-    model, batches = trained
-    test = data(seed=7)
-    shifted = [(x * 1.5 + 1, y) for x, y in test]
+def test_adabn_is_the_exact_statistics_of_the_test_data_by_hand():
+    """AdaBN computed by hand on a BN -> Linear -> BN model: the first layer's statistics
+    are the test inputs' own mean and biased variance; the second layer's are those of
+    the Linear layer's output with the first BN normalising by the first statistics
+    (what AdaBN means: each layer adapted, upstream layers already adapted). Before, the
+    test compared adabn() with population_statistics(), which is how adabn() is written."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3), nn.BatchNorm1d(3)).double()
     snap = snapshot(model)
-    ada = bt.adabn(model, [x for x, _ in shifted])  # unlabeled: bare tensors
-    pop = bt.population_statistics(model, shifted)
-    for name, (mean, var) in pop.items():
-        assert torch.equal(ada[name][0], mean) and torch.equal(ada[name][1], var)
-    assert ada.passes == 3 and ada.samples == 96
-    assert bt.evaluate(model, shifted, ada)["samples"] == 96
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64) * 2 + 1.5
+    ada = bt.adabn(model, [x[i : i + 20] for i in range(0, 60, 20)])  # unlabeled: bare tensors
+    bn1, lin = model[0], model[1]
+    m1, v1 = x.mean(0), x.var(0, correction=0)
+    h = lin((x - m1) / torch.sqrt(v1 + bn1.eps) * bn1.weight + bn1.bias).detach()
+    m2, v2 = h.mean(0), h.var(0, correction=0)
+    for name, (m, v) in {"0": (m1, v1), "2": (m2, v2)}.items():
+        torch.testing.assert_close(ada[name][0], m, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ada[name][1], v, rtol=1e-12, atol=1e-12)
+    assert ada.samples == 60
     assert_untouched(model, snap)
+
+
+def test_adaptation_guards_bad_statistics_and_reused_layers():
+    """Refused by name, before any batch: an empty source (was a bare StopIteration),
+    source statistics of the wrong shape (was a broadcasting error deep inside), negative
+    or NaN variances (were silent NaN scores); and a BN layer called twice in one forward
+    pass (the online EMA silently updated twice per batch)."""
+    model = single_bn_model()
+    batches = [(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))]
+    with pytest.raises(
+        ValueError, match=r"prior needs source statistics \{layer: \(mean, var\)\}, got \{\}"
+    ):
+        bt.prior({}, 4)
+    wrong = {"0": (torch.zeros(5), torch.ones(5))}
+    with pytest.raises(ValueError, match=r"source\['0'\] must be \(mean, var\) of shape \(4,\)"):
+        bt.predict(model, batches, bt.prior(wrong, 4.0))
+    for var, what in (
+        (-torch.ones(4), "var must be >= 0"),
+        (torch.full((4,), float("nan")), "must be finite"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            bt.prior({"0": (torch.zeros(4), var)}, 4.0)
+        with pytest.raises(ValueError, match=what):
+            bt.evaluate(model, batches, {"0": (torch.zeros(4), var)})
+    with pytest.raises(ValueError, match=r"must be a pair \(mean, var\)"):
+        bt.online_ema({"0": torch.zeros(4)}, 0.1)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.lin = nn.BatchNorm1d(4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(self.bn(self.bn(x)))
+
+    twice = Twice()
+    snap = snapshot(twice)
+    src = {"bn": (torch.zeros(4), torch.ones(4))}
+    with pytest.raises(ValueError, match="BN layer 'bn' was called twice in one forward pass"):
+        bt.evaluate(twice, batches, bt.online_ema(src, 0.1))
+    assert_untouched(twice, snap)
+    bt.evaluate(twice, batches, src)  # fixed statistics: a reused layer is harmless
 
 
 def test_adaptation_parameters_checked_up_front():

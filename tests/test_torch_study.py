@@ -98,16 +98,20 @@ def synthetic():
 
 
 def test_analysis_states_the_known_findings():
-    body, figures = study.load("torch-estimators").analyse(synthetic())
-    findings = body.split("## Findings")[1].split("##")[0]
-    assert "8: hurts (-5.0 +- 0.0 points); 128: within seed noise (+0.0 +- 0.0 points)" in findings
-    assert "at every batch size: none; the worst is ema m=0.9, up to 10.0 points below" in findings
-    assert "at its worst hurts (-3.0 +- 0.0 points)" in findings
-    assert "PreciseBN over all samples, variance error against the population: 0.0010" in findings
-    assert "(old fvcore, swa_utils.update_bn): the total variance is closer" in findings
-    assert "B=16: hurts (-20.0 +- 0.0 points); B=128: within seed noise" in findings
+    body, figures, found = study.load("torch-estimators").analyse(synthetic())
+    findings = body.split("## Findings")[1].split("\n## ")[0]
+    # paired: 5 points worse on every network at batch 8, exactly equal at 128
+    assert "8: -5.0 [-5.0, -5.0] hurts; 128: +0.0 [+0.0, +0.0] no clear difference" in findings
+    assert "m=0.9 (worst at batch 8): -10.0 [-10.0, -10.0] hurts" in findings
+    assert "Momenta with no clear loss at any batch size: none" in findings
+    assert "8: -3.0 [-3.0, -3.0] hurts; 128: -3.0 [-3.0, -3.0] hurts" in findings  # cumulative
+    assert "the population statistics; 0.0010 vs 0.0500): every batch size: +0.0490" in findings
+    assert (
+        "B=16: -20.0 [-20.0, -20.0] hurts; B=128: +0.0 [+0.0, +0.0] no clear difference"
+        in findings
+    )
     assert "largest difference in variance error 0" in findings
-    assert "8: 10%, 128: 10%" in findings and "4 passes" in findings
+    assert "8: 10; 128: 10" in findings and "4 passes" in findings
     assert "nan" not in findings
     assert [png for png, _ in figures] == [
         "accuracy_vs_batch_size.png",
@@ -171,7 +175,7 @@ def test_cost_table_has_one_row_per_test_batch_size_and_precise_count():
     extra = df[precise].copy()
     extra[["precise_request", "precise_samples", "estimator_seconds"]] = [256, 256, 0.03]
     df = pd.concat([df, extra], ignore_index=True)
-    body, figures = study.load("torch-estimators").analyse(df)
+    body, figures, _ = study.load("torch-estimators").analyse(df)
     for _, fig in figures:
         plt.close(fig)
     cost = body.split("## What each estimator costs")[1].split("## Method")[0]

@@ -145,39 +145,58 @@ def renorm_clip(progress, rmax=3.0, dmax=5.0):
 
 
 class BatchRenorm(BatchNorm):
-    """Batch Renormalization (Ioffe 2017): training batches normalised with the batch's
-    statistics corrected towards the layer's own running estimates by ``r`` and ``d``
-    (clipped to ``rmax``, ``dmax``; constants in the backward pass), so that training
-    and inference agree. ``rmax``/``dmax`` are set by the trainer
-    (:func:`renorm_clip`); the running estimates are an EMA with ``momentum`` (PyTorch
-    convention, 0.01 as in the paper and torchrl) of the batch mean and unbiased
-    variance, started at the first training batch's statistics (not at 0 and 1: with
-    momentum 0.01 the start would still weigh 37% after 100 steps, and on a short run the
-    correction would pull batches towards it). Test-time statistics come, as for every
-    layer, from the estimators."""
+    """Batch Renormalization, Ioffe (2017), Algorithm 1.
+
+    Training normalises each batch with its own statistics corrected towards the layer's
+    moving averages ``mu`` and ``sigma``: with ``sigma_B = sqrt(var_B + eps)`` (biased
+    batch variance, eps inside), ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
+    ``d = clip((mu_B - mu) / sigma, -dmax, dmax)`` (constants of the backward pass),
+    ``y = weight * ((x - mu_B) / sigma_B * r + d) + bias``; then ``mu <- mu + momentum
+    (mu_B - mu)`` and ``sigma <- sigma + momentum (sigma_B - sigma)``: a moving average
+    of the batch *standard deviation* (eps included), not of the variance. Inference uses
+    ``y = weight * (x - mu) / sigma + bias`` (:attr:`statistics` gives them as the
+    ``(mean, var)`` that BN's ``1/sqrt(var + eps)`` turns into exactly ``1/sigma``).
+    ``rmax``/``dmax`` are set by the trainer (:func:`renorm_clip`); ``momentum`` is
+    Ioffe's ``alpha`` (0.01, PyTorch convention).
+
+    One documented choice the paper leaves open: ``mu`` and ``sigma`` start at the first
+    training batch's ``mu_B`` and ``sigma_B``, not at 0 and 1 (with momentum 0.01 a start
+    at 1 would still weigh 37% after 100 steps, and on a short run the correction would
+    pull batches towards it). The torchrl / Keras convention (a moving average of the
+    unbiased batch variance, ``sigma = sqrt(running_var + eps)``) differs from Algorithm
+    1 where batches are small: at batch 2 its ``r`` averages 0.63 instead of about 1.
+    """
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu", momentum=0.01,
                  axis=1):  # fmt: skip
         super().__init__(num_features, eps, dtype, backend, axis=axis)
         self.momentum = momentum
-        self.running_mean = self.running_var = None  # set by the first training batch
+        self.running_mean = self.running_sigma = None  # set by the first training batch
         self.rmax, self.dmax = 1.0, 0.0
+
+    @property
+    def statistics(self):
+        """``(mu, sigma^2 - eps)``: the moving averages as BN's ``(mean, var)``, float64
+        (so that inference divides by exactly ``sigma``); ``None`` before training."""
+        if self.running_mean is None:
+            return None
+        return self.running_mean.copy(), np.maximum(self.running_sigma**2 - self.eps, 0.0)
 
     def _train_forward(self, x):
         w, b = self.params["weight"], self.params["bias"]
-        count = x.size // self.num_features
         if self.running_mean is None:
-            mean, var = (s.astype(np.float64) for s in self._plain(x)[1:3])
-            self.running_mean, self.running_var = mean, var * count / max(count - 1, 1)
+            first = self._plain(x)
+            self.running_mean = first.mean.astype(np.float64)
+            self.running_sigma = np.sqrt(first.var.astype(np.float64) + self.eps)
+        mean, var = self.statistics
         res = F.batch_renorm_train(
-            x, w, b, running_mean=self.running_mean.astype(x.dtype),
-            running_var=self.running_var.astype(x.dtype), rmax=self.rmax, dmax=self.dmax,
-            eps=self.eps, axis=self.axis, backend=self.backend,
+            x, w, b, running_mean=mean.astype(x.dtype), running_var=var.astype(x.dtype),
+            rmax=self.rmax, dmax=self.dmax, eps=self.eps, axis=self.axis, backend=self.backend,
         )  # fmt: skip
         self.mean, self.invstd, self.r, self.d = res.mean, res.invstd, res.r, res.d
         self.running_mean += self.momentum * (res.mean - self.running_mean)
-        unbiased = res.var.astype(np.float64) * count / max(count - 1, 1)
-        self.running_var += self.momentum * (unbiased - self.running_var)
+        sigma_b = np.sqrt(res.var.astype(np.float64) + self.eps)
+        self.running_sigma += self.momentum * (sigma_b - self.running_sigma)
         return res
 
     def _backward(self, dy):

@@ -45,12 +45,33 @@ class Adaptation:
                 f"{mode} needs source statistics {{layer: (mean, var)}}, got {source!r}"
             )
         self.mode, self.source, self.param = mode, source, param
-        if mode != "test_batch":  # check the parameter now, not at the first batch
+        if mode != "test_batch":  # check the statistics and the parameter now
+            if not source:
+                raise ValueError(
+                    f"{mode} needs source statistics {{layer: (mean, var)}}, got {{}}"
+                )
+            for name, stats in source.items():
+                self._numpy(stats, f"source[{name!r}]")
             adaptation.normalisers(mode, [self._numpy(next(iter(source.values())))], param)
 
     @staticmethod
-    def _numpy(stats):
-        return tuple(np.asarray(_core.to_numpy(torch.as_tensor(s)), np.float64) for s in stats)
+    def _numpy(stats, name="statistics", channels=None):
+        """``(mean, var)`` as float64 NumPy ``(C,)`` arrays, checked: two 1-D arrays of
+        one length (``channels`` if given), finite, ``var >= 0``."""
+        if not isinstance(stats, (tuple, list)) or len(stats) != 2:
+            raise ValueError(f"{name} must be a pair (mean, var), got {type(stats).__name__}")
+        mean, var = (np.asarray(_core.to_numpy(torch.as_tensor(s)), np.float64) for s in stats)
+        want = (channels,) if channels is not None else mean.shape
+        if mean.ndim != 1 or mean.shape != want or var.shape != want:
+            raise ValueError(
+                f"{name} must be (mean, var) of shape {want if channels else '(C,)'} each, got "
+                f"{mean.shape} and {var.shape}"
+            )
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+            raise ValueError(f"{name} must be finite, got NaN or infinite values")
+        if np.any(var < 0):
+            raise ValueError(f"{name}: var must be >= 0, got minimum {float(var.min())!r}")
+        return mean, var
 
     def normalisers(self, layers):
         """Fresh per-layer normalisers (stateful modes start over)."""
@@ -60,9 +81,9 @@ class Adaptation:
         if missing:
             raise ValueError(f"source statistics miss BN layer(s) {missing}")
         names = list(layers)
-        made = adaptation.normalisers(
-            self.mode, [self._numpy(self.source[n]) for n in names], self.param
-        )
+        made = adaptation.normalisers(self.mode, [
+            self._numpy(self.source[n], f"source[{n!r}]", layers[n].num_features) for n in names
+        ], self.param)  # fmt: skip
         return dict(zip(names, made, strict=True))
 
     def __repr__(self):
@@ -93,8 +114,9 @@ def adabn(model, unlabeled_batches, device=None):
     return population_statistics(model, unlabeled_batches, device)
 
 
-def _adaptive(layer, normalise):
+def _adaptive(layer, normalise, check):
     def forward(x):
+        check()  # an adapted layer called twice in one pass would adapt twice per batch
         mean, var = normalise(_core.to_numpy(x))
         return _core.fixed_forward(layer, *(torch.as_tensor(s) for s in (mean, var)))(x)
 
@@ -108,9 +130,7 @@ def _check_fixed(statistics, layers):
             f", unknown {sorted(set(statistics) - set(layers))}"
         )
     for name, stats in statistics.items():
-        c = layers[name].num_features
-        if len(stats) != 2 or any(tuple(s.shape) != (c,) for s in stats):
-            raise ValueError(f"statistics[{name!r}] must be (mean, var), each of shape ({c},)")
+        Adaptation._numpy(stats, f"statistics[{name!r}]", layers[name].num_features)
 
 
 def predict(model, batches, statistics=None, device=None):
@@ -130,8 +150,10 @@ def predict(model, batches, statistics=None, device=None):
     with _core.preserved(model) as hooks, torch.no_grad():
         model.eval()
         if isinstance(statistics, Adaptation):
+            guard = _core.PassGuard(model, hooks)
             for name, fn in statistics.normalisers(layers).items():
-                hooks.override(layers[name], _adaptive(layers[name], fn))
+                hooks.override(layers[name],
+                               _adaptive(layers[name], fn, lambda n=name: guard.check(n)))  # fmt: skip
         elif statistics is not None:
             for name, (mean, var) in statistics.items():
                 hooks.override(layers[name], _core.fixed_forward(

@@ -48,7 +48,9 @@ def precise_aggregates(model, batches, num_samples=None, device=None):
     """PreciseBN's pass: ``({layer: BatchAggregate}, {layer: device}, samples used)``.
 
     Batches are forwarded (under ``torch.no_grad``) until at least ``num_samples``
-    samples were seen (``None``: every batch), whole batches only."""
+    samples were seen (``None``: every batch), whole batches only. Batches that run out
+    first are not an error here (``samples used`` says how many were seen; the torch
+    jobs record it): :func:`precise_statistics` raises."""
     layers = _core.bn_layers(model)
     _core.check_training(layers, "precise_statistics")
     if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) < 1):
@@ -88,16 +90,13 @@ def aggregated(aggs, devices, aggregation):
     of the batches: mean of batch variances plus variance of batch means, no Bessel over
     the total); ``"mean_of_batch_variances"`` is old fvcore's
     ``_MeanOfBatchVarianceEstimator`` and ``torch.optim.swa_utils.update_bn`` (mean of
-    the Bessel-corrected batch variances; they weigh batches equally, this weighs them
-    by size: the same for batches of equal size)."""
+    the Bessel-corrected batch variances, every batch weighing the same), both as
+    :class:`bnbench.estimators.BatchAggregate` computes them."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     out = {}
     for name, a in aggs.items():
-        if aggregation == "total_variance":
-            var = a.var * ((a.count - 1) / a.count)  # the aggregate is Bessel-corrected
-        else:
-            var = a.mean_batch_var
+        var = a.var if aggregation == "total_variance" else a.mean_batch_var
         out[name] = (_core.as_tensor(a.mean, devices[name]), _core.as_tensor(var, devices[name]))
     return out
 
@@ -106,10 +105,16 @@ def precise_statistics(model, batches, num_samples=None, aggregation="total_vari
                        device=None):  # fmt: skip
     """PreciseBN statistics of ``model`` (BN layers in training mode, weights frozen)
     over the first ``num_samples`` samples of ``batches`` (at least that many, whole
-    batches; ``None``: all); see :func:`aggregated` for ``aggregation``. Inputs are moved
-    to ``device`` (default: the model's). Returns :class:`Statistics`."""
+    batches, and a ``ValueError`` if ``batches`` has fewer; ``None``: all); see
+    :func:`aggregated` for ``aggregation``. Inputs are moved to ``device`` (default: the
+    model's). Returns :class:`Statistics`."""
     t0 = time.perf_counter()
     aggs, devices, used = precise_aggregates(model, batches, num_samples, device)
+    if num_samples is not None and used < num_samples:  # fvcore's update_bn_stats raises too
+        raise ValueError(
+            f"precise_statistics needs num_samples={num_samples} samples, but the batches "
+            f"gave only {used}: pass more batches, or a smaller num_samples (None: all)"
+        )
     return _stats(aggregated(aggs, devices, aggregation), used, 1, t0)
 
 
