@@ -3,25 +3,35 @@
 :func:`batch_norm` has the signature and semantics of ``torch.nn.functional.batch_norm``
 and :class:`BatchNorm1d` / :class:`BatchNorm2d` are ``torch.nn.BatchNorm1d/2d`` (same
 parameters, buffers, ``momentum=None`` cumulative average, ``track_running_stats``,
-state dicts), but the forward, backward and running-statistics update run through
-:mod:`bnbench.functional`:
+state dicts, errors of the same exception types), but the forward, backward and
+running-statistics update run through :mod:`bnbench.functional`:
 
 * CPU tensors are handed to the Numba kernels as zero-copy NumPy views (a
-  non-contiguous input is copied to C order first, as ``bnbench.functional`` does);
+  non-contiguous input is copied to C order first, as ``bnbench.functional`` does); a
+  ``torch.channels_last`` 4-D input goes in as its ``(N, H, W, C)`` view with
+  ``axis=-1``, zero-copy, and its output and input gradient are channels-last too, as
+  torch's are;
 * CUDA tensors go to the numba-cuda kernels through ``__cuda_array_interface__``
   (``numba.cuda.as_cuda_array``), zero-copy. PyTorch's current stream is synchronised
   before the kernels run and the device after, since numba launches on its own stream.
   Without a usable GPU (or numba-cuda) a CUDA tensor is a clear ``RuntimeError``.
 
 Training mode is a ``torch.autograd.Function`` whose backward is bnbench's backward
-kernel; inference mode is bnbench's fused eval kernel with a backward in torch ops
-(``dx = dy * weight * invstd``). float32 and float64 only, as the kernels.
+kernel, or, when autograd records a graph of the backward (``create_graph=True``), the
+same formula in differentiable torch ops (:mod:`bnbench.torch._compat`), so second
+derivatives are right. Inference mode is bnbench's fused eval kernel with a backward in
+torch ops (``dx = dy * weight * invstd``). float32 and float64 only, as the kernels.
+What torch accepts and the kernels do not is done in torch ops: an empty input (torch's
+result: a copy through ``weight[0]``, ``bias[0]``, running statistics untouched),
+``eps = 0`` in inference mode and a momentum outside ``(0, 1]`` (``0`` freezes the
+running statistics). Strided running statistics are updated in place.
 """
 
 import numpy as np
 import torch
 
 from .. import functional as bnf
+from . import _compat
 
 
 def _cuda_ready(t):
@@ -36,7 +46,6 @@ def _cuda_ready(t):
         raise RuntimeError(
             "a CUDA tensor was given but numba-cuda finds no GPU: install bnbench[cuda]"
         )
-    torch.cuda.current_stream(t.device).synchronize()
 
 
 def _view(t):
@@ -53,6 +62,12 @@ def _view(t):
     return t.numpy()
 
 
+def _channel(t):
+    """The kernels' ``(C,)`` view of a per-channel tensor (any shape with C values, any
+    strides, as torch takes them; copied only where strided)."""
+    return None if t is None else _view(t.reshape(-1).contiguous())
+
+
 def _tensor(a, like):
     if isinstance(a, np.ndarray):
         return torch.from_numpy(a)
@@ -66,6 +81,13 @@ def _backend(x):
     return "cpu"
 
 
+def _start(x):
+    """Before a numba launch: PyTorch's current stream finished (the copies that made the
+    kernels' views included), since numba launches on its own stream."""
+    if x.is_cuda:
+        torch.cuda.current_stream(x.device).synchronize()
+
+
 def _done(x):
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -75,48 +97,94 @@ def _channel_shape(x):
     return (1, x.shape[1]) + (1,) * (x.dim() - 2)
 
 
+def _axis(x):
+    """-1 for a 4-D input stored ``torch.channels_last`` (and not also C-contiguous, as
+    when C = 1 or H = W = 1): the kernels take its ``(N, H, W, C)`` view; else 1."""
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return -1 if nhwc and not x.is_contiguous() else 1
+
+
+def _kernel_view(t, axis):
+    """The kernels' view of ``t`` in the layout of ``axis``: zero-copy where ``t`` has that
+    layout (C order, or channels-last for ``axis=-1``), else a copy to it."""
+    if axis == -1:
+        return _view(t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1))
+    return _view(t.contiguous())
+
+
+def _out(x, axis):
+    """``(out, its view)``: for channels-last ``x`` a channels-last output that the kernel
+    writes in place, as torch returns; else ``(None, None)`` (the kernel allocates)."""
+    if axis == 1:
+        return None, None
+    out = torch.empty_like(x)  # preserve_format: channels-last strides
+    return out, _kernel_view(out, axis)
+
+
 class BatchNormTrain(torch.autograd.Function):
     """Training-mode batch norm: ``(y, mean, var_biased)`` of ``x``; gradients through
-    bnbench's backward kernel (``mean`` and ``var`` are not differentiable outputs)."""
+    bnbench's backward kernel (``mean`` and ``var`` are not differentiable outputs), or
+    through differentiable torch ops when autograd records the backward's graph."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        backend = _backend(x)
-        res = bnf.batch_norm_train(_view(x), _view(weight), _view(bias), eps=eps, backend=backend)
-        y, mean, var, invstd = (_tensor(a, x) for a in res)
+        backend, axis = _backend(x), _axis(x)
+        (y, yv), xv = _out(x, axis), _kernel_view(x, axis)
+        weight_v, bias_v = _channel(weight), _channel(bias)
+        _start(x)
+        res = bnf.batch_norm_train(xv, weight_v, bias_v, eps=eps, axis=axis, backend=backend,
+                                   out=yv)  # fmt: skip
+        mean, var, invstd = (_tensor(a, x) for a in res[1:])
+        y = _tensor(res.y, x) if y is None else y
         _done(x)
         ctx.save_for_backward(x, weight)
-        ctx.stats, ctx.backend = (mean, invstd), backend
+        ctx.stats, ctx.backend, ctx.eps, ctx.axis = (mean, invstd), backend, eps, axis
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
         x, weight = ctx.saved_tensors
-        mean, invstd = ctx.stats
-        dx, dweight, dbias = (
-            _tensor(a, x)
-            for a in bnf.batch_norm_backward(
-                _view(dy.contiguous()), _view(x), _view(weight),
-                mean=_view(mean), invstd=_view(invstd), backend=ctx.backend,
-            )
-        )  # fmt: skip
-        _done(x)
+        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
+            dx, dweight, dbias = _compat.train_backward(dy, x, weight, ctx.eps)
+        else:
+            mean, invstd = ctx.stats
+            axis = ctx.axis
+            dx, dxv = _out(x, axis)
+            views = (_kernel_view(dy, axis), _kernel_view(x, axis), _channel(weight))
+            _start(x)
+            res = bnf.batch_norm_backward(
+                *views, mean=_view(mean), invstd=_view(invstd), axis=axis, backend=ctx.backend,
+                out=dxv,
+            )  # fmt: skip
+            dx = _tensor(res.dx, x) if dx is None else dx
+            dweight, dbias = (_tensor(a, x) for a in res[1:])
+            _done(x)
         need = ctx.needs_input_grad
         return dx, dweight if need[1] else None, dbias if need[2] else None, None
 
 
 class BatchNormEval(torch.autograd.Function):
-    """Inference-mode batch norm with given ``mean`` and ``var`` (bnbench's fused kernel);
-    the backward is the affine map's, in torch ops."""
+    """Inference-mode batch norm with given ``mean`` and ``var`` (bnbench's fused kernel;
+    torch ops for ``eps = 0`` or a negative ``var``); the backward is the affine map's,
+    in torch ops."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, eps):
-        backend = _backend(x)
-        y = _tensor(
-            bnf.batch_norm_eval(_view(x), _view(weight), _view(bias), mean=_view(mean),
-                                var=_view(var), eps=eps, backend=backend), x)  # fmt: skip
-        _done(x)
+        # torch accepts eps = 0 and a negative variance (NaN where var + eps < 0) in
+        # inference mode; bnbench's host-side checks refuse both (a device array is not
+        # checked: there the kernel gives NaN too)
+        if eps == 0 or (not var.is_cuda and bool((var < 0).any())):
+            y = _compat.eval_forward(x, weight, bias, mean, var, eps)
+        else:
+            backend, axis = _backend(x), _axis(x)
+            y, yv = _out(x, axis)
+            views = (_kernel_view(x, axis), _channel(weight), _channel(bias))
+            stats = {"mean": _channel(mean), "var": _channel(var)}
+            _start(x)
+            out = bnf.batch_norm_eval(*views, **stats, eps=eps, axis=axis, backend=backend, out=yv)
+            y = _tensor(out, x) if y is None else y
+            _done(x)
         ctx.save_for_backward(x, weight, mean, var)
         ctx.eps = eps
         return y
@@ -126,7 +194,7 @@ class BatchNormEval(torch.autograd.Function):
         x, weight, mean, var = ctx.saved_tensors
         shape = _channel_shape(x)
         invstd = torch.rsqrt(var + ctx.eps).view(shape)
-        scale = invstd if weight is None else invstd * weight.view(shape)
+        scale = invstd if weight is None else invstd * weight.reshape(shape)
         dims = [d for d in range(x.dim()) if d != 1]
         need = ctx.needs_input_grad
         dx = dy * scale if need[0] else None
@@ -137,32 +205,46 @@ class BatchNormEval(torch.autograd.Function):
 
 def _update_running(running_mean, running_var, mean, var, count, momentum, backend):
     """PyTorch's running update, ``r <- (1 - m) r + m * stat`` with the unbiased
-    variance, in place through ``bnbench.update_running_stats`` (a ``(1, C)`` view)."""
-    c = running_mean.shape[0]
+    variance, in place: through ``bnbench.update_running_stats`` (``(1, C)`` views; a
+    strided buffer through a C-order copy written back) for ``m`` in ``(0, 1]``, in torch
+    ops for any other ``m`` (torch accepts every float; ``0`` freezes the estimates)."""
+    if not 0 < momentum <= 1:
+        _compat.update_running(running_mean, running_var, mean, var, count, momentum)
+        return
+    bufs = [r.contiguous() for r in (running_mean, running_var)]
+    c = running_mean.numel()
+    _start(running_mean)
     bnf.update_running_stats(
-        _view(running_mean.view(1, c)), _view(running_var.view(1, c)),
+        _view(bufs[0].view(1, c)), _view(bufs[1].view(1, c)),
         mean=_view(mean), var=_view(var), count=count, momenta=[momentum], backend=backend,
     )  # fmt: skip
     _done(running_mean)
+    for r, buf in zip((running_mean, running_var), bufs, strict=True):
+        if buf is not r:
+            r.copy_(buf.view_as(r))
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):  # fmt: skip
     """``torch.nn.functional.batch_norm`` on bnbench's kernels (same signature: PyTorch's
-    argument order, unlike ``bnbench.functional``'s keyword-only statistics). In
-    training mode the running statistics, if given, are updated in place with
-    ``momentum`` (a float: the modules turn ``momentum=None`` into ``1/t``)."""
+    argument order, unlike ``bnbench.functional``'s keyword-only statistics; the same
+    checks, in the same order, with the same exception types). In training mode the
+    running statistics, if given, are updated in place with ``momentum`` (a float: the
+    modules turn ``momentum=None`` into ``1/t``). Running statistics of another float
+    dtype than ``input`` are cast in inference mode (torch refuses them)."""
+    _compat.check_args(input, training, eps)
+    if input.numel() == 0:
+        return _compat.empty(input, weight, bias)
+    _compat.check(input, running_mean, running_var, weight, bias, training)
     if training:
         y, mean, var = BatchNormTrain.apply(input, weight, bias, float(eps))
-        if running_mean is not None and running_var is not None:
+        if running_mean is not None:
             with torch.no_grad():
                 _update_running(running_mean, running_var, mean, var,
                                 input.numel() // input.shape[1], float(momentum),
                                 "cuda" if input.is_cuda else "cpu")  # fmt: skip
         return y
-    if running_mean is None or running_var is None:
-        raise ValueError("inference mode needs running_mean and running_var")
-    mean, var = running_mean.to(input.dtype), running_var.to(input.dtype)
+    mean, var = (r.reshape(-1).to(input.dtype) for r in (running_mean, running_var))
     return BatchNormEval.apply(input, weight, bias, mean, var, float(eps))
 
 
@@ -201,18 +283,27 @@ def _factory_kwargs(module):
     return {}
 
 
+def _replacement(module, ours):
+    """bnbench's layer with ``module``'s options, parameters and buffers (its device and
+    dtype), training flag and ``track_running_stats`` (which torch's own tests switch off
+    after construction, keeping the buffers)."""
+    new = ours(module.num_features, module.eps, module.momentum, module.affine,
+               module.running_mean is not None, **_factory_kwargs(module),
+               bias=not module.affine or module.bias is not None)  # fmt: skip
+    new.load_state_dict(module.state_dict())
+    new.track_running_stats = module.track_running_stats
+    return new.train(module.training)
+
+
 def convert(module):
     """``module`` with every ``torch.nn.BatchNorm1d/2d`` replaced, in place, by bnbench's
-    (parameters and buffers carried over, on the old layer's device and in its dtype: a
-    float64 model stays float64); returns it (or the replacement, when ``module`` itself
-    is one)."""
+    (every constructor option, parameters and buffers carried over, on the old layer's
+    device and in its dtype: a float64 model stays float64); returns it (or the
+    replacement, when ``module`` itself is one). The replacements hold new parameter
+    tensors: build the optimizer after converting."""
     for kind, ours in ((torch.nn.BatchNorm1d, BatchNorm1d), (torch.nn.BatchNorm2d, BatchNorm2d)):
         if type(module) is kind:
-            new = ours(module.num_features, module.eps, module.momentum, module.affine,
-                       module.track_running_stats, **_factory_kwargs(module))  # fmt: skip
-            new.load_state_dict(module.state_dict())
-            new.train(module.training)
-            return new
+            return _replacement(module, ours)
     for name, child in module.named_children():
         setattr(module, name, convert(child))
     return module
