@@ -171,9 +171,9 @@ def timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def _fields(**fields):
+def evaluation_entry(**values):
     """One evaluation entry: every key present, ``None`` where it does not apply."""
-    return dict.fromkeys(EVALUATION_KEYS) | fields
+    return dict.fromkeys(EVALUATION_KEYS) | values
 
 
 EVALUATION_KEYS = (
@@ -181,7 +181,8 @@ EVALUATION_KEYS = (
     "precise_samples_used", "precise_batch_size", "aggregation", "adapt_samples",
     "prior_strength", "test_batch_size", "test_order", "test_accuracy", "test_nll",
     "test_ece", "mean_error", "var_error", "layer_mean_error", "layer_var_error",
-    "estimator_seconds", "error",
+    "estimator_seconds", "error", "stream", "stream_split", "tent_lr", "tent_mode",
+    "segment_accuracy", "seconds_per_example", "forward_passes", "backward_passes",
 )  # fmt: skip
 
 
@@ -214,7 +215,7 @@ def _precise_candidates(model, data, config):
                        "precise_batch_size": bs}  # fmt: skip
             if min(samples, n_train) < bs:  # part of a grid that cannot run: say so
                 for aggregation in config.precise_aggregations:
-                    errors.append(_fields(**setting, aggregation=aggregation, split="test",
+                    errors.append(evaluation_entry(**setting, aggregation=aggregation, split="test",
                         corruption="none", severity=0, error=f"precise_samples ({samples}) < recompute batch size ({bs})"))  # fmt: skip
                 continue
             rng = np.random.default_rng([config.seed, 2])
@@ -285,7 +286,7 @@ def evaluate_network(model, data, config, running):
         for fields, stats, seconds in fixed + adabn:
             logits = predict(model, x, stats)
             errs = np.array(statistics_error(stats, reference, eps))
-            evaluations.append(_fields(
+            evaluations.append(evaluation_entry(
                 **where, **fields, **scored(logits, y), estimator_seconds=seconds,
                 mean_error=float(errs[:, 0].mean()), var_error=float(errs[:, 1].mean()),
                 layer_mean_error=errs[:, 0].tolist(), layer_var_error=errs[:, 1].tolist(),
@@ -307,18 +308,18 @@ def _batch_mode_evaluations(model, x, y, config, source, where):
         for size in config.test_batch_sizes:
             for order in config.test_orders:
                 for param in params[mode]:
-                    fields = {**where, "estimator": mode, "test_batch_size": int(size),
+                    entry = {**where, "estimator": mode, "test_batch_size": int(size),
                               "test_order": order}  # fmt: skip
                     if param_name:
-                        fields[param_name] = param
+                        entry[param_name] = param
                     rng = np.random.default_rng([config.seed, 3, int(size)])
                     t0 = time.perf_counter()
                     try:
                         logits = predict_batches(model, x, y, int(size), order, rng,
                                                  lambda m=mode, p=param: adaptation.normalisers(m, source, p))  # fmt: skip
-                        fields |= scored(logits, y)
+                        entry |= scored(logits, y)
                     except ValueError as err:  # e.g. one value per channel (MLP, batch of 1)
-                        fields["error"] = str(err)
-                    fields["estimator_seconds"] = time.perf_counter() - t0
-                    out.append(_fields(**fields))
+                        entry["error"] = str(err)
+                    entry["estimator_seconds"] = time.perf_counter() - t0
+                    out.append(evaluation_entry(**entry))
     return out

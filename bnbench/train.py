@@ -258,6 +258,10 @@ def _check_sizes(config, data):
             f"got {config.classes_per_batch}"
         )
     n = data.x_test.shape[0]
+    if config.streams and config.stream_examples > n:
+        raise ValueError(
+            f"stream_examples must be at most the test set size {n}, got {config.stream_examples}"
+        )
     for name in ("test_batch_sizes", "adapt_samples"):
         too_big = [v for v in getattr(config, name) if v > n]
         if too_big:
@@ -276,6 +280,12 @@ def _run(config, progress):
     model, running, timing = train_network(config, data, progress, at_checkpoint)
     for e in evaluate_network(model, data, config, running):
         evaluations.append({**e, "step": timing["steps"]})
+    if config.streams:
+        from .stream_eval import stream_evaluations
+
+        source = population_statistics(model, data.x_train)
+        for e in stream_evaluations(model, config, source):
+            evaluations.append({**e, "step": timing["steps"]})
     return {
         "config": config.to_dict(),
         "dataset": {"train": int(data.x_train.shape[0]), "test": int(data.x_test.shape[0])},

@@ -13,7 +13,7 @@ from .nn import MODELS, check_depth
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 #: test-time adaptation modes, scored when named in ``estimators``
-ADAPTATION = ("adabn", "prior", "online_ema", "robust_bn")
+ADAPTATION = ("adabn", "prior", "online_ema", "robust_bn", "tent")
 #: every name ``TrainConfig.estimators`` accepts
 ESTIMATORS = est.NAMES + ADAPTATION
 BN_VARIANTS = ("bn", "renorm")
@@ -53,6 +53,18 @@ class TrainConfig:
     ``score_train_set`` also scores every estimator and mode on the training set itself
     (split ``"train"``: e.g. the training error with batch statistics).
 
+    Test streams (:mod:`bnbench.streams`, scored by :mod:`bnbench.stream_eval`):
+    ``streams`` names the kinds (e.g. ``("iid", "continual")``), each scored at every
+    ``stream_batch_sizes`` with every method of ``estimators`` that runs on a stream
+    (``population``, ``adabn``, ``test_batch``, ``prior``, ``online_ema``, ``robust_bn``,
+    ``tent`` at each of ``tent_lrs`` x ``tent_modes``), on the dataset's corruptions at
+    ``stream_severity`` (the gradual stream: 1-5-1 over the first
+    ``gradual_corruptions``), each set cut to ``stream_examples`` examples; the
+    class-correlated stream's Dirichlet concentration is ``dirichlet_alpha``. Every
+    stream is built twice: over the dataset's held-out corruptions
+    (``heldout_corruptions``, default the registry's ``HELDOUT``; ``stream_split``
+    ``"heldout"``, for choosing hyperparameters) and over the others (``"test"``).
+
     ``depth``: the number of BN layers of the ``resnet`` model (default 8). ``eval_every``:
     score every estimator during training too, every so many steps or at fractions of
     training (e.g. ``(0.05, 0.1, ..., 0.95)``); each evaluation carries its ``step``.
@@ -90,6 +102,15 @@ class TrainConfig:
     batch_order: str = "iid"
     classes_per_batch: int = 2
     score_train_set: bool = False
+    streams: tuple = ()
+    stream_batch_sizes: tuple = (16,)
+    stream_severity: int = 5
+    stream_examples: int = 500
+    dirichlet_alpha: float = 0.1
+    gradual_corruptions: int = 2
+    tent_lrs: tuple = (1e-3,)
+    tent_modes: tuple = ("continual",)
+    heldout_corruptions: tuple = ()
 
     def __post_init__(self):
         # tuples, so that configurations hash and serialise the same way
@@ -106,6 +127,11 @@ class TrainConfig:
             "adapt_samples",
             "prior_strengths",
             "online_momenta",
+            "streams",
+            "stream_batch_sizes",
+            "tent_lrs",
+            "tent_modes",
+            "heldout_corruptions",
         ):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
@@ -246,6 +272,68 @@ class TrainConfig:
                 raise ValueError(
                     f"severities must be distinct integers in 0-5, got {self.severities!r}"
                 )
+
+        self._validate_streams()
+
+    def _validate_streams(self):
+        from . import streams as stream_kinds
+        from .stream_eval import METHODS
+        from .tent import MODES
+
+        unknown = [k for k in self.streams if k not in stream_kinds.STREAMS]
+        if unknown or len(set(self.streams)) != len(self.streams):
+            raise ValueError(
+                f"streams must be distinct names in {sorted(stream_kinds.STREAMS)}, got "
+                f"{self.streams!r}"
+            )
+        if "tent" in self.estimators and not self.streams:
+            raise ValueError("estimators 'tent' is scored on test streams: name some streams")
+        if not self.streams:
+            return
+        if self.dataset not in datasets.CORRUPTED:
+            raise ValueError(
+                f"streams are built from corrupted test sets: dataset must be one of "
+                f"{sorted(datasets.CORRUPTED)}, got {self.dataset!r}"
+            )
+        if not any(m in self.estimators for m in METHODS):
+            raise ValueError(f"streams need estimators among {sorted(METHODS)}, got "
+                             f"{self.estimators!r}")  # fmt: skip
+        for name, minimum in (("stream_examples", 10), ("gradual_corruptions", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+        sizes = self.stream_batch_sizes
+        if not sizes or any(isinstance(b, bool) or not isinstance(b, (int, np.integer))
+                            or not 1 <= b <= self.stream_examples for b in sizes):  # fmt: skip
+            raise ValueError(
+                f"stream_batch_sizes must be integers in [1, stream_examples = "
+                f"{self.stream_examples}], got {sizes!r}"
+            )
+        sev = self.stream_severity
+        if isinstance(sev, bool) or not isinstance(sev, (int, np.integer)) or not 1 <= sev <= 5:
+            raise ValueError(f"stream_severity must be an integer in 1-5, got {sev!r}")
+        a = self.dirichlet_alpha
+        if (
+            isinstance(a, bool)
+            or not isinstance(a, (int, float))
+            or not (np.isfinite(a) and a > 0)
+        ):
+            raise ValueError(f"dirichlet_alpha must be a finite number > 0, got {a!r}")
+        if "tent" in self.estimators:
+            if not self.tent_lrs or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                        or not (np.isfinite(v) and v > 0) for v in self.tent_lrs):  # fmt: skip
+                raise ValueError(f"tent_lrs must be numbers > 0, got {self.tent_lrs!r}")
+            if not self.tent_modes or not set(self.tent_modes) <= set(MODES):
+                raise ValueError(f"tent_modes must be a non-empty subset of {MODES}, got "
+                                 f"{self.tent_modes!r}")  # fmt: skip
+        registry = datasets.corruptions(self.dataset)
+        held = self.heldout_corruptions or registry.HELDOUT
+        bad = [c for c in held if c not in registry.CORRUPTIONS]
+        if bad or len(held) >= len(registry.CORRUPTIONS):
+            raise ValueError(
+                f"heldout_corruptions must be some (not all) of {sorted(registry.CORRUPTIONS)}, "
+                f"got {tuple(held)!r}"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -7,7 +7,8 @@ batch norm with the whole batch's statistics, for the evaluation passes that mea
 statistics (population, PreciseBN); ``"eval"`` uses ``eval_stats``, set by whoever
 evaluates: ``(mean, var)``, or a callable ``(x) -> (mean, var)`` given the layer's input
 (test-time adaptation, :mod:`bnbench.adaptation`). In ``"train"`` and ``"stats"`` mode
-the statistics of the whole batch go, with the number of values per channel, to every
+(after which ``backward`` works too: TENT, :mod:`bnbench.tent`) the statistics of the
+whole batch go, with the number of values per channel, to every
 estimator in ``observers`` (for ghost batches: their exact aggregate,
 :func:`bnbench.merge_group_stats`).
 """
@@ -76,7 +77,11 @@ class BatchNorm(Layer):
             whole = F.merge_group_stats(res.mean, res.var, count=count // (x.shape[0] // G))
             self._observe(whole.mean, whole.var, whole.count)
             return res.y
-        res = self._train_forward(x) if mode == "train" else self._plain(x)
+        if mode == "train":
+            res = self._train_forward(x)
+        else:  # "stats": plain BN with the batch's statistics; backward works after it
+            res = self._plain(x)  # (test-time adaptation by gradient, bnbench.tent)
+            self.mean, self.invstd = res.mean, res.invstd
         self._observe(res.mean, res.var, count)
         return res.y
 
@@ -194,12 +199,15 @@ class BatchRenorm(BatchNorm):
             rmax=self.rmax, dmax=self.dmax, eps=self.eps, axis=self.axis, backend=self.backend,
         )  # fmt: skip
         self.mean, self.invstd, self.r, self.d = res.mean, res.invstd, res.r, res.d
+        self.kind = "renorm"
         self.running_mean += self.momentum * (res.mean - self.running_mean)
         sigma_b = np.sqrt(res.var.astype(np.float64) + self.eps)
         self.running_sigma += self.momentum * (sigma_b - self.running_sigma)
         return res
 
     def _backward(self, dy):
+        if self.kind != "renorm":  # after a "stats" pass: plain BN
+            return super()._backward(dy)
         return F.batch_renorm_backward(dy, self.x, self.params["weight"], mean=self.mean,
                                        invstd=self.invstd, r=self.r, d=self.d,
                                        axis=self.axis, backend=self.backend)  # fmt: skip
