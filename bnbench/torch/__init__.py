@@ -6,7 +6,9 @@ Every estimator of :mod:`bnbench.estimators`, scored, on a user's own
 * :func:`track`: running estimators (EMA at K momenta, debiased EMA, cumulative) fed by
   forward hooks during the user's own training loop;
 * :func:`precise_statistics` (PreciseBN, both aggregations) and
-  :func:`population_statistics` (exact, one pass per BN layer);
+  :func:`population_statistics` (exact, one pass per BN layer), on one process or merged
+  exactly across the ranks of a ``torch.distributed`` process group; how other merging
+  schemes err as per-rank batches become uneven: :mod:`bnbench.torch.distributed`;
 * :func:`evaluate` (accuracy, NLL, ECE) with fixed statistics or a test-time adaptation
   mode (:func:`prediction_time`, :func:`prior`, :func:`online_ema`; :func:`adabn` is
   the population statistics of unlabeled test data), and :func:`load_statistics`;
@@ -16,6 +18,9 @@ Every estimator of :mod:`bnbench.estimators`, scored, on a user's own
 Importing :mod:`bnbench` never imports torch; importing this package does.
 """
 
+from . import distributed
+from .distributed import SCHEMES as MERGE_SCHEMES
+from .distributed import merging_errors, model_merging_errors
 from .evaluation import (
     Adaptation,
     adabn,
@@ -38,6 +43,7 @@ from .tracking import RUNNING, Tracker, track
 
 __all__ = [
     "AGGREGATIONS",
+    "MERGE_SCHEMES",
     "RUNNING",
     "Adaptation",
     "BatchNorm1d",
@@ -47,8 +53,11 @@ __all__ = [
     "Tracker",
     "batch_norm",
     "convert",
+    "distributed",
     "evaluate",
     "load_statistics",
+    "merging_errors",
+    "model_merging_errors",
     "online_ema",
     "population_statistics",
     "precise_statistics",

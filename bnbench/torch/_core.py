@@ -17,10 +17,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
 
-def bn_layers(model):
+def bn_layers(model, merged=False):
     """``{name: layer}`` of every BatchNorm layer of ``model`` (BatchNorm1d/2d/3d,
     SyncBatchNorm, materialised LazyBatchNorm*, and bnbench's own modules), in
-    ``named_modules()`` order, or a clear error."""
+    ``named_modules()`` order, or a clear error. ``merged``: the caller merges statistics
+    across ranks (:mod:`bnbench.torch.distributed`), so SyncBatchNorm on several processes
+    is allowed."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
@@ -35,10 +37,10 @@ def bn_layers(model):
                 f"BN layer {name!r} ({type(m).__name__}) is not materialised yet: run one "
                 "forward pass through the model first"
             )
-        if isinstance(m, torch.nn.SyncBatchNorm) and _world_size() > 1:
+        if isinstance(m, torch.nn.SyncBatchNorm) and not merged and _world_size() > 1:
             raise ValueError(
-                f"BN layer {name!r} is a SyncBatchNorm on {_world_size()} processes: bnbench "
-                "estimates statistics on one process only"
+                f"BN layer {name!r} is a SyncBatchNorm on {_world_size()} processes: pass "
+                "process_group= to merge the statistics across ranks"
             )
     return layers
 
