@@ -49,7 +49,8 @@ TRAIN_HELP = {
     "precise_aggregations": "PreciseBN variance aggregations",
     "test_batch_sizes": "test batch sizes of the modes that normalise test batches",
     "test_orders": "test batch orders",
-    "corruptions": "MNIST-1D-C corruptions to score on, besides the clean test set",
+    "corruptions": "corruptions (MNIST-1D-C or MNIST-C, by dataset) to score on, besides the "
+    "clean test set",
     "severities": "corruption severities (1-5; 0 is the clean data)",
     "adapt_samples": "AdaBN sample counts besides the whole test set",
     "prior_strengths": "prior strengths N of the source/test-batch prior (Schneider et al.)",
@@ -64,6 +65,16 @@ TRAIN_HELP = {
     "score_train_set": "also score every estimator on the training set",
     "eval_every": "score every estimator during training too: every N steps (an integer) "
     "or at fractions of training (comma-separated, e.g. 0.25,0.5,0.75)",
+    "streams": "test streams to score the stream methods on",
+    "stream_batch_sizes": "test batch sizes of the streams",
+    "stream_severity": "corruption severity of the streams (the gradual stream: 1-5-1)",
+    "stream_examples": "test examples per test set in the streams",
+    "dirichlet_alpha": "Dirichlet concentration of the class-correlated stream",
+    "gradual_corruptions": "corruptions in the gradual stream",
+    "tent_lrs": "TENT learning rates",
+    "tent_modes": "TENT modes",
+    "heldout_corruptions": "corruptions held out for choosing hyperparameters (default: the "
+    "dataset's)",
 }
 
 
@@ -78,18 +89,22 @@ ALIASES = {"bn_momenta": ("--momenta",)}
 
 
 def _train_choices():
-    from . import data, shift, train
+    from . import data, streams, tent, train
     from .nn import MODELS
 
+    corruptions = sorted({c for d in data.CORRUPTED for c in data.corruptions(d).CORRUPTIONS})
     return {
         "dataset": sorted(data.DATASETS),
         "model": sorted(MODELS),
         "estimators": list(train.ESTIMATORS),
         "precise_aggregations": list(train.AGGREGATIONS),
         "test_orders": list(train.ORDERS),
-        "corruptions": list(shift.CORRUPTIONS),
+        "corruptions": corruptions,
+        "heldout_corruptions": corruptions,
         "bn": list(train.BN_VARIANTS),
         "batch_order": list(train.BATCH_ORDERS),
+        "streams": list(streams.STREAMS),
+        "tent_modes": list(tent.MODES),
     }
 
 
@@ -101,8 +116,9 @@ def _add_train_options(parser):
 
     choices = _train_choices()
     ints = {"batch_size", "epochs", "steps", "seed", "num_samples", "test_batch_sizes", "depth",
-            "ghost_batch_size", "classes_per_batch",
-            "precise_samples", "precise_batch_sizes", "adapt_samples", "severities"}  # fmt: skip
+            "ghost_batch_size", "classes_per_batch", "precise_samples", "precise_batch_sizes",
+            "adapt_samples", "severities", "stream_batch_sizes", "stream_severity",
+            "stream_examples", "gradual_corruptions"}  # fmt: skip
     for field in dataclasses.fields(TrainConfig):
         name, default = field.name, field.default
         flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, ())]

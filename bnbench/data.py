@@ -290,6 +290,25 @@ DESCRIPTIONS = {
 #: dataset -> the module of its corrupted test sets (``CORRUPTIONS``, ``SEVERITIES``,
 #: ``corrupted_test_set``): one registry per dataset
 CORRUPTED = {"mnist1d": "bnbench.shift", "mnist": "bnbench.mnist_c"}
+#: dataset -> role -> model: the network a study trains for a role on that dataset (the
+#: MLP takes any flat input; the convolutional ones follow the data's shape)
+MODELS = {
+    "mnist1d": {"cnn": "cnn", "mlp": "mlp", "resnet": "resnet"},
+    "mnist": {"cnn": "cnn2d", "mlp": "mlp", "resnet": "resnet2d"},
+    "gaussian_mixture": {"mlp": "mlp"},
+}
+
+
+def models_for(dataset, *roles):
+    """The models of ``roles`` (e.g. ``"cnn", "mlp"``) on ``dataset`` (:data:`MODELS`)."""
+    if dataset not in MODELS:
+        raise ValueError(f"dataset must be one of {sorted(MODELS)}, got {dataset!r}")
+    missing = [r for r in roles if r not in MODELS[dataset]]
+    if missing:
+        raise ValueError(f"dataset {dataset!r} has no model for {missing}")
+    return [MODELS[dataset][r] for r in roles]
+
+
 #: datasets that take ``num_samples`` (the others have a fixed size)
 SIZED = ("mnist1d", "gaussian_mixture")
 

@@ -129,7 +129,8 @@ def test_sets_for(config, split):
 def build_streams(kind, sets, corruptions, config, batch_size, split):
     """The streams one evaluation of ``kind`` runs: one per test set for the one-set
     kinds (``iid`` and ``class_correlated``: each corruption at ``stream_severity``, and
-    the clean set for the test split), one stream otherwise."""
+    the clean set for the test split), one stream otherwise (``mixed``: every corruption
+    x example pair once, shuffled together, as mariodoebler's ``mixed_domains``)."""
     from .streams import make_stream
 
     sev = config.stream_severity
@@ -138,8 +139,8 @@ def build_streams(kind, sets, corruptions, config, batch_size, split):
         keys = ([("none", 0)] if split == "test" else []) + [(c, sev) for c in corruptions]
         extra = {"alpha": config.dirichlet_alpha} if kind == "class_correlated" else {}
         return [make_stream(kind, sets, batch_size, seed, test_set=k, **extra) for k in keys]
-    if kind == "mixed":
-        return [make_stream("mixed", sets, batch_size, seed,
+    if kind == "mixed":  # every (corruption, example) pair once, shuffled together
+        return [make_stream("mixed", sets, batch_size, seed, each_set=True,
                             sets=[(c, sev) for c in corruptions])]  # fmt: skip
     if kind == "continual":
         return [make_stream("continual", sets, batch_size, seed, corruptions=corruptions,

@@ -29,13 +29,16 @@ from . import report, sweep
 @dataclass
 class Study:
     """``presets``: name -> function returning the job list: with no argument, or, for
-    a study that declares ``arguments``, with the dict of its options.
-    ``analyse(df)`` -> ``(markdown body, [(png name, figure), ...])``.
+    a study that declares options (``arguments`` or ``datasets``), with the dict of its
+    options. ``analyse(df)`` -> ``(markdown body, [(png name, figure), ...], findings)``
+    (:mod:`bnbench.findings`; an analysis may return only the first two).
     ``max_jobs``: a cap on parallel jobs (1 for studies that time things).
     ``arguments(parser)``: adds the study's own command-line options to an
     ``argparse`` parser (e.g. ``--model package.module:factory``); their values (defaults
     filled in) reach the preset functions, are recorded in the output folder's
-    ``study.json`` and so rebuild the same report."""
+    ``study.json`` and so rebuild the same report. ``datasets``: the datasets the study
+    runs on (``--dataset``, default the first); the default output folder names any
+    other, and the first is not recorded, so folders from before the option stay valid."""
 
     name: str
     title: str
@@ -45,15 +48,28 @@ class Study:
     max_jobs: int | None = None
     default_preset: str = "quick"
     arguments: Callable | None = None
+    datasets: tuple = ()
+
+    @property
+    def has_options(self):
+        return self.arguments is not None or bool(self.datasets)
+
+    def add_options(self, parser):
+        """Add the study's options (``--dataset``, then its own ``arguments``)."""
+        if self.datasets:
+            parser.add_argument("--dataset", choices=self.datasets, default=self.datasets[0],
+                                help=f"dataset (default {self.datasets[0]})")  # fmt: skip
+        if self.arguments is not None:
+            self.arguments(parser)
 
     def options(self, given=None):
         """The study's options: its declared defaults updated with ``given`` (a dict, or
         an ``argparse.Namespace`` from which the study's options are read); ``{}`` for
-        a study without ``arguments``."""
-        if self.arguments is None:
+        a study without options."""
+        if not self.has_options:
             return {}
         parser = argparse.ArgumentParser(add_help=False)
-        self.arguments(parser)
+        self.add_options(parser)
         defaults = vars(parser.parse_args([]))
         if isinstance(given, argparse.Namespace):
             given = {k: getattr(given, k) for k in defaults if hasattr(given, k)}
@@ -64,7 +80,17 @@ class Study:
                 f"study {self.name!r} has no option(s) {sorted(unknown)}; "
                 f"its options are {sorted(defaults)}"
             )
+        if self.datasets and given.get("dataset", self.datasets[0]) not in self.datasets:
+            raise ValueError(f"dataset must be one of {list(self.datasets)} for study "
+                             f"{self.name!r}, got {given['dataset']!r}")  # fmt: skip
         return {**defaults, **given}
+
+    def recorded(self, options):
+        """``options`` as ``study.json`` records them: the default dataset left out."""
+        options = dict(options or {})
+        if self.datasets and options.get("dataset") == self.datasets[0]:
+            del options["dataset"]
+        return options
 
     def jobs(self, preset, options=None):
         if preset not in self.presets:
@@ -72,7 +98,7 @@ class Study:
                 f"preset must be one of {sorted(self.presets)} for study {self.name!r}, "
                 f"got {preset!r}"
             )
-        if self.arguments is None:
+        if not self.has_options:
             jobs = self.presets[preset]()
         else:
             jobs = self.presets[preset](self.options(options))
@@ -130,9 +156,12 @@ def _check_writable(out):
     return out
 
 
-def default_out(study, preset):
-    """The default output folder: one per study and preset."""
-    return Path("reports") / f"{study.name}-{preset}"
+def default_out(study, preset, options=None):
+    """The default output folder: one per study, dataset (when not the study's first)
+    and preset."""
+    dataset = study.recorded(options).get("dataset")
+    return Path("reports") / (f"{study.name}-{dataset}-{preset}" if dataset else
+                              f"{study.name}-{preset}")  # fmt: skip
 
 
 def _read_meta(out):
@@ -153,7 +182,8 @@ def _claim(study, preset, out, n_jobs, options=None):
             f"a report never mixes presets; choose another --out for {study.name!r}, preset "
             f"{preset!r} (the default is {str(default_out(study, preset))!r})"
         )
-    if meta and meta.get("options", {}) != (options or {}):
+    options = study.recorded(options)
+    if meta and meta.get("options", {}) != options:
         raise ValueError(
             f"out folder {str(out)!r} holds runs of study {study.name!r} with options "
             f"{meta.get('options', {})}, not {options}: choose another --out"
@@ -365,6 +395,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--scheduler", default=None, help="Dask scheduler address, or 'local' for a LocalCluster"
     )
+    parser.add_argument("--dataset", default=None,
+                        help="the dataset, for studies that run on several (default: the study's)")  # fmt: skip
     parser.add_argument("--debug", action="store_true",
                         help="show a traceback on errors (also: BNBENCH_DEBUG=1)")  # fmt: skip
     parser.add_argument(
@@ -380,7 +412,7 @@ def parse_option_pairs(study, pairs):
     study's own ``arguments`` (types and choices apply)."""
     if not pairs:
         return {}
-    if study.arguments is None:
+    if not study.has_options:
         raise ValueError(f"study {study.name!r} has no options of its own, got --option {pairs}")
     argv = []
     for pair in pairs:
@@ -389,7 +421,7 @@ def parse_option_pairs(study, pairs):
             raise ValueError(f"--option must be NAME=VALUE, got {pair!r}")
         argv += [f"--{name.replace('_', '-')}", value]
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    study.arguments(parser)
+    study.add_options(parser)
     try:
         known, unknown = parser.parse_known_args(argv)
     except argparse.ArgumentError as err:
@@ -407,8 +439,12 @@ def run_from_args(study, args, command=None):
     """Run a study from parsed command-line ``args``; returns the exit status
     (:data:`EXIT_STATUS`), raising only :class:`StudyStopped` and ``ValueError``."""
     preset = args.preset or study.default_preset
-    out = args.out or default_out(study, preset)
-    options = {**study.options(args), **parse_option_pairs(study, getattr(args, "option", []))}
+    given = {k: v for k, v in vars(args).items() if not (k == "dataset" and v is None)}
+    if given.get("dataset") and not study.datasets:
+        raise ValueError(f"study {study.name!r} runs on one dataset only: no --dataset")
+    options = {**study.options(given_options(study, given)),
+               **parse_option_pairs(study, getattr(args, "option", []))}  # fmt: skip
+    out = args.out or default_out(study, preset, options)
     failed = run(study, preset, out, args.jobs, args.scheduler, command or " ".join(sys.argv),
                  options=options)  # fmt: skip
     if failed:
@@ -416,6 +452,12 @@ def run_from_args(study, args, command=None):
               file=sys.stderr)  # fmt: skip
         return EXIT_FAILED_RUNS
     return 0
+
+
+def given_options(study, values):
+    """The study's options among ``values`` (a dict of parsed command-line values)."""
+    known = set(study.options()) if study.has_options else set()
+    return {k: v for k, v in values.items() if k in known}
 
 
 def debugging(args=None):
@@ -457,9 +499,10 @@ def guarded(name, fn, args):
 
 def main(study, argv=None):
     """Entry point of a study script: ``python studies/<name>.py [--preset ...]``."""
-    parser = argparse.ArgumentParser(description=study.title, epilog=EXIT_STATUS)
+    parser = argparse.ArgumentParser(description=study.title, epilog=EXIT_STATUS,
+                                     conflict_handler="resolve")  # fmt: skip
     add_arguments(parser)
-    if study.arguments is not None:
-        study.arguments(parser.add_argument_group(f"{study.name} options"))
+    if study.has_options:  # the study's own --dataset (with its choices) replaces the generic one
+        study.add_options(parser.add_argument_group(f"{study.name} options"))
     args = parser.parse_args(argv)
     return guarded(study.name, lambda a: run_from_args(study, a), args)

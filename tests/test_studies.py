@@ -21,14 +21,21 @@ NAMES = [
     "training-dynamics",
     "normalization-batch-size",
     "training-throughput",
+    "test-streams",
 ]
 
 
 def test_all_studies_are_found():
     # torch-estimators runs a PyTorch model: its tests are in test_torch_study.py
     assert sorted(study.available()) == sorted([*NAMES, "torch-estimators"])
-    # no study file reads as a pytest module
-    assert not [p for p in study.available().values() if p.name.startswith("test_")]
+    # pytest collects tests/ only; a study file named test_*.py (test_streams.py) defines
+    # no test function, so even collected by hand it holds no test
+    for path in study.available().values():
+        if path.name.startswith("test_"):
+            module = import_module_from_studies(path.stem)
+            assert not [
+                n for n in vars(module) if n.startswith("test") and callable(vars(module)[n])
+            ]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -48,6 +55,10 @@ def shrink(job):
     if job["kind"] == "step":
         return {"kind": "step", "params": {**job["params"], "budget_s": 0.01}}
     p = {**job["params"], "epochs": 1}
+    if p.get("streams"):  # streams need a corrupted dataset: a small MNIST-1D instead
+        p |= {"num_samples": 500, "stream_examples": 20, "stream_batch_sizes": [1, 16],
+              "test_batch_sizes": [64], "tent_lrs": [1e-3], "prior_strengths": [16]}  # fmt: skip
+        return {"kind": "train", "params": p}
     if p.get("corruptions"):  # MNIST-1D-C needs MNIST-1D: fewer corrupted sets instead
         p |= {"corruptions": p["corruptions"][:2], "severities": [3, 5]}
         return {"kind": "train", "params": p}
@@ -338,5 +349,49 @@ def test_training_throughput_findings_are_computed():
     assert "below 1.5x at batch size 512 (1.20x)" in found  # the CNN at 512
     assert "MLP: bnbench's training step is 1.60x to 2.00x" in found
     assert "at least 1.5x at every batch size" in found  # the MLP: 1.2 / 0.75 = 1.6
+    for _, fig in figures:
+        plt.close(fig)
+
+
+def test_test_streams_findings_use_the_held_out_choice():
+    """The prior's strength is chosen on the held-out streams (N=4 there), although N=64
+    is better on the test streams (the oracle): the finding scores N=4."""
+    rows = []
+    for seed in range(3):
+        for split in ("test", "heldout"):
+            for b in (1, 16):
+
+                def acc(method, n=None, split=split, b=b, seed=seed):
+                    base = 50 + 0.1 * seed
+                    if method == "prior":
+                        best = 4 if split == "heldout" else 64
+                        return base + (10 if n == best else 5)
+                    return base + {"population": 0, "test_batch": 3 if b == 16 else -30,
+                                   "tent": 4 if b == 16 else -30}[method]  # fmt: skip
+
+                for method, n in (("population", None), ("test_batch", None), ("prior", 4),
+                                  ("prior", 64), ("tent", None)):  # fmt: skip
+                    for kind in ("iid", "class_correlated"):
+                        rows.append({
+                            "job_key": f"r{seed}", "seed": seed, "model": "cnn",
+                            "dataset": "mnist1d", "epochs": 10, "stream": kind,
+                            "stream_split": split, "estimator": method, "test_batch_size": b,
+                            "prior_strength": n if n else np.nan, "momentum": np.nan,
+                            "tent_lr": 1e-3 if method == "tent" else np.nan,
+                            "tent_mode": "continual" if method == "tent" else None,
+                            "test_accuracy": acc(method, n) / 100, "test_ece": 0.1,
+                            "error": None, "seconds_per_example": 1e-4, "forward_passes": 1,
+                            "backward_passes": 0, "stream_severity": 5, "stream_examples": 100,
+                            "dirichlet_alpha": 0.1,
+                            "segment_accuracy": '[["gaussian_noise", 5, 100, 0.5]]',
+                        })  # fmt: skip
+    body, figures, found = study.load("test-streams").analyse(pd.DataFrame(rows))
+    assert "**cnn, iid stream, B=16**" in body
+    assert "prior: +5.0 [+5.0, +5.0] helps" in body  # N=4 (+5), not the oracle N=64 (+10)
+    assert "TENT: +4.0 [+4.0, +4.0] helps" in body
+    assert "TENT B=1: -30.0 [-30.0, -30.0] hurts" in body
+    # TENT against the best statistics-only method on held-out streams: the prior (+10 there)
+    assert "iid: -1.0 [-1.0, -1.0] hurts (vs prior)" in body
+    assert "| cnn | iid | 16 | prior | N=4 |" in body and "| N=64 |" in body  # the oracle column
     for _, fig in figures:
         plt.close(fig)

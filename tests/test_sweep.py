@@ -200,7 +200,7 @@ def test_study_via_cli_writes_a_report(studies, tmp_path, capsys):
     ("argv", "match"),
     [
         (["study", "nope"], r"study must be one of \['tiny'\].*got 'nope'"),
-        (["study", "tiny", "--preset", "huge"], r"preset must be one of \['empty', 'many', 'quick'\]"),
+        (["study", "tiny", "--preset", "huge"], r"preset must be one of \['empty', 'many', 'quick', 'slow'\]"),
         (["study", "tiny", "--preset", "empty"], r"the grid is empty"),
         (["study", "tiny", "--out", "/proc/forbidden"], r"out must be a writable folder"),
     ],
