@@ -9,7 +9,7 @@ from . import adaptation
 from . import data as datasets
 from . import estimators as est
 from .evaluate import AGGREGATIONS, ORDERS  # noqa: F401  (re-exported by train)
-from .nn import MODELS, check_depth
+from .nn.models import DEPTH_MODELS, MODELS, check_depth
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 #: test-time adaptation modes, scored when named in ``estimators``
@@ -166,8 +166,10 @@ class TrainConfig:
         positive_int("seed", 0)
         positive_int("num_samples", 10, optional=True)
         if self.depth is not None:
-            if self.model != "resnet":
-                raise ValueError(f"depth applies to model 'resnet' only, got model {self.model!r}")
+            if self.model not in DEPTH_MODELS:
+                raise ValueError(
+                    f"depth applies to models {DEPTH_MODELS} only, got model {self.model!r}"
+                )
             check_depth(self.depth)
         if self.bn not in BN_VARIANTS:
             raise ValueError(f"bn must be one of {BN_VARIANTS}, got {self.bn!r}")

@@ -171,7 +171,9 @@ def test_resnet_trains_and_depth_is_checked():
     assert pop["test_accuracy"] > 0.9 and len(pop["layer_mean_error"]) == 4
     with pytest.raises(ValueError, match=r"depth must be an even integer in 2-64"):
         train.TrainConfig(model="resnet", depth=5)
-    with pytest.raises(ValueError, match=r"depth applies to model 'resnet' only, got model 'cnn'"):
+    with pytest.raises(
+        ValueError, match=r"depth applies to models \('resnet', 'resnet2d'\) only, got model 'cnn'"
+    ):
         train.TrainConfig(model="cnn", depth=8)
 
 

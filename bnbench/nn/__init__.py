@@ -1,5 +1,7 @@
-"""Small networks on the bnbench kernels: layers, the MNIST-1D models, an optimizer."""
+"""Small networks on the bnbench kernels: layers, the MNIST-1D and image models, an
+optimizer."""
 
+from .conv2d import Conv2d
 from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 from .losses import cross_entropy
 from .models import (
@@ -13,19 +15,24 @@ from .models import (
     mlp,
     resnet,
 )
+from .models2d import cnn2d, resnet2d
 from .norm import BatchNorm, BatchRenorm, renorm_clip
 from .optim import SGD, cosine_lr
+from .pool import AvgPool2d, MaxPool2d
 
 __all__ = [
     "MODELS",
     "RESNET_DEPTHS",
     "SGD",
+    "AvgPool2d",
     "BatchNorm",
     "BatchRenorm",
     "Conv1d",
+    "Conv2d",
     "Flatten",
     "GlobalAvgPool",
     "Linear",
+    "MaxPool2d",
     "ReLU",
     "Reshape",
     "Residual",
@@ -33,9 +40,11 @@ __all__ = [
     "build",
     "check_depth",
     "cnn",
+    "cnn2d",
     "cosine_lr",
     "cross_entropy",
     "mlp",
     "renorm_clip",
     "resnet",
+    "resnet2d",
 ]

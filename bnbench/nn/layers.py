@@ -147,26 +147,32 @@ class ReLU(Layer):
 
 
 class GlobalAvgPool(Layer):
-    """Mean over the length axis: ``(N, C, L)`` -> ``(N, C)``; with ``channels_last=True``
-    ``(N, L, C)`` -> ``(N, C)``."""
+    """Mean over the spatial axes: ``(N, C, *spatial)`` -> ``(N, C)``; with
+    ``channels_last=True`` ``(N, *spatial, C)`` -> ``(N, C)`` (one spatial axis for 1-D
+    signals, two for images)."""
 
     def __init__(self, channels_last=False):
         super().__init__()
         self.length_axis = 1 if channels_last else 2
 
     def forward(self, x, mode):
+        self.shape = x.shape
+        if x.ndim > 3:  # the spatial axes as one: the 3-D arithmetic
+            N, C = x.shape[0], x.shape[-1 if self.length_axis == 1 else 1]
+            x = x.reshape((N, -1, C) if self.length_axis == 1 else (N, C, -1))
         self.length = x.shape[self.length_axis]
         return x.mean(axis=self.length_axis)
 
     def backward(self, dy):
         dy = np.expand_dims(dy / self.length, self.length_axis)
-        return np.repeat(dy, self.length, axis=self.length_axis)
+        return np.repeat(dy, self.length, axis=self.length_axis).reshape(self.shape)
 
 
 class Flatten(Layer):
     """``(N, ...)`` -> ``(N, prod(...))``. With ``channels_last=True`` a ``(N, L, C)``
     input is flattened in channel-first order (``c * L + l``, as PyTorch flattens
-    ``(N, C, L)``), so the next layer's weights mean what they mean in PyTorch."""
+    ``(N, C, L)``; likewise ``(N, H, W, C)`` as ``(N, C, H, W)``), so the next layer's
+    weights mean what they mean in PyTorch."""
 
     def __init__(self, channels_last=False):
         super().__init__()

@@ -6,6 +6,7 @@ import functools
 import numpy as np
 
 from .conv import output_length
+from .conv2d import Conv2d
 from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 from .norm import BatchNorm
 
@@ -38,11 +39,11 @@ class Sequential:
         return dy
 
     def _first_trained(self):
-        """Index of the first layer with parameters if it is a Linear or Conv1d (whose
-        input gradient can be skipped) with only parameter-free layers before it; else
-        ``None`` (nothing to skip)."""
+        """Index of the first layer with parameters if it is a Linear, Conv1d or Conv2d
+        (whose input gradient can be skipped) with only parameter-free layers before it;
+        else ``None`` (nothing to skip)."""
         for i, layer in enumerate(self.layers):
-            if isinstance(layer, (Linear, Conv1d)):
+            if isinstance(layer, (Linear, Conv1d, Conv2d)):
                 return i
             if getattr(layer, "params", None) or hasattr(layer, "parameters"):
                 return None
@@ -168,19 +169,30 @@ def resnet(
     return Sequential(layers)
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
+# the image models build on Sequential and Residual above (models2d imports them)
+from .models2d import cnn2d, resnet2d, square_image  # noqa: E402
+
+MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet, "cnn2d": cnn2d, "resnet2d": resnet2d}
+#: models that take a ``depth`` (number of BN layers)
+DEPTH_MODELS = ("resnet", "resnet2d")
+#: models that take flat rows of square images: their first argument is ``(side, side)``
+IMAGE_MODELS = ("cnn2d", "resnet2d")
 
 
 def build(name, in_features, classes, rng, dtype=np.float32, depth=None, norm=BatchNorm):
-    """A model by name (``"mlp"``, ``"cnn"`` or ``"resnet"``) for inputs of
-    ``in_features`` values; ``depth`` (BN layers) for the resnet only; ``norm(channels,
-    dtype=..., axis=...)`` makes each BN layer (e.g. a ghost BatchNorm or BatchRenorm;
-    the CNN and resnet pass ``axis=-1``: they compute channels-last)."""
+    """A model by name (a key of :data:`MODELS`) for inputs of ``in_features`` values
+    (for ``"cnn2d"`` and ``"resnet2d"`` flat rows of square images: ``in_features`` must
+    be a perfect square); ``depth`` (BN layers) for ``"resnet"`` and ``"resnet2d"`` only;
+    ``norm(channels, dtype=..., axis=...)`` makes each BN layer (e.g. a ghost BatchNorm
+    or BatchRenorm; the CNNs and resnets pass ``axis=-1``: they compute channels-last)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    if depth is not None and name != "resnet":
-        raise ValueError(f"depth applies to model 'resnet' only, got model {name!r}")
+    if depth is not None and name not in DEPTH_MODELS:
+        raise ValueError(
+            f"depth applies to models 'resnet' and 'resnet2d' only, got model {name!r}"
+        )
     extra = {} if depth is None else {"depth": depth}
-    model = MODELS[name](in_features, classes, rng=rng, dtype=dtype, norm=norm, **extra)
+    shape = square_image(name, in_features) if name in IMAGE_MODELS else in_features
+    model = MODELS[name](shape, classes, rng=rng, dtype=dtype, norm=norm, **extra)
     model.input_shape, model.dtype = (in_features,), np.dtype(dtype)  # checked by evaluate
     return model
