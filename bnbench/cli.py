@@ -255,6 +255,26 @@ def _report(args):
     return study.guarded("bnbench report", go, args)
 
 
+def _diagnose(args):
+    from . import study
+
+    def go(args):
+        try:
+            from .torch import diagnosis
+        except ImportError as err:
+            raise ValueError(
+                f"diagnose needs PyTorch: pip install 'bnbench[torch]' ({err})"
+            ) from err
+        result = diagnosis.main_from_factories(args.model, args.data, out=args.out,
+                                               batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+        print(diagnosis.format_table(result))
+        if args.out:
+            print(f"report written to {args.out}/report.md")
+        return 0
+
+    return study.guarded("bnbench diagnose", go, args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="bnbench", description="Batch-norm kernels and test-time statistics benchmarks."
@@ -285,6 +305,22 @@ def build_parser():
     p.add_argument("name", metavar="NAME", help="one of: " + ", ".join(names))
     study.add_arguments(p)
     p.set_defaults(func=_study)
+
+    p = sub.add_parser(
+        "diagnose",
+        help="is a PyTorch model's eval-mode gap its BN statistics, and which estimate fixes it",
+        description="Score a trained PyTorch model's own BN buffers, the exact population "
+        "statistics, PreciseBN and prediction-time BN on its data, and recommend an estimate.",
+    )
+    p.add_argument("--model", required=True, metavar="PKG.MOD:FACTORY",
+                   help="a factory returning the trained torch.nn.Module")  # fmt: skip
+    p.add_argument("--data", required=True, metavar="PKG.MOD:FACTORY",
+                   help="a factory returning (x_train, y_train, x_test, y_test)")  # fmt: skip
+    p.add_argument("--out", default=None, help="write a report folder here")
+    p.add_argument("--batch-size", type=int, default=128, help="loader batch size (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of shuffling and bootstrap")
+    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    p.set_defaults(func=_diagnose)
 
     p = sub.add_parser("report", help="rebuild a study's report from its saved runs")
     p.add_argument("folder", metavar="DIR", help="a study's output folder")

@@ -16,7 +16,13 @@ float64 NumPy array: on a GPU that is a copy to the host):
 * :func:`prior`: Schneider et al. (2020): source and batch statistics mixed with prior
   strength ``N``;
 * :func:`online_ema`: running statistics started at the source statistics and updated on
-  the stream of test batches (each batch predicted after its own update).
+  the stream of test batches (each batch predicted after its own update);
+* :func:`robust_bn`: RoTTA's robust BN layer (Yuan et al. 2023), the same EMA with the
+  batch's biased variance and momentum 0.05 (:func:`bnbench.adaptation.robust_bn`).
+
+TENT (Wang et al. 2021), which also updates the BN affine parameters, is
+:func:`bnbench.torch.tta.tent`: a :class:`~bnbench.torch.tta.Tent` is accepted by
+:func:`predict` and :func:`evaluate` in place of statistics.
 
 AdaBN (Li et al. 2016) is fixed statistics, :func:`adabn`: the population statistics
 of the unlabeled test data.
@@ -28,12 +34,13 @@ import torch
 from .. import adaptation, metrics
 from .. import evaluate as np_evaluate
 from . import _core
+from .tta import Tent
 
 
 class Adaptation:
     """A test-time adaptation mode: ``mode`` one of :data:`bnbench.adaptation.BATCH_MODES`,
     ``source`` statistics ``{layer: (mean, var)}`` for the modes that start from them,
-    ``param`` the prior strength or the online momentum."""
+    ``param`` the prior strength or the online (or robust BN) momentum."""
 
     def __init__(self, mode, source=None, param=None):
         if mode not in adaptation.BATCH_MODES:
@@ -105,6 +112,13 @@ def online_ema(source, momentum):
     return Adaptation("online_ema", source, momentum)
 
 
+def robust_bn(source, momentum=adaptation.ROBUST_BN_MOMENTUM):
+    """RoTTA's robust BN: running statistics from ``source``, updated on each test batch
+    with ``momentum`` (0.05) and the batch's biased variance, the batch then normalised
+    with the updated statistics (:func:`bnbench.adaptation.robust_bn`)."""
+    return Adaptation("robust_bn", source, momentum)
+
+
 def adabn(model, unlabeled_batches, device=None):
     """AdaBN (Li et al. 2016): the exact statistics of the unlabeled test data, layer by
     layer (:func:`bnbench.torch.population_statistics` over it: one pass per BN layer);
@@ -136,12 +150,16 @@ def _check_fixed(statistics, layers):
 def predict(model, batches, statistics=None, device=None):
     """``(logits, labels)`` as NumPy arrays: the model in eval mode, BN layers normalising
     with ``statistics`` (``None``: the model's own running buffers; a dict of fixed
-    statistics; or an :class:`Adaptation`). Batches are ``(input, labels, ...)``."""
+    statistics; an :class:`Adaptation`; or a :class:`~bnbench.torch.tta.Tent`, which
+    adapts the BN affine parameters on the stream: :meth:`Tent.predict`). Batches are
+    ``(input, labels, ...)``, taken in order."""
+    if isinstance(statistics, Tent):
+        return statistics.predict(model, batches, device)
     layers = _core.bn_layers(model)
     device = _core.check_device(_core.model_device(model) if device is None else device)
     if statistics is not None and not isinstance(statistics, (dict, Adaptation)):
         raise TypeError(
-            f"statistics must be None, a dict {{layer: (mean, var)}} or an Adaptation, "
+            f"statistics must be None, a dict {{layer: (mean, var)}}, an Adaptation or a Tent, "
             f"got {type(statistics).__name__}"
         )
     if isinstance(statistics, dict):

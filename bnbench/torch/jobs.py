@@ -89,12 +89,15 @@ def resolve_params(params):
     return p
 
 
-def _tensors(data):
+def as_tensors(data):
+    """``(x_train, y_train, x_test, y_test)`` of a data factory as float32 / int64 tensors."""
     x_tr, y_tr, x_te, y_te = (torch.as_tensor(np.asarray(a)) for a in data)
     return x_tr.float(), y_tr.long(), x_te.float(), y_te.long()
 
 
-def _batches(x, y, size, generator=None, drop_last=False):
+def loader(x, y, size, generator=None, drop_last=False):
+    """``[(x_batch, y_batch), ...]`` of ``size`` (shuffled with ``generator`` if given;
+    ``drop_last``: no ragged last batch)."""
     idx = torch.randperm(len(x), generator=generator) if generator is not None else None
     out = []
     for start in range(0, len(x), size):
@@ -116,7 +119,7 @@ def train(model, x, y, p, tracker_args):
     with tracking.track(model, **tracker_args) as tracker:
         model.train()
         for _ in range(p["epochs"]):
-            for xb, yb in _batches(x, y, p["batch_size"], g, drop_last=True):
+            for xb, yb in loader(x, y, p["batch_size"], g, drop_last=True):
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(xb), yb).backward()
                 opt.step()
@@ -161,13 +164,13 @@ def run_job(params):
 
     torch.set_num_threads(numba.get_num_threads())
     data = default_data() if p["data"] == "default" else load_factory(p["data"])()
-    x_tr, y_tr, x_te, y_te = _tensors(data)
+    x_tr, y_tr, x_te, y_te = as_tensors(data)
     torch.manual_seed(p["seed"])
     model = default_model() if p["model"] == "default" else load_factory(p["model"])()
     tracker, train_s = train(model, x_tr, y_tr, p, {"momenta": p["momenta"]})
     model.train()
-    train_batches = _batches(x_tr, y_tr, p["batch_size"])
-    test = _batches(x_te, y_te, 500)  # fixed statistics: the batching changes nothing
+    train_batches = loader(x_tr, y_tr, p["batch_size"])
+    test = loader(x_te, y_te, 500)  # fixed statistics: the batching changes nothing
     population = statistics.population_statistics(model, train_batches)
     rows = []
 
@@ -188,7 +191,7 @@ def run_job(params):
         shuffle = torch.Generator().manual_seed(p["seed"] + 1)
         t0 = time.perf_counter()
         aggs, devices, used = statistics.precise_aggregates(
-            model, _batches(x_tr, y_tr, p["batch_size"], shuffle, drop_last=True), samples or None
+            model, loader(x_tr, y_tr, p["batch_size"], shuffle, drop_last=True), samples or None
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         for aggregation in statistics.AGGREGATIONS:
