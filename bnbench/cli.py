@@ -228,6 +228,8 @@ def _study(args):
     from . import study
 
     def go(args):
+        if args.name == "all":
+            return study.run_all(args, command=args.command_line)
         return study.run_from_args(study.load(args.name), args, command=args.command_line)
 
     return study.guarded("bnbench study", go, args)
@@ -302,7 +304,9 @@ def build_parser():
         + (", ".join(names) or f"none found in {study.studies_dir()}"),
         epilog=study.EXIT_STATUS,
     )
-    p.add_argument("name", metavar="NAME", help="one of: " + ", ".join(names))
+    p.add_argument("name", metavar="NAME",
+                   help="one of: " + ", ".join(names) + "; or 'all': every study, then "
+                   "reports/index.html with the answer page")  # fmt: skip
     study.add_arguments(p)
     p.set_defaults(func=_study)
 

@@ -52,8 +52,9 @@ code {{ background: #f3f3f3; padding: 0 0.2em; }}
 """
 
 
-def markdown_to_html(text, folder):
-    """HTML for a report's markdown, with its PNG figures embedded as data URIs."""
+def markdown_to_html(text, folder, embed=True):
+    """HTML for a report's markdown, with its PNG figures embedded as data URIs (a
+    self-contained file; ``embed=False``: linked, as an index of many reports does)."""
     import base64
     import html
     import re
@@ -62,14 +63,15 @@ def markdown_to_html(text, folder):
 
     body = markdown.markdown(text, extensions=["tables"])
 
-    def embed(match):
+    def embed_png(match):
         path = Path(folder) / html.unescape(match.group(1))
         if not path.is_file():
             return match.group(0)
         data = base64.b64encode(path.read_bytes()).decode()
         return f'src="data:image/png;base64,{data}"'
 
-    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    if embed:
+        body = re.sub(r'src="([^"]+\.png)"', embed_png, body)
     title = html.escape(text.splitlines()[0].lstrip("# ").strip())
     return _HTML.format(title=title, body=body)
 

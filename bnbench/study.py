@@ -107,6 +107,18 @@ class Study:
         return jobs
 
 
+def presets_by_dataset(jobs, table):
+    """Preset functions for a study with ``datasets``: ``table`` is ``{dataset: {preset:
+    keyword arguments}}`` and preset ``p`` calls ``jobs(options, **table[dataset][p])``
+    (the grid is sized per dataset: an MNIST network costs more than an MNIST-1D one)."""
+    names = {p for sizes in table.values() for p in sizes}
+
+    def preset(name):
+        return lambda options: jobs(options, **table[options["dataset"]][name])
+
+    return {name: preset(name) for name in sorted(names)}
+
+
 def studies_dir():
     """``$BNBENCH_STUDIES_DIR``, else ``studies/`` beside the package (a checkout), else
     the installed ``bnbench_studies`` package."""
@@ -452,6 +464,32 @@ def run_from_args(study, args, command=None):
               file=sys.stderr)  # fmt: skip
         return EXIT_FAILED_RUNS
     return 0
+
+
+def run_all(args, command=None):
+    """``bnbench study all``: every study (on each of its datasets) with ``args.preset``
+    into its default folder, then ``reports/index.md``/``index.html`` with the answer
+    page (:mod:`bnbench.answer`). A study that cannot run here (PyTorch missing) is
+    skipped with one line; returns the worst exit status of the studies."""
+    from . import answer
+
+    worst = 0
+    for name in available():
+        chosen = load(name)
+        for dataset in chosen.datasets or (None,):
+            label = name + (f" --dataset {dataset}" if dataset else "")
+            print(f"== bnbench study {label} --preset {args.preset or chosen.default_preset}",
+                  flush=True)  # fmt: skip
+            values = {**vars(args), "name": name, "dataset": dataset, "out": None, "option": []}
+            try:
+                status = run_from_args(chosen, argparse.Namespace(**values), command)
+            except ValueError as err:  # e.g. the torch study without PyTorch
+                print(f"{name}: skipped: {err}", file=sys.stderr)
+                status = EXIT_BAD_ARGUMENT
+            worst = max(worst, status)
+    path = answer.write_index(Path("reports"))
+    print(f"answer page and gallery written to {path} and {path.with_suffix('.html')}")
+    return worst
 
 
 def given_options(study, values):

@@ -1,7 +1,8 @@
 """Covariate shift: does "never use test-set statistics" hold when the test data moves?
 
 CNN and MLP trained on clean MNIST-1D, scored on MNIST-1D-C (every corruption at several
-severities, :mod:`bnbench.shift`) with the source statistics (population, EMA) and with
+severities, :mod:`bnbench.shift`), or with ``--dataset mnist`` the MNIST CNN and MLP on
+MNIST-C (:mod:`bnbench.mnist_c`), with the source statistics (population, EMA) and with
 test-time adaptation: AdaBN (exact statistics of the unlabeled shifted test set, or of k
 of its samples), prediction-time BN (each test batch with its own statistics), the
 source/test-batch prior of Schneider et al. (2020) and an online EMA over the test
@@ -15,11 +16,11 @@ import sys
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bnbench import shift
+from bnbench.data import DESCRIPTIONS, corruptions, models_for
 from bnbench.findings import Cell, Finding, cells, render, verdict_lists
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
 from bnbench.stats import METHOD, compare, holds_from, paired_gap
-from bnbench.study import Study, main
+from bnbench.study import Study, main, presets_by_dataset
 from bnbench.sweep import train_jobs
 
 #: the test batch size of the figures' per-batch methods and of the tables
@@ -29,13 +30,15 @@ HEADLINE_PRIOR = 16
 ESTIMATORS = ["ema", "population", "adabn", "test_batch", "prior", "online_ema"]
 
 
-def jobs(epochs, seeds, severities, test_batch_sizes, strengths):
+def jobs(options, epochs, seeds, severities, test_batch_sizes, strengths):
+    dataset = options["dataset"]
     common = {
+        "dataset": dataset,
         "epochs": epochs,
         "batch_size": 64,
         "bn_momenta": [0.1],
         "estimators": ESTIMATORS,
-        "corruptions": list(shift.CORRUPTIONS),
+        "corruptions": list(corruptions(dataset).CORRUPTIONS),
         "severities": severities,
         "test_batch_sizes": test_batch_sizes,
         "test_orders": ["iid"],
@@ -43,7 +46,32 @@ def jobs(epochs, seeds, severities, test_batch_sizes, strengths):
         "prior_strengths": strengths,
         "online_momenta": [0.1],
     }
-    return train_jobs(common, model=["cnn", "mlp"], seed=list(range(seeds)))
+    return train_jobs(common, model=models_for(dataset, "cnn", "mlp"), seed=list(range(seeds)))
+
+
+#: per dataset and preset: MNIST-C has 15 corruptions (MNIST-1D-C 6) and MNIST's networks
+#: cost more, so its grids are smaller
+PRESETS = {
+    "mnist1d": {
+        "quick": {"epochs": 10, "seeds": 3, "severities": [1, 3, 5],
+                  "test_batch_sizes": [8, 64, 1000], "strengths": [4, 16, 64]},
+        "full": {"epochs": 40, "seeds": 5, "severities": [1, 2, 3, 4, 5],
+                 "test_batch_sizes": [1, 4, 16, 64, 256, 1000],
+                 "strengths": [1, 4, 16, 64, 256]},
+    },
+    "mnist": {
+        "quick": {"epochs": 5, "seeds": 3, "severities": [5],
+                  "test_batch_sizes": [8, 64, 1000], "strengths": [4, 16, 64]},
+        "full": {"epochs": 15, "seeds": 5, "severities": [1, 3, 5],
+                 "test_batch_sizes": [1, 4, 16, 64, 1000], "strengths": [4, 16, 64]},
+    },
+}  # fmt: skip
+
+
+def registry_of(df):
+    """The corruption registry (``CORRUPTIONS``: name -> description) of the table's
+    dataset."""
+    return corruptions(single(df, "dataset")).CORRUPTIONS
 
 
 def _method(row):
@@ -91,9 +119,14 @@ def headline_labels(df):
 def _severity_figure(df, model, value, ylabel):
     sub = df[(df.model == model) & df.label.isin(headline_labels(df))]
     clean = sub[sub.corruption == "none"]
-    corruptions = [c for c in shift.CORRUPTIONS if c in set(sub.corruption)]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False, layout="constrained")
-    for ax, corruption in zip(axes.flat, corruptions, strict=False):
+    names = [c for c in registry_of(df) if c in set(sub.corruption)]
+    cols = min(5, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1, 3.6 * rows), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, corruption in zip(axes.flat, names, strict=False):
         part = sub[sub.corruption == corruption]
         both = pd.concat([part, clean.assign(corruption=corruption)])  # severity 0 = clean
         curves = mean_and_spread(both, ["label", "severity"], value)
@@ -299,6 +332,7 @@ def analyse(df):
     if len(diverged):  # non-finite scores (a diverged network): say so, never drop silently
         undefined += f" {len(diverged)} evaluation(s) gave non-finite scores and are left out."
     df = prepare(df)
+    dataset = single(df, "dataset")
     models = sorted(df.model.unique())
     seeds = df.seed.nunique()
     top = int(df.severity.max())
@@ -345,11 +379,12 @@ def analyse(df):
         "for each corruption on the other corruptions (leave one corruption out); the "
         "strength that is best on the test results themselves is shown only as *oracle*.",
         "## Results", *sections,
-        "## Corruptions (MNIST-1D-C)",
-        markdown_table(pd.DataFrame({"corruption": list(shift.CORRUPTIONS),
-                                     "what it does": list(shift.CORRUPTIONS.values())})),
+        "## Corruptions" + (" (MNIST-1D-C)" if dataset == "mnist1d" else " (MNIST-C)"),
+        markdown_table(pd.DataFrame({"corruption": list(registry_of(df)),
+                                     "what it does": list(registry_of(df).values())})),
         "## Method",
-        f"MNIST-1D, training batch size 64, {int(df.epochs.iloc[0])} epochs, {seeds} seed(s) per "
+        f"{DESCRIPTIONS.get(dataset, dataset)}, training batch size 64, "
+        f"{int(df.epochs.iloc[0])} epochs, {seeds} seed(s) per "
         f"model. Test set of {int(df.test_size.iloc[0])} examples, corrupted at severities "
         f"{sorted(int(s) for s in df.severity.unique() if s)} (0 = clean). 'source' is the exact "
         "population statistics of the final network over the training set; AdaBN the same "
@@ -367,14 +402,10 @@ def analyse(df):
 
 STUDY = Study(
     name="covariate-shift",
-    title="Covariate shift: test-time BN statistics on corrupted MNIST-1D (MNIST-1D-C)",
-    presets={
-        "quick": lambda: jobs(10, 3, [1, 3, 5], [8, 64, 1000], [4, 16, 64]),
-        "full": lambda: jobs(
-            40, 5, [1, 2, 3, 4, 5], [1, 4, 16, 64, 256, 1000], [1, 4, 16, 64, 256]
-        ),
-    },
+    title="Covariate shift: test-time BN statistics on corrupted data (MNIST-1D-C, MNIST-C)",
+    presets=presets_by_dataset(jobs, PRESETS),
     analyse=analyse,
+    datasets=("mnist1d", "mnist"),
 )
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Headline study: test-time BN statistics against EMA momentum and training batch size.
 
-MNIST-1D, CNN and MLP, training batch sizes 2 to 512, EMA momenta 0.001 to 0.9, every
+MNIST-1D (or MNIST, ``--dataset mnist``), CNN and MLP, training batch sizes 2 to 512, EMA momenta 0.001 to 0.9, every
 estimator, several seeds. One training run per (model, batch size, seed): every momentum
 and estimator rides along on it.
 
@@ -11,7 +11,7 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from bnbench.data import DESCRIPTIONS
+from bnbench.data import DESCRIPTIONS, models_for
 from bnbench.findings import Cell, Finding, cells, render
 from bnbench.report import (
     heatmap_panel,
@@ -21,7 +21,7 @@ from bnbench.report import (
     single,
 )
 from bnbench.stats import METHOD, compare, correct, paired_gap
-from bnbench.study import Study, main
+from bnbench.study import Study, main, presets_by_dataset
 from bnbench.sweep import train_jobs
 
 MOMENTA = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9]
@@ -29,13 +29,25 @@ BATCH_SIZES = [2, 4, 8, 16, 32, 64, 128, 256, 512]
 COMMON = {"bn_momenta": MOMENTA, "test_batch_sizes": [32, 1000], "test_orders": ["iid"]}
 
 
-def jobs(epochs, seeds):
+def jobs(options, epochs, seeds, batch_sizes=BATCH_SIZES):
+    dataset = options["dataset"]
     return train_jobs(
-        {**COMMON, "epochs": epochs},
-        model=["cnn", "mlp"],
-        batch_size=BATCH_SIZES,
+        {**COMMON, "dataset": dataset, "epochs": epochs},
+        model=models_for(dataset, "cnn", "mlp"),
+        batch_size=batch_sizes,
         seed=list(range(seeds)),
     )
+
+
+#: per dataset and preset: MNIST's networks cost more, so fewer epochs (and, quick, fewer
+#: batch sizes) keep a preset within its budget (quick about 3 minutes, full about 20)
+PRESETS = {
+    "mnist1d": {"quick": {"epochs": 10, "seeds": 3}, "full": {"epochs": 40, "seeds": 5}},
+    "mnist": {
+        "quick": {"epochs": 3, "seeds": 3, "batch_sizes": [4, 16, 64, 256]},
+        "full": {"epochs": 10, "seeds": 3},
+    },
+}
 
 
 def _label(row):
@@ -233,8 +245,9 @@ def analyse(df):
 STUDY = Study(
     name="momentum-batch-size",
     title="Test-time BN statistics: EMA momentum x training batch size",
-    presets={"quick": lambda: jobs(epochs=10, seeds=3), "full": lambda: jobs(epochs=40, seeds=5)},
+    presets=presets_by_dataset(jobs, PRESETS),
     analyse=analyse,
+    datasets=("mnist1d", "mnist"),
 )
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bnbench.data import DESCRIPTIONS
+from bnbench.data import DESCRIPTIONS, models_for
 from bnbench.findings import Cell, Finding, cells, render
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
 from bnbench.stats import METHOD, compare, paired_gap
-from bnbench.study import Study, main
+from bnbench.study import Study, main, presets_by_dataset
 from bnbench.sweep import train_jobs
 
 SGD_BATCH = 512
@@ -30,27 +30,42 @@ FROZEN = 0.2
 VARIANTS = {"bn": {}, "renorm": {"bn": "renorm"}, "frozen": {"frozen_fraction": FROZEN}}
 
 
-def jobs(epochs, variant_epochs, seeds, small_batches):
+def jobs(options, epochs, variant_epochs, seeds, small_batches):
+    dataset = options["dataset"]
+    models = models_for(dataset, "cnn", "mlp")
     seeds = list(range(seeds))
     nbs = []
     for g in NBS:  # the test batches are of the NBS too
         nbs += train_jobs(
-            {"epochs": epochs, "batch_size": SGD_BATCH, "ghost_batch_size": g,
+            {"dataset": dataset, "epochs": epochs, "batch_size": SGD_BATCH, "ghost_batch_size": g,
              "test_batch_sizes": [g], "test_orders": ["iid"], "score_train_set": True,
              "bn_momenta": [0.1], "estimators": ["population", "test_batch"]},
-            model=["cnn", "mlp"], seed=seeds,
+            model=models, seed=seeds,
         )  # fmt: skip
-    common = {"epochs": variant_epochs, "bn_momenta": [0.01, 0.1],
+    common = {"dataset": dataset, "epochs": variant_epochs, "bn_momenta": [0.01, 0.1],
               "estimators": ["ema", "cumulative", "precise", "population", "test_batch"],
               "test_batch_sizes": [32], "test_orders": ["iid"]}  # fmt: skip
     variants = []
     for extra in VARIANTS.values():
-        variants += train_jobs({**common, **extra}, model=["cnn", "mlp"],
+        variants += train_jobs({**common, **extra}, model=models,
                                batch_size=small_batches, seed=seeds)  # fmt: skip
         variants += train_jobs({**common, **extra, "batch_order": "non_iid",
                                 "classes_per_batch": 2, "batch_size": 32},
-                               model=["cnn", "mlp"], seed=seeds)  # fmt: skip
+                               model=models, seed=seeds)  # fmt: skip
     return nbs + variants
+
+
+#: per dataset and preset; 3 seeds at least, the fewest a verdict is given from
+PRESETS = {
+    "mnist1d": {
+        "quick": {"epochs": 10, "variant_epochs": 3, "seeds": 3, "small_batches": [2, 8, 32]},
+        "full": {"epochs": 40, "variant_epochs": 10, "seeds": 3, "small_batches": [2, 4, 8, 32]},
+    },
+    "mnist": {
+        "quick": {"epochs": 3, "variant_epochs": 1, "seeds": 3, "small_batches": [4, 32]},
+        "full": {"epochs": 10, "variant_epochs": 3, "seeds": 3, "small_batches": [2, 4, 8, 32]},
+    },
+}  # fmt: skip
 
 
 def _variant(row):
@@ -284,11 +299,9 @@ def analyse(df):
 STUDY = Study(
     name="normalization-batch-size",
     title="Normalization batch size, Batch Renorm and FrozenBN",
-    presets={
-        "quick": lambda: jobs(epochs=10, variant_epochs=3, seeds=2, small_batches=[2, 8, 32]),
-        "full": lambda: jobs(epochs=40, variant_epochs=10, seeds=3, small_batches=[2, 4, 8, 32]),
-    },
+    presets=presets_by_dataset(jobs, PRESETS),
     analyse=analyse,
+    datasets=("mnist1d", "mnist"),
 )
 
 if __name__ == "__main__":

@@ -13,19 +13,21 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from bnbench.data import DESCRIPTIONS
+from bnbench.data import DESCRIPTIONS, models_for
 from bnbench.findings import Finding, cells, render
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
 from bnbench.stats import METHOD, compare, holds_from
-from bnbench.study import Study, main
+from bnbench.study import Study, main, presets_by_dataset
 from bnbench.sweep import train_jobs
 
 SAMPLES = [32, 64, 128, 256, 512, 1024, 2048, 4000]
 RECOMPUTE_BATCH = [8, 32, 128]
 
 
-def jobs(epochs, seeds):
+def jobs(options, epochs, seeds):
+    dataset = options["dataset"]
     common = {
+        "dataset": dataset,
         "epochs": epochs,
         "batch_size": 64,
         "bn_momenta": [0.1],
@@ -34,7 +36,14 @@ def jobs(epochs, seeds):
         "precise_batch_sizes": RECOMPUTE_BATCH,
         "precise_aggregations": ["total_variance", "mean_of_batch_variances"],
     }
-    return train_jobs(common, model=["cnn", "mlp"], seed=list(range(seeds)))
+    return train_jobs(common, model=models_for(dataset, "cnn", "mlp"), seed=list(range(seeds)))
+
+
+#: per dataset and preset (MNIST's networks cost more per epoch)
+PRESETS = {
+    "mnist1d": {"quick": {"epochs": 10, "seeds": 3}, "full": {"epochs": 40, "seeds": 3}},
+    "mnist": {"quick": {"epochs": 5, "seeds": 3}, "full": {"epochs": 15, "seeds": 3}},
+}
 
 
 def analyse(df):
@@ -141,8 +150,9 @@ def analyse(df):
 STUDY = Study(
     name="precise-bn-samples",
     title="PreciseBN: how many samples, which batch size, which aggregation",
-    presets={"quick": lambda: jobs(epochs=10, seeds=3), "full": lambda: jobs(epochs=40, seeds=3)},
+    presets=presets_by_dataset(jobs, PRESETS),
     analyse=analyse,
+    datasets=("mnist1d", "mnist"),
 )
 
 if __name__ == "__main__":

@@ -12,18 +12,20 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from bnbench.data import DESCRIPTIONS
+from bnbench.data import DESCRIPTIONS, models_for
 from bnbench.findings import Finding, cells, render
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
 from bnbench.stats import METHOD, compare, holds_from, paired_gap
-from bnbench.study import Study, main
+from bnbench.study import Study, main, presets_by_dataset
 from bnbench.sweep import train_jobs
 
 TEST_BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
 
 
-def jobs(epochs, seeds):
+def jobs(options, epochs, seeds):
+    dataset = options["dataset"]
     common = {
+        "dataset": dataset,
         "epochs": epochs,
         "batch_size": 64,
         "bn_momenta": [0.1],
@@ -31,7 +33,14 @@ def jobs(epochs, seeds):
         "test_batch_sizes": TEST_BATCH_SIZES,
         "test_orders": ["iid", "sorted"],
     }
-    return train_jobs(common, model=["cnn", "mlp"], seed=list(range(seeds)))
+    return train_jobs(common, model=models_for(dataset, "cnn", "mlp"), seed=list(range(seeds)))
+
+
+#: per dataset and preset (MNIST's networks cost more per epoch)
+PRESETS = {
+    "mnist1d": {"quick": {"epochs": 10, "seeds": 3}, "full": {"epochs": 40, "seeds": 5}},
+    "mnist": {"quick": {"epochs": 5, "seeds": 3}, "full": {"epochs": 15, "seeds": 5}},
+}
 
 
 def analyse(df):
@@ -117,8 +126,9 @@ def analyse(df):
 STUDY = Study(
     name="prediction-time-bn",
     title="BN with test-batch statistics: accuracy against test batch size",
-    presets={"quick": lambda: jobs(epochs=10, seeds=3), "full": lambda: jobs(epochs=40, seeds=5)},
+    presets=presets_by_dataset(jobs, PRESETS),
     analyse=analyse,
+    datasets=("mnist1d", "mnist"),
 )
 
 if __name__ == "__main__":

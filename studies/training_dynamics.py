@@ -16,11 +16,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bnbench.data import DESCRIPTIONS
+from bnbench.data import DESCRIPTIONS, models_for
 from bnbench.findings import Cell, Finding, cells, render
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
 from bnbench.stats import METHOD, compare, paired_gap
-from bnbench.study import Study, main
+from bnbench.study import Study, main, presets_by_dataset
 from bnbench.sweep import train_jobs
 
 MOMENTA = [0.01, 0.1, 0.3]
@@ -29,16 +29,32 @@ CHECKPOINTS = [round(0.05 * i, 2) for i in range(1, 20)]  # 5%, 10%, ..., 95%
 SMALL, LARGE, DEPTH_BATCH = 16, 512, 64
 
 
-def jobs(epochs, seeds, depths, lengths):
-    common = {"bn_momenta": MOMENTA, "estimators": ESTIMATORS, "precise_samples": [1024, 4000]}
+def jobs(options, epochs, seeds, depths, lengths):
+    dataset = options["dataset"]
+    cnn, resnet = models_for(dataset, "cnn", "resnet")
+    common = {"dataset": dataset, "bn_momenta": MOMENTA, "estimators": ESTIMATORS,
+              "precise_samples": [1024, 4000]}  # fmt: skip
     seeds = list(range(seeds))
-    during = train_jobs({**common, "model": "cnn", "epochs": epochs, "eval_every": CHECKPOINTS},
+    during = train_jobs({**common, "model": cnn, "epochs": epochs, "eval_every": CHECKPOINTS},
                         batch_size=[SMALL, LARGE], seed=seeds)  # fmt: skip
-    deep = train_jobs({**common, "model": "resnet", "epochs": epochs, "batch_size": DEPTH_BATCH},
+    deep = train_jobs({**common, "model": resnet, "epochs": epochs, "batch_size": DEPTH_BATCH},
                       depth=depths, seed=seeds)  # fmt: skip
-    long = train_jobs({**common, "model": "cnn", "batch_size": DEPTH_BATCH},
+    long = train_jobs({**common, "model": cnn, "batch_size": DEPTH_BATCH},
                       epochs=lengths, seed=seeds)  # fmt: skip
     return during + deep + long
+
+
+#: per dataset and preset; 3 seeds at least, the fewest a verdict is given from
+PRESETS = {
+    "mnist1d": {
+        "quick": {"epochs": 10, "seeds": 3, "depths": [4, 8, 16, 32], "lengths": [2, 5, 10]},
+        "full": {"epochs": 40, "seeds": 3, "depths": [4, 8, 16, 32], "lengths": [5, 10, 20, 40]},
+    },
+    "mnist": {
+        "quick": {"epochs": 2, "seeds": 3, "depths": [4, 8], "lengths": [1, 2]},
+        "full": {"epochs": 8, "seeds": 3, "depths": [4, 8, 16], "lengths": [2, 4, 8]},
+    },
+}  # fmt: skip
 
 
 def _label(row):
@@ -59,9 +75,9 @@ def prepare(df):
     df["progress"] = df["step"] / df["steps"]
     # paired with the same network at the same step: the seeds' own spread cancels
     df["gap"] = paired_gap(df, "acc", df.estimator == "population", on=("step",))
-    df["part"] = np.where(df.model == "resnet", "depth",
+    df["part"] = np.where(df.model.isin(["resnet", "resnet2d"]), "depth",
                           np.where(df.batch_size == DEPTH_BATCH, "length", "during"))  # fmt: skip
-    df["network"] = [f"resnet, {int(d)} BN layers" if m == "resnet" else m
+    df["network"] = [f"{m}, {int(d)} BN layers" if m.startswith("resnet") else m
                      for m, d in zip(df.model, df.depth, strict=True)]  # fmt: skip
     return df
 
@@ -127,6 +143,8 @@ def _findings(df):
     out = []
     common = {"dataset": single(df, "dataset"), "baseline": "population"}
     sizes = sorted(int(b) for b in df[df.part == "during"].batch_size.unique())
+    cnn = next(iter(df[df.part != "depth"].model.unique()), "cnn")
+    resnet = next(iter(df[df.part == "depth"].model.unique()), "resnet")
     mid = {bs: _mid_training(df, bs) for bs in sizes}
     shown = ("ema m=0.1", "ema m=0.01", "precise 1024", "cumulative")
     for label in shown:
@@ -136,9 +154,9 @@ def _findings(df):
             continue
         diffs = compare(part.rename(columns={"gap": "gain"}), "gain", by=["batch_size"])
         out.append(Finding(
-            "mid-training-gap", f"cnn, {label}", "mean gap to the same checkpoint's population "
+            "mid-training-gap", f"{cnn}, {label}", "mean gap to the same checkpoint's population "
             "statistics over the checkpoints at 20-80% of training, by training batch size",
-            cells(diffs, lambda k: f"batch {k[0]}", ["batch_size"]), method=label, model="cnn",
+            cells(diffs, lambda k: f"batch {k[0]}", ["batch_size"]), method=label, model=cnn,
             **common,
         ))  # fmt: skip
     if len(sizes) == 2:
@@ -154,13 +172,13 @@ def _findings(df):
             diffs = compare(rows.assign(job_key=rows.seed), "gain", by=["contrast"])
             agrees = all(d.verdict == "hurts" for d in diffs.values())
             out.append(Finding(
-                "wu-johnson-mid-training", "cnn", "Wu & Johnson's claim (EMA statistics most "
+                "wu-johnson-mid-training", cnn, "Wu & Johnson's claim (EMA statistics most "
                 "wrong mid-training at a large batch, PreciseBN stable), as contrasts of the "
                 "mid-training gaps (paired by seed)",
                 cells(diffs, lambda k: k[0], ["contrast"]),
                 summary=("Consistent with these numbers" if agrees else
                          "Not seen as clearly in these numbers"),
-                method=ema, model="cnn", **common,
+                method=ema, model=cnn, **common,
             ))  # fmt: skip
     final = df[(df.step == df.steps)]
     for part, x in (("depth", "depth"), ("length", "epochs")):
@@ -177,15 +195,15 @@ def _findings(df):
                 f"final-gap-by-{part}", f"end of training, {label}", f"accuracy minus the "
                 f"population statistics', by {what}",
                 cells(diffs, lambda k: f"{int(k[0])}", [x]), method=label,
-                model="resnet" if part == "depth" else "cnn", **common,
+                model=resnet if part == "depth" else cnn, **common,
             ))  # fmt: skip
         if part == "depth":
             err = sub[sub.label == "ema m=0.1"].groupby(x).var_error.mean()
             out.append(Finding(
-                "ema-var-error-by-depth", "resnet", "the EMA (m=0.1) variance error (RMS log "
+                "ema-var-error-by-depth", resnet, "the EMA (m=0.1) variance error (RMS log "
                 "variance ratio, mean over layers), by depth",
                 [Cell(f"{int(d)}", value=float(e), condition={"depth": int(d)})
-                 for d, e in err.items()], unit="", digits=3, method="ema m=0.1", model="resnet",
+                 for d, e in err.items()], unit="", digits=3, method="ema m=0.1", model=resnet,
                 **common,
             ))  # fmt: skip
     return out
@@ -237,11 +255,9 @@ def analyse(df):
 STUDY = Study(
     name="training-dynamics",
     title="Estimators during training and with depth",
-    presets={
-        "quick": lambda: jobs(epochs=10, seeds=2, depths=[4, 8, 16, 32], lengths=[2, 5, 10]),
-        "full": lambda: jobs(epochs=40, seeds=3, depths=[4, 8, 16, 32], lengths=[5, 10, 20, 40]),
-    },
+    presets=presets_by_dataset(jobs, PRESETS),
     analyse=analyse,
+    datasets=("mnist1d", "mnist"),
 )
 
 if __name__ == "__main__":

@@ -41,11 +41,35 @@ def test_all_studies_are_found():
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("preset", ["quick", "full"])
 def test_presets_build_valid_jobs(name, preset):
-    jobs = study.load(name).jobs(preset)
-    assert jobs and len({sweep.job_key(j) for j in jobs}) == len(jobs)
-    for job in jobs:
-        if job["kind"] == "train":
-            TrainConfig(**job["params"])  # raises on a bad configuration
+    s = study.load(name)
+    for dataset in s.datasets or (None,):
+        jobs = s.jobs(preset, {"dataset": dataset} if dataset else None)
+        assert jobs and len({sweep.job_key(j) for j in jobs}) == len(jobs)
+        for job in jobs:
+            if job["kind"] == "train":
+                config = TrainConfig(**job["params"])  # raises on a bad configuration
+                assert config.dataset == (dataset or "mnist1d")
+                if config.seed == 0:
+                    assert len({j["params"]["seed"] for j in jobs}) >= 3  # verdicts need 3
+
+
+TRAINING_STUDIES = ["momentum-batch-size", "prediction-time-bn", "precise-bn-samples",
+                    "covariate-shift", "normalization-batch-size", "training-dynamics",
+                    "test-streams"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TRAINING_STUDIES)
+def test_every_training_study_runs_on_both_datasets(name):
+    """--dataset mnist trains the image networks (and the MLP) on the digits, into a
+    folder named for the dataset; mnist1d stays the default, its folder unchanged."""
+    s = study.load(name)
+    assert s.datasets == ("mnist1d", "mnist")
+    models = {j["params"]["model"] for j in s.jobs("quick", {"dataset": "mnist"})}
+    assert models <= {"cnn2d", "mlp", "resnet2d"} and "cnn2d" in models
+    assert str(study.default_out(s, "quick", {"dataset": "mnist"})).endswith(f"{name}-mnist-quick")
+    assert str(study.default_out(s, "quick", s.options())).endswith(f"{name}-quick")
+    with pytest.raises(ValueError, match=r"dataset must be one of \['mnist1d', 'mnist'\]"):
+        s.jobs("quick", {"dataset": "cifar"})
 
 
 def shrink(job):
