@@ -30,12 +30,12 @@ FROZEN = 0.2
 VARIANTS = {"bn": {}, "renorm": {"bn": "renorm"}, "frozen": {"frozen_fraction": FROZEN}}
 
 
-def jobs(options, epochs, variant_epochs, seeds, small_batches):
+def jobs(options, epochs, variant_epochs, seeds, small_batches, nbs=NBS):
     dataset = options["dataset"]
     models = models_for(dataset, "cnn", "mlp")
     seeds = list(range(seeds))
     nbs = []
-    for g in NBS:  # the test batches are of the NBS too
+    for g in nbs:  # the test batches are of the NBS too
         nbs += train_jobs(
             {"dataset": dataset, "epochs": epochs, "batch_size": SGD_BATCH, "ghost_batch_size": g,
              "test_batch_sizes": [g], "test_orders": ["iid"], "score_train_set": True,
@@ -62,7 +62,8 @@ PRESETS = {
         "full": {"epochs": 40, "variant_epochs": 10, "seeds": 3, "small_batches": [2, 4, 8, 32]},
     },
     "mnist": {
-        "quick": {"epochs": 3, "variant_epochs": 1, "seeds": 3, "small_batches": [4, 32]},
+        "quick": {"epochs": 3, "variant_epochs": 1, "seeds": 3, "small_batches": [4, 32],
+                  "nbs": [2, 8, 32, 128, 512]},
         "full": {"epochs": 10, "variant_epochs": 3, "seeds": 3, "small_batches": [2, 4, 8, 32]},
     },
 }  # fmt: skip

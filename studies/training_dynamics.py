@@ -29,13 +29,13 @@ CHECKPOINTS = [round(0.05 * i, 2) for i in range(1, 20)]  # 5%, 10%, ..., 95%
 SMALL, LARGE, DEPTH_BATCH = 16, 512, 64
 
 
-def jobs(options, epochs, seeds, depths, lengths):
+def jobs(options, epochs, seeds, depths, lengths, checkpoints=CHECKPOINTS):
     dataset = options["dataset"]
     cnn, resnet = models_for(dataset, "cnn", "resnet")
     common = {"dataset": dataset, "bn_momenta": MOMENTA, "estimators": ESTIMATORS,
               "precise_samples": [1024, 4000]}  # fmt: skip
     seeds = list(range(seeds))
-    during = train_jobs({**common, "model": cnn, "epochs": epochs, "eval_every": CHECKPOINTS},
+    during = train_jobs({**common, "model": cnn, "epochs": epochs, "eval_every": checkpoints},
                         batch_size=[SMALL, LARGE], seed=seeds)  # fmt: skip
     deep = train_jobs({**common, "model": resnet, "epochs": epochs, "batch_size": DEPTH_BATCH},
                       depth=depths, seed=seeds)  # fmt: skip
@@ -50,9 +50,11 @@ PRESETS = {
         "quick": {"epochs": 10, "seeds": 3, "depths": [4, 8, 16, 32], "lengths": [2, 5, 10]},
         "full": {"epochs": 40, "seeds": 3, "depths": [4, 8, 16, 32], "lengths": [5, 10, 20, 40]},
     },
-    "mnist": {
-        "quick": {"epochs": 2, "seeds": 3, "depths": [4, 8], "lengths": [1, 2]},
-        "full": {"epochs": 8, "seeds": 3, "depths": [4, 8, 16], "lengths": [2, 4, 8]},
+    "mnist": {  # scoring a checkpoint of the image CNN costs seconds: fewer of them
+        "quick": {"epochs": 2, "seeds": 3, "depths": [4, 8], "lengths": [1, 2],
+                  "checkpoints": [0.2, 0.35, 0.5, 0.65, 0.8]},
+        "full": {"epochs": 8, "seeds": 3, "depths": [4, 8, 16], "lengths": [2, 4, 8],
+                 "checkpoints": [round(0.1 * i, 1) for i in range(1, 10)]},
     },
 }  # fmt: skip
 
@@ -238,7 +240,8 @@ def analyse(df):
         f"{df.seed.nunique()} seed(s). (a) CNN at training batch sizes "
         f"{sorted(int(b) for b in df[df.part == 'during'].batch_size.unique())}, every "
         "estimator scored at "
-        f"{len(CHECKPOINTS)} checkpoints (5%-95% of the steps) and at the end; each "
+        f"{df[df.part == 'during'].groupby('job_key').step.nunique().max() - 1} checkpoints "
+        "and at the end; each "
         "checkpoint's population statistics are the exact statistics of that checkpoint's "
         "network over the training set, and scoring a checkpoint does not change training "
         "(tested bitwise). (b) Residual CNN (stem conv, then basic blocks of two conv-BN "
