@@ -46,6 +46,8 @@ KINDS = {
     "kernel": "bnbench.throughput",
     "torch": "bnbench.torch.jobs",  # needs the torch extra
     "step": "bnbench.step_timing",
+    "surgery": "bnbench.surgery",
+    "torch_surgery": "bnbench.torch.surgery",  # needs the torch extra
 }
 #: kinds whose results belong to one machine (timings): the key includes the machine
 MACHINE_SPECIFIC = {"kernel", "step"}
@@ -395,9 +397,14 @@ def run(jobs, folder, n_jobs=None, scheduler=None, progress=True, meta=None):
                 else:
                     executor = executor or executors.make(scheduler, n_jobs)
                     running[executor.submit(execute, unique[key], threads, meta)] = key
-            for fut in executor.wait_first(running, 1.0) if running else ():
+            finished = set(executor.wait_first(running, 1.0)) if running else set()
+            broken = any(_broken(fut) for fut in finished)
+            if broken:  # a local pool with a dead worker fails every job it holds
+                finished |= set(running)
+            for fut in finished:
                 key = running.pop(fut)
-                record = _outcome(fut, unique[key], meta)
+                record = _outcome(fut, unique[key], meta) if fut.done() else _outcome(
+                    _Lost(), unique[key], meta)  # fmt: skip
                 record["key"] = key  # the key the parent looks for when resuming
                 store.write(record)
                 claims.release(key)
@@ -407,9 +414,9 @@ def run(jobs, folder, n_jobs=None, scheduler=None, progress=True, meta=None):
                 )
                 bar.set_postfix(done=done, running=len(running), failed=failed, skipped=skipped)
                 bar.update(1)
-                if getattr(fut, "exception", None) and _broken(fut):
-                    executor.kill()  # a local pool with a dead worker takes no more jobs
-                    executor = None
+            if broken:
+                executor.kill()  # it takes no more jobs; the next submission starts a new one
+                executor = None
             for key in list(waiting):
                 if finished_elsewhere(key):
                     waiting.discard(key)
@@ -437,6 +444,15 @@ def run(jobs, folder, n_jobs=None, scheduler=None, progress=True, meta=None):
         if executor is not None:
             executor.close()
     return done, failed, skipped
+
+
+class _Lost:
+    """A job that a broken pool will never finish: its result is that loss."""
+
+    def result(self):
+        from concurrent.futures.process import BrokenProcessPool
+
+        raise BrokenProcessPool("its process pool broke before it ran")
 
 
 def _broken(future):

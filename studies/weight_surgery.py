@@ -124,7 +124,7 @@ def _report_findings(df, nets, dataset):
                                                                       _order(kv[0][1]))):  # fmt: skip
             part = df[df.network == net]
             cs.append(Cell(f"{net} {surgery}", d, condition={"network": net, "surgery": surgery},
-                           note=f"stale {_mean(part, 'stale', surgery):.1f}% -> "
+                           note=f"stale {_mean(part, 'stale', surgery):.1f}%, update_bn "
                            f"{_mean(part, 'update_bn', surgery):.1f}%"))  # fmt: skip
         worse = verdict_lists(cs)["hurts"]
         out.append(Finding("timm-224-average-reestimate", "checkpoint averaging", "update_bn's "
@@ -277,7 +277,7 @@ STUDY = Study(
     title="Weight surgery: BN statistics after averaging, pruning and quantizing the weights",
     presets={
         "quick": lambda o: jobs(o, 10, 5, _QUICK, 6, 3),
-        "full": lambda o: jobs(o, 40, 5, _FULL, 20, 5),
+        "full": lambda o: jobs(o, 40, 10, _FULL, 20, 5),
     },  # fmt: skip
     analyse=analyse,
     datasets=("mnist1d", "mnist"),

@@ -297,3 +297,26 @@ def test_a_dead_owners_claim_is_taken_over(tmp_path):
     assert not other.acquire("k") and other.held_elsewhere("k")
     claims.release("k")
     assert other.acquire("k")
+
+
+def test_a_local_worker_killed_mid_study(studies, tmp_path):
+    """kill -9 of the local pool's worker: its run is recorded as failed with the reason,
+    the study goes on with a new pool and ends with exit status 1; a re-run completes."""
+    out = tmp_path / "out"
+    proc = run_study(studies, out, popen=True, preset="slow")
+    try:
+        wait_for_records(out, 2)
+        workers = [p for p in _descendants(proc.pid)]
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == study.EXIT_FAILED_RUNS, stderr
+    kept = records(out)
+    lost = [r for r in kept if r["status"] == "failed"]
+    assert len(kept) == 8 and lost and all("died or was lost" in r["error"] for r in lost)
+    again = run_study(studies, out, preset="slow")
+    assert again.returncode == 0 and all(r["status"] == "ok" for r in records(out))

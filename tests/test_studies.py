@@ -22,12 +22,14 @@ NAMES = [
     "normalization-batch-size",
     "training-throughput",
     "test-streams",
+    "porting-mistakes",
 ]
 
 
 def test_all_studies_are_found():
-    # torch-estimators runs a PyTorch model: its tests are in test_torch_study.py
-    assert sorted(study.available()) == sorted([*NAMES, "torch-estimators"])
+    # torch-estimators runs a PyTorch model (its tests are in test_torch_study.py);
+    # weight-surgery runs its own job kinds (tests/test_weight_surgery_study.py)
+    assert sorted(study.available()) == sorted([*NAMES, "torch-estimators", "weight-surgery"])
     # pytest collects tests/ only; a study file named test_*.py (test_streams.py) defines
     # no test function, so even collected by hand it holds no test
     for path in study.available().values():
@@ -55,7 +57,7 @@ def test_presets_build_valid_jobs(name, preset):
 
 TRAINING_STUDIES = ["momentum-batch-size", "prediction-time-bn", "precise-bn-samples",
                     "covariate-shift", "normalization-batch-size", "training-dynamics",
-                    "test-streams"]  # fmt: skip
+                    "test-streams", "porting-mistakes"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", TRAINING_STUDIES)
