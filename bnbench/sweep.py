@@ -48,6 +48,7 @@ KINDS = {
     "step": "bnbench.step_timing",
     "surgery": "bnbench.surgery",
     "torch_surgery": "bnbench.torch.surgery",  # needs the torch extra
+    "merging": "bnbench.torch.merging",  # needs the torch extra
 }
 #: kinds whose results belong to one machine (timings): the key includes the machine
 MACHINE_SPECIFIC = {"kernel", "step"}

@@ -28,8 +28,10 @@ NAMES = [
 
 def test_all_studies_are_found():
     # torch-estimators runs a PyTorch model (its tests are in test_torch_study.py);
-    # weight-surgery runs its own job kinds (tests/test_weight_surgery_study.py)
-    assert sorted(study.available()) == sorted([*NAMES, "torch-estimators", "weight-surgery"])
+    # weight-surgery and rank-merging run their own job kinds (their own test files)
+    assert sorted(study.available()) == sorted(
+        [*NAMES, "torch-estimators", "weight-surgery", "rank-merging"]
+    )
     # pytest collects tests/ only; a study file named test_*.py (test_streams.py) defines
     # no test function, so even collected by hand it holds no test
     for path in study.available().values():
