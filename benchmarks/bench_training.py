@@ -9,6 +9,8 @@ from threadpoolctl import threadpool_limits
 from bnbench import data, nn, step_timing, train
 
 MODELS = ["mlp", "cnn"]
+#: the models whose training step is timed against PyTorch's (the MNIST image CNN too)
+STEP_MODELS = [*MODELS, "cnn2d"]
 #: BN variant -> layer factory (as bnbench.train builds them)
 VARIANTS = {
     "bn": nn.BatchNorm,
@@ -21,7 +23,7 @@ class TrainingStep:
     """One SGD step (forward, loss, backward, SGD; an EMA estimator per BN layer), as
     the training-throughput study times it (:mod:`bnbench.step_timing`)."""
 
-    params = ([*MODELS, "resnet"], [2, 16, 64, 256, 512])
+    params = ([*STEP_MODELS, "resnet"], [2, 16, 64, 256, 512])
     param_names = ["model", "batch_size"]
 
     def setup(self, model, batch_size, norm=nn.BatchNorm):
@@ -45,7 +47,7 @@ class TorchTrainingStep:
     of :class:`TrainingStep` (the network definition is the training-throughput
     study's ``torch_network``). Skipped where torch is not installed."""
 
-    params = (MODELS, [2, 16, 64, 256, 512])
+    params = (STEP_MODELS, [2, 16, 64, 256, 512])
     param_names = ["model", "batch_size"]
 
     def setup(self, model, batch_size):
@@ -57,7 +59,8 @@ class TorchTrainingStep:
         import numba
 
         torch.set_num_threads(numba.get_num_threads())
-        self.step = step_timing.torch_step(torch_network(model), batch_size)
+        self.step = step_timing.torch_step(torch_network(model), batch_size,
+                                           features=step_timing.INPUT_FEATURES[model])  # fmt: skip
         self.step()
 
     def time_step(self, model, batch_size):

@@ -20,19 +20,21 @@ from . import estimators, nn, sweep
 from .timing import interleaved_timings
 
 DEFAULT_PEER = "bnbench_studies.training_throughput:torch_network"
+#: model -> the input values per example it is timed with (MNIST-1D signals, MNIST images)
+INPUT_FEATURES = {"cnn": 40, "mlp": 40, "resnet": 40, "cnn2d": 784}
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
 
 def resolve_params(params):
-    """``model`` ("cnn" or "mlp"), ``batch_size``, optional ``budget_s`` (1.0, seconds of
+    """``model`` (a key of :data:`INPUT_FEATURES`), ``batch_size``, optional ``budget_s`` (1.0, seconds of
     timed steps per library) and ``peer`` (the PyTorch network's import path)."""
     unknown = set(params) - {"model", "batch_size", "budget_s", "peer", "peer_source"}
     if unknown or not {"model", "batch_size"} <= set(params):
         raise ValueError(
             f"step job params must be model, batch_size[, budget_s, peer], got {sorted(params)}"
         )
-    if params["model"] not in ("cnn", "mlp"):
-        raise ValueError(f"model must be 'cnn' or 'mlp', got {params['model']!r}")
+    if params["model"] not in INPUT_FEATURES:
+        raise ValueError(f"model must be one of {sorted(INPUT_FEATURES)}, got {params['model']!r}")
     batch_size = params["batch_size"]
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 2:
         raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
@@ -53,14 +55,15 @@ def resolve_params(params):
 def bnbench_step(model_name, batch_size, seed=0, norm=nn.BatchNorm):
     """A zero-argument callable running one training step of the bnbench network
     (``nn.build(model_name, ..., norm=norm)``, as ``step.model``) on a fixed batch of
-    MNIST-1D-sized inputs (40 values, 10 classes)."""
+    inputs of the model's size (:data:`INPUT_FEATURES`, 10 classes)."""
     rng = np.random.default_rng(seed)
-    model = nn.build(model_name, 40, 10, rng, norm=norm)
+    features = INPUT_FEATURES[model_name]
+    model = nn.build(model_name, features, 10, rng, norm=norm)
     model.input_grad = False  # as bnbench.train does
     for layer in model.bn_layers:
         layer.observers = [estimators.EMA(layer.num_features, momenta=(0.1,))]
     opt = nn.SGD(model, LR, MOMENTUM, WEIGHT_DECAY)
-    x = rng.standard_normal((batch_size, 40)).astype(np.float32)
+    x = rng.standard_normal((batch_size, features)).astype(np.float32)
     y = rng.integers(0, 10, batch_size)
 
     def step():
@@ -72,14 +75,14 @@ def bnbench_step(model_name, batch_size, seed=0, norm=nn.BatchNorm):
     return step
 
 
-def torch_step(network, batch_size, seed=0):
+def torch_step(network, batch_size, seed=0, features=40):
     """The same step in PyTorch for ``network`` (a ``torch.nn.Module``)."""
     import torch
 
     rng = np.random.default_rng(seed)
     opt = torch.optim.SGD(network.parameters(), LR, momentum=MOMENTUM,
                           weight_decay=WEIGHT_DECAY)  # fmt: skip
-    x = torch.from_numpy(rng.standard_normal((batch_size, 40)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((batch_size, features)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 10, batch_size))
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -108,7 +111,7 @@ def run_job(params):
     if torch is not None and params["peer_source"] is not None:
         torch.set_num_threads(threads)
         network = sweep.load_factory(params["peer"])(model)
-        contenders["torch"] = torch_step(network, batch_size)
+        contenders["torch"] = torch_step(network, batch_size, features=INPUT_FEATURES[model])
     steps = max(20, 2000 // batch_size)
 
     def repeat(fn):

@@ -1,5 +1,6 @@
-"""Training-step throughput: milliseconds per SGD step of the MNIST-1D CNN and MLP in
-bnbench and in PyTorch (CPU), over the training batch sizes the studies use.
+"""Training-step throughput: milliseconds per SGD step of the MNIST-1D CNN and MLP and of
+the MNIST image CNN (cnn2d) in bnbench and in PyTorch (CPU), over the training batch sizes
+the studies use.
 
 One job per (model, batch size), run one at a time with every thread: it times things.
 The PyTorch networks are defined here (:func:`torch_network`), layer for layer the
@@ -16,15 +17,27 @@ from bnbench import report
 from bnbench.study import Study, main
 
 BATCH_SIZES = [2, 8, 32, 64, 128, 256, 512]
-MODELS = ["cnn", "mlp"]
+MODELS = ["cnn", "mlp", "cnn2d"]
 #: the speed target of issue 11: bnbench's step at least 1.5x PyTorch's speed
 TARGET = 1.5
 
 
 def torch_network(model):
-    """The PyTorch twin of bnbench's ``model`` ("cnn" or "mlp"): the same layers, shapes
-    and initialisation rule (PyTorch's defaults, which bnbench's layers copy)."""
+    """The PyTorch twin of bnbench's ``model`` ("cnn", "mlp" or "cnn2d"): the same layers,
+    shapes and initialisation rule (PyTorch's defaults, which bnbench's layers copy); the
+    image CNN in PyTorch's default NCHW layout (its channels_last layout is timed by the
+    kernel study)."""
     import torch.nn as tnn
+
+    if model == "cnn2d":  # bnbench.nn.cnn2d: (16, 32, 32) channels, two 2x2 max pools
+        layers, c_in = [tnn.Unflatten(1, (1, 28, 28))], 1
+        for b, c in enumerate((16, 32, 32)):
+            layers += [tnn.Conv2d(c_in, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c),
+                       tnn.ReLU()]  # fmt: skip
+            if b < 2:
+                layers.append(tnn.MaxPool2d(2))
+            c_in = c
+        return tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(32 * 7 * 7, 10))
 
     if model == "mlp":
         return tnn.Sequential(

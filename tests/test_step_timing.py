@@ -24,7 +24,7 @@ def test_step_job_times_both_libraries():
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        ({"model": "resnet", "batch_size": 8}, "model must be"),
+        ({"model": "vgg", "batch_size": 8}, "model must be"),
         ({"model": "cnn", "batch_size": 1}, "batch_size must be"),
         ({"model": "cnn"}, "step job params"),
         ({"model": "cnn", "batch_size": 8, "lr": 0.1}, "step job params"),
@@ -78,3 +78,18 @@ def test_margin_findings_state_the_measured_ratios_and_misses():
     assert "16x6x5 (1.20x, target 1.5x)" in line
     assert "16x6x5 channels-last (0.80x, floor 1x)" in line
     assert "64x64x56x56 (85% of triad)" in line
+
+
+def test_the_image_cnn_step_runs_against_its_torch_twin():
+    """cnn2d takes 784-value rows; its PyTorch twin has the same parameter count."""
+    torch = pytest.importorskip("torch")
+    from bnbench_studies.training_throughput import torch_network
+
+    step = step_timing.bnbench_step("cnn2d", 4)
+    step()
+    ours = sum(layer.params[name].size for layer, name in step.model.parameters())
+    twin = torch_network("cnn2d")
+    assert ours == sum(p.numel() for p in twin.parameters() if p.requires_grad)
+    torch_step = step_timing.torch_step(twin, 4, features=step_timing.INPUT_FEATURES["cnn2d"])
+    torch_step()
+    assert torch is not None
