@@ -20,6 +20,18 @@ keyword-only: PyTorch's ``F.batch_norm(input, running_mean, running_var, weight,
 training, momentum, eps)`` orders its arguments differently, so a call written the
 PyTorch way raises ``TypeError`` here instead of silently swapping them.
 
+Batch norm followed by a ReLU (:func:`batch_norm_relu_train`, :func:`batch_norm_relu_eval`,
+:func:`batch_norm_relu_backward`) runs fused: the pre-activation is never stored. Bound:
+bit for bit the unfused pair (this backend's batch norm, then a ReLU ``v if v > 0 else v
+* 0`` as :class:`bnbench.nn.ReLU`) on the CPU backend and the float64 reference, whose
+fused kernels run the same operations in the same order (the ReLU commutes with the
+rounding to x's dtype; the masked gradient is exactly what a ReLU backward stores), and
+on the CUDA backend in the simulator. Elsewhere (compiled CUDA, whose compiler may
+contract a multiply-add differently; the PyTorch peer, whose ReLU gives +0 where
+bnbench's gives -0 and whose ReLU backward gives 0 where an infinite ``dy`` is masked)
+within the rounding of one extra operation: one unit in the last place of x's dtype,
+relative to the largest magnitude of the result, and the sign of zeros aside.
+
 Errors name the argument, what was expected and what was given: ``TypeError`` for a
 wrong type or dtype, ``ValueError`` for a wrong shape or value.
 """
@@ -132,9 +144,7 @@ def batch_norm_train(
     :func:`merge_group_stats`.
     """
     impl = registry.get_backend(backend)
-    x, axis, xc = _tensor(x, axis, impl)
-    weight = _check_channel(weight, "weight", xc, impl, default=1.0)
-    bias = _check_channel(bias, "bias", xc, impl, default=0.0)
+    x, axis, xc, weight, bias = _affine_args(x, weight, bias, axis, impl)
     eps = _check_eps(eps)
     _training_count(xc, x)
     if ghost_batch_size is not None:
@@ -158,17 +168,26 @@ def batch_norm_eval(
     :func:`batch_norm_train`. Returns ``y`` with the shape and dtype of ``x``.
     """
     impl = registry.get_backend(backend)
+    x, axis, xc, weight, bias = _affine_args(x, weight, bias, axis, impl)
+    mean, var, eps, out = _eval_args(xc, x, mean, var, eps, out, impl)
+    impl.forward_eval(xc, weight, bias, mean, var, eps, kernel_view(out, axis))
+    return out
+
+
+def _affine_args(x, weight, bias, axis, impl):
+    """Checked ``x``, its channel axis, its 3-D view, ``weight`` and ``bias``."""
     x, axis, xc = _tensor(x, axis, impl)
     weight = _check_channel(weight, "weight", xc, impl, default=1.0)
     bias = _check_channel(bias, "bias", xc, impl, default=0.0)
+    return x, axis, xc, weight, bias
+
+
+def _eval_args(xc, x, mean, var, eps, out, impl):
     mean = _check_channel(mean, "mean", xc, impl)
     var = _check_channel(var, "var", xc, impl)
     if isinstance(var, np.ndarray) and np.any(var < 0):  # device arrays: not checked
         raise ValueError(f"var must be non-negative, got minimum {float(var.min())!r}")
-    eps = _check_eps(eps)
-    out = _check_out(out, x, impl)
-    impl.forward_eval(xc, weight, bias, mean, var, eps, kernel_view(out, axis))
-    return out
+    return mean, var, _check_eps(eps), _check_out(out, x, impl)
 
 
 def batch_norm_backward(
@@ -206,6 +225,90 @@ def batch_norm_backward(
         return BackwardResult(dx.reshape(x.shape), _stat(dweight, x), _stat(dbias, x))
     out = _check_out(out, x, impl)
     dweight, dbias = impl.backward(dyc, xc, weight, mean, invstd, kernel_view(out, axis))
+    return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
+
+
+# -- batch norm followed by a ReLU, fused
+
+
+def batch_norm_relu_train(x, weight=None, bias=None, *, eps=1e-5, axis=1, backend="cpu",
+                          out=None):  # fmt: skip
+    """``relu(batch_norm_train(x, ...).y)`` in one pass: the statistics of
+    :func:`batch_norm_train` (``TrainResult(y, mean, var, invstd)``, ``y`` after the
+    ReLU), with the same arguments and checks; no ghost batches (call the two
+    functions). The pre-activation is never stored. ``relu(v) = v if v > 0 else v * 0``:
+    NaN stays NaN.
+
+    Bound (all three fused functions; tests/test_fused.py): bit for bit the unfused pair
+    (this backend's batch norm, then :class:`bnbench.nn.ReLU`) on the CPU backend, the
+    float64 reference and the CUDA backend in the simulator; elsewhere within the
+    rounding of one extra operation (see the module docstring).
+    """
+    impl = registry.get_backend(backend)
+    x, axis, xc, weight, bias = _affine_args(x, weight, bias, axis, impl)
+    _require(impl, backend, "relu", "batch_norm_relu_train")
+    eps = _check_eps(eps)
+    _training_count(xc, x)
+    out = _check_out(out, x, impl)
+    stats = impl.forward_train_relu(xc, weight, bias, eps, kernel_view(out, axis))
+    return TrainResult(out, *(_stat(s, x) for s in stats))
+
+
+def batch_norm_relu_eval(
+    x, weight=None, bias=None, *, mean, var, eps=1e-5, axis=1, backend="cpu", out=None
+):
+    """``relu(batch_norm_eval(x, ...))`` in one pass, with the arguments and checks of
+    :func:`batch_norm_eval`.
+
+    Bound (all three fused functions; tests/test_fused.py): bit for bit the unfused pair
+    (this backend's batch norm, then :class:`bnbench.nn.ReLU`) on the CPU backend, the
+    float64 reference and the CUDA backend in the simulator; elsewhere within the
+    rounding of one extra operation (see the module docstring).
+    """
+    impl = registry.get_backend(backend)
+    x, axis, xc, weight, bias = _affine_args(x, weight, bias, axis, impl)
+    _require(impl, backend, "relu", "batch_norm_relu_eval")
+    mean, var, eps, out = _eval_args(xc, x, mean, var, eps, out, impl)
+    impl.forward_eval_relu(xc, weight, bias, mean, var, eps, kernel_view(out, axis))
+    return out
+
+
+def batch_norm_relu_backward(
+    dy, x, weight=None, *, y, mean, invstd, axis=1, backend="cpu", out=None
+):
+    """Gradients of :func:`batch_norm_relu_train` given ``dy = dL/dy``.
+
+    The ReLU's mask comes from ``y``, the fused forward's output (keyword-only, like the
+    statistics: ``y`` and ``x`` have the same shape, so a positional swap would pass
+    every check): the gradient is :func:`batch_norm_backward` of ``dy if y > 0 else dy *
+    0``, computed without storing it. ``y`` rather than ``x`` with the statistics,
+    because the layer after the ReLU keeps ``y`` anyway (its input), and the mask from
+    ``y`` is exactly the unfused ReLU's (recomputing the pre-activation from the
+    statistics, rounded to x's dtype, could flip its sign near 0); it is the mask
+    PyTorch's ReLU backward takes (its result) and cuDNN's fused BN-activation backward
+    (``yData``). ``mean``, ``invstd``, ``weight`` and ``axis`` as in
+    :func:`batch_norm_backward`. Returns ``BackwardResult(dx, dweight, dbias)``.
+
+    Bound (all three fused functions; tests/test_fused.py): bit for bit the unfused pair
+    (this backend's batch norm, then :class:`bnbench.nn.ReLU`) on the CPU backend, the
+    float64 reference and the CUDA backend in the simulator; elsewhere within the
+    rounding of one extra operation (see the module docstring).
+    """
+    impl = registry.get_backend(backend)
+    x, axis, xc = _tensor(x, axis, impl)
+    _require(impl, backend, "relu", "batch_norm_relu_backward")
+    dyc = kernel_view(_check_like(dy, "dy", x, impl), axis)
+    yc = kernel_view(_check_like(y, "y", x, impl), axis)
+    weight = _check_channel(weight, "weight", xc, impl, default=1.0)
+    mean = _check_channel(mean, "mean", xc, impl)
+    invstd = _check_channel(invstd, "invstd", xc, impl)
+    _training_count(xc, x)
+    fresh = getattr(impl, "backward_relu_fresh", None)
+    if out is None and fresh is not None:  # a peer without an out= backward (PyTorch)
+        dx, dweight, dbias = fresh(dyc, yc, xc, weight, mean, invstd)
+        return BackwardResult(dx.reshape(x.shape), _stat(dweight, x), _stat(dbias, x))
+    out = _check_out(out, x, impl)
+    dweight, dbias = impl.backward_relu(dyc, yc, xc, weight, mean, invstd, kernel_view(out, axis))
     return BackwardResult(out, _stat(dweight, x), _stat(dbias, x))
 
 

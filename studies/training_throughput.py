@@ -99,8 +99,9 @@ def figure(df):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, model in zip(axes, MODELS, strict=True):
+    models = [m for m in MODELS if m in set(df.model)]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
         sub = df[df.model == model]
         for library, s in sub.groupby("library"):
             s = s.sort_values("batch_size")
@@ -115,7 +116,9 @@ def figure(df):
         ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("training batch size")
         ax.set_ylabel("ms per SGD step (median, IQR bars)")
-        ax.set_title(f"{model.upper()} on MNIST-1D inputs")
+        ax.set_title(
+            f"{model.upper()} on {'MNIST images' if model == 'cnn2d' else 'MNIST-1D inputs'}"
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.tight_layout()

@@ -362,12 +362,12 @@ def test_frozen_and_renorm_layers_over_the_last_axis(rng):
 
     renorm = nn.BatchRenorm(3, dtype=F64, momentum=0.0, axis=-1)
     renorm.running_mean = np.array([3.0, -3.0, 0.0])
-    renorm.running_var = np.array([9.0, 0.1, 1.0])
+    renorm.running_sigma = np.array([3.0, 0.3, 1.0])  # Ioffe's moving sigma (eps inside)
     renorm.rmax, renorm.dmax = 1.05, 0.1
     check_layer(renorm, x, rng)
+    mean, var = renorm.statistics  # the moving mu and sigma as BN's (mean, var)
     ref = bn.batch_renorm_train(to_cf(x), renorm.params["weight"], renorm.params["bias"],
-                                running_mean=renorm.running_mean,
-                                running_var=renorm.running_var, rmax=1.05, dmax=0.1,
+                                running_mean=mean, running_var=var, rmax=1.05, dmax=0.1,
                                 backend="reference")  # fmt: skip
     np.testing.assert_allclose(renorm.forward(x, "train"), to_cl(ref.y), rtol=1e-10, atol=1e-12)
 

@@ -16,6 +16,7 @@ from numba import cuda  # noqa: E402
 from numba import types as t  # noqa: E402
 
 from bnbench.kernels import cuda as kc  # noqa: E402
+from bnbench.kernels import cuda_fused as kf  # noqa: E402
 
 F64_1, F64_2 = t.float64[::1], t.float64[:, ::1]
 
@@ -41,9 +42,20 @@ def signatures(dtype):
     }
 
 
+def fused_signatures(dtype):
+    """The fused BN + ReLU data passes (:mod:`bnbench.kernels.cuda_fused`)."""
+    X, N, F64_2, F64_3 = dtype[:, :, ::1], t.int64, t.float64[:, ::1], t.float64[:, :, ::1]
+    return {
+        "affine_relu": (X, N, F64_2, F64_2, X),
+        "grad_partial_relu": (X, X, X, N, N, F64_3, F64_3),  # dy, y, x
+        "grad_input_relu": (X, X, X, N, F64_2, F64_2, F64_2, X),
+    }
+
+
 def test_every_kernel_is_covered():
     names = {k for k in vars(kc.kernels(256)) if not k.startswith("_")}
     assert names == set(signatures(t.float32))
+    assert set(vars(kf.kernels(256))) == set(fused_signatures(t.float32))
 
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
@@ -52,4 +64,13 @@ def test_every_kernel_is_covered():
 def test_kernel_compiles_to_ptx(name, dtype, cc):
     kernel = getattr(kc.kernels(config.CUDA_THREADS_PER_BLOCK), name)
     ptx, _ = cuda.compile_ptx(kernel.py_func, signatures(dtype)[name], cc=cc)
+    assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", [t.float32, t.float64], ids=str)
+@pytest.mark.parametrize("name", sorted(fused_signatures(t.float32)))
+def test_fused_kernel_compiles_to_ptx(name, dtype, cc):
+    kernel = getattr(kf.kernels(config.CUDA_THREADS_PER_BLOCK), name)
+    ptx, _ = cuda.compile_ptx(kernel.py_func, fused_signatures(dtype)[name], cc=cc)
     assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx

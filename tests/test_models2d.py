@@ -207,6 +207,8 @@ def torch_cnn2d(model):
                            nn.Flatten: T.Flatten()}[type(layer)])  # fmt: skip
         for k, v in layer.params.items():
             getattr(layers[-1], k).data[...] = torch.tensor(v)
+        if getattr(layer, "relu", False):  # a BN with its ReLU fused (nn.fuse_relu)
+            layers.append(T.ReLU())
     return T.Sequential(*layers)
 
 

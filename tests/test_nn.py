@@ -1,11 +1,14 @@
 """Every layer's backward against central finite differences (float64)."""
 
+import functools
+
 import numpy as np
 import pytest
 from helpers import numeric_grad
+from test_fused import compiled_alike  # noqa: F401  (a fixture, used by name)
 
 import bnbench as bn
-from bnbench import nn
+from bnbench import adaptation, evaluate, nn, tent, train
 
 F64 = np.float64
 
@@ -241,3 +244,123 @@ def test_sgd_updates_a_shared_layer_once_and_refuses_no_parameters(rng):
     np.testing.assert_allclose(lin.params["weight"], w0 - 0.1)
     with pytest.raises(ValueError, match="with parameters"):
         nn.SGD(nn.Sequential([nn.ReLU()]), lr=0.1)
+
+
+# -- BN followed by ReLU, fused (nn.fuse_relu): the same networks as before
+
+MODEL_INPUTS = {"mlp": 40, "cnn": 40, "resnet": 40, "cnn2d": 784, "resnet2d": 784}
+
+
+def pair(name, rng_seed=0, norm=nn.BatchNorm, **kw):
+    """``(fused, unfused)`` builds of one network with the same weights; BN affine
+    parameters randomised so that every block is more than the identity."""
+    models = [nn.MODELS[name](*([(28, 28)] if name.endswith("2d") else []),
+                              rng=np.random.default_rng(rng_seed), norm=norm, fuse=f, **kw)
+              for f in (True, False)]  # fmt: skip
+    for layers in zip(*(m.bn_layers for m in models), strict=True):
+        r = np.random.default_rng(len(layers[0].params["weight"]))
+        w, b = r.uniform(0.5, 1.5, layers[0].num_features), r.normal(size=layers[0].num_features)
+        for layer in layers:
+            layer.params["weight"][:], layer.params["bias"][:] = w, b
+    return models
+
+
+def step_results(model, x, y, mode="train"):
+    logits = model.forward(x, mode)
+    _, g = nn.cross_entropy(logits, y)
+    dx = model.backward(g)
+    return [logits, dx] + [layer.grads[k].copy() for layer, k in model.parameters()]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("mode", ["train", "stats"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["cl", "cf"])
+@pytest.mark.parametrize("name", list(MODEL_INPUTS))
+@pytest.mark.usefixtures("compiled_alike")
+def test_fused_networks_are_the_unfused_ones(name, channels_last, mode, rng):
+    """Logits, the input gradient and every parameter gradient bit for bit (the CPU
+    backend's bound), in training mode and after a "stats" pass (TENT's backward); then
+    inference mode with the population statistics."""
+    if name == "mlp" and not channels_last:
+        pytest.skip("the MLP has no layout")
+    kw = {} if name == "mlp" else {"channels_last": channels_last}
+    fused, plain = pair(name, **kw)
+    assert len(fused.bn_layers) == len(plain.bn_layers)
+    assert any(layer.relu for layer in fused.bn_layers)
+    assert not any(layer.relu for layer in plain.bn_layers)
+    x = rng.standard_normal((16, MODEL_INPUTS[name])).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+    assert_same(step_results(fused, x, y, mode), step_results(plain, x, y, mode))
+    assert all(layer.fused for layer in fused.bn_layers if layer.relu)
+    stats = evaluate.population_statistics(plain, x)
+    assert_same(evaluate.population_statistics(fused, x), stats)
+    np.testing.assert_array_equal(evaluate.predict(fused, x, stats),
+                                  evaluate.predict(plain, x, stats))  # fmt: skip
+
+
+def test_fuse_relu_takes_each_relu_after_a_bn():
+    mlp = nn.mlp()
+    assert [type(layer).__name__ for layer in mlp.layers] == [
+        "Linear", "BatchNorm", "Linear", "BatchNorm", "Linear"]  # fmt: skip
+    resnet = nn.resnet(depth=4)
+    blocks = [layer for layer in resnet.layers if isinstance(layer, nn.Residual)]
+    for block in blocks:  # the first BN of a block takes its ReLU; the last meets the skip
+        bns = [isinstance(layer, nn.BatchNorm) and layer.relu for layer in block.layers]
+        assert bns == [False, True, False, False] and isinstance(block.layers[3], nn.BatchNorm)
+    layers = nn.fuse_relu([nn.ReLU(), nn.BatchNorm(3), nn.ReLU(), nn.ReLU()])
+    assert [type(layer).__name__ for layer in layers] == ["ReLU", "BatchNorm", "ReLU"]
+
+
+@pytest.mark.parametrize("variant", ["ghost", "renorm", "frozen"])
+@pytest.mark.usefixtures("compiled_alike")
+def test_variants_without_a_fused_kernel_fall_back(variant, rng):
+    """Ghost batches, Batch Renorm and FrozenBN run their own kernel, then the ReLU: the
+    same results as the unfused network, forward and backward."""
+    if variant == "ghost":
+        norm = functools.partial(nn.BatchNorm, ghost_batch_size=4)
+    else:
+        norm = nn.BatchRenorm if variant == "renorm" else nn.BatchNorm
+    fused, plain = pair("cnn", norm=norm)
+    x = rng.standard_normal((16, 40)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+    for model in (fused, plain):
+        model.forward(x, "train")  # Batch Renorm: its moving averages start
+        for layer in model.bn_layers:
+            if variant == "renorm":
+                layer.rmax, layer.dmax = 1.5, 0.5
+            if variant == "frozen":
+                layer.freeze((np.full(layer.num_features, 0.1), np.full(layer.num_features, 2.0)))
+    assert_same(step_results(fused, x, y), step_results(plain, x, y))
+    assert not any(layer.fused for layer in fused.bn_layers)
+
+
+def test_adaptation_hooks_and_tent_see_the_same_network(rng):
+    fused, plain = pair("mlp")
+    x = rng.standard_normal((32, 40)).astype(np.float32)
+    source = evaluate.population_statistics(plain, x)
+    for mode in ("prior", "robust_bn"):
+        outs = [evaluate.predict(m, x[:8], adaptation.normalisers(mode, source, 0.5))
+                for m in (fused, plain)]  # fmt: skip
+        np.testing.assert_array_equal(*outs)
+    logits = [tent.Tent(m, lr=0.01)(x[:8]) for m in (fused, plain)]
+    np.testing.assert_array_equal(*logits)
+    for a, b in zip(fused.bn_layers, plain.bn_layers, strict=True):
+        np.testing.assert_array_equal(a.params["weight"], b.params["weight"])
+
+
+def test_training_runs_give_the_same_accuracies(monkeypatch):
+    """``bnbench.train.run`` on fused (the default) and unfused networks."""
+    config = {"dataset": "gaussian_mixture", "model": "cnn", "epochs": 1, "batch_size": 32,
+              "bn_momenta": [0.1], "estimators": ["ema", "population"],
+              "test_batch_sizes": [50]}  # fmt: skip
+    fused = train.run(config)
+    monkeypatch.setattr(train, "build", functools.partial(nn.build, fuse=False))
+    plain = train.run(config)
+    assert fused["training"]["final_train_loss"] == plain["training"]["final_train_loss"]
+    acc = [[e["test_accuracy"] for e in r["evaluations"]] for r in (fused, plain)]
+    assert acc[0] == acc[1] and len(acc[0]) >= 2

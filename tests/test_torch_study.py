@@ -158,6 +158,10 @@ def test_bnbench_study_command_reaches_the_study_options(capsys):
     with pytest.raises(ValueError, match="must be NAME=VALUE"):
         study.parse_option_pairs(s, ["model"])
     with pytest.raises(ValueError, match="has no options of its own"):
+        study.parse_option_pairs(study.load("kernel-throughput"), ["model=a:b"])
+    with pytest.raises(
+        ValueError, match=r"has no option\(s\) \['--model'\]; its options are \['dataset'\]"
+    ):
         study.parse_option_pairs(study.load("covariate-shift"), ["model=a:b"])
     assert cli.main(["study", "torch-estimators", "-o", "model=no_such_module:f"]) == 2
     assert "cannot load factory 'no_such_module:f'" in capsys.readouterr().err

@@ -84,6 +84,8 @@ def _brute_force(model, h, expected):
             shape = tuple(-1 if a == channel else 1 for a in range(h.ndim))
             w, b = (layer.params[k].astype(np.float64).reshape(shape) for k in ("weight", "bias"))
             h = (h - m.reshape(shape)) / np.sqrt(v.reshape(shape) + layer.eps) * w + b
+            if layer.relu:  # its ReLU fused (nn.fuse_relu)
+                h = np.maximum(h, 0)
         else:
             h = layer.forward(h.astype(np.float32), "eval").astype(np.float64)
     return h

@@ -34,6 +34,19 @@ Ghost batch norm and Batch Renorm (every bnbench backend; a peer may lack them, 
 ``backward_renorm(dy, x, weight, mean, invstd, r, d, out) -> (dweight, dbias)``
     ``r`` and ``d`` held constant (stop-gradient); writes ``out = dx``.
 
+Batch norm followed by a ReLU, fused (every bnbench backend; the PyTorch peer composes
+its two ops):
+
+``forward_train_relu(x, weight, bias, eps, out) -> (mean, var, invstd)``
+    ``forward_train``'s statistics; writes ``out = relu(y)``, ``relu(v) = v if v > 0
+    else v * 0`` (NaN stays NaN).
+``forward_eval_relu(x, weight, bias, mean, var, eps, out) -> None``
+    ``out = relu(forward_eval(...))``.
+``backward_relu(dy, y, x, weight, mean, invstd, out) -> (dweight, dbias)``
+    the gradients of ``relu(batch_norm(x))``: ``backward`` of ``dy`` masked by the fused
+    output, ``dy if y > 0 else dy * 0`` (the mask PyTorch's ReLU backward takes from its
+    result, and cuDNN's fused BN-activation backward from ``yData``).
+
 Optional, for a peer without an out= backward:
 ``backward_fresh(dy, x, weight, mean, invstd) -> (dx, dweight, dbias)`` with ``dx``
 allocated by the peer; :mod:`bnbench.functional` uses it when no ``out=`` is given, and
@@ -62,6 +75,7 @@ def is_device_array(a):
 OPERATIONS = {
     "ghost": ("forward_train_ghost", "backward_ghost"),
     "renorm": ("forward_train_renorm", "backward_renorm"),
+    "relu": ("forward_train_relu", "forward_eval_relu", "backward_relu"),
 }
 
 

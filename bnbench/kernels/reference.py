@@ -4,7 +4,9 @@ Written for clarity, not speed. Arrays are ``(N, C, L)`` as in every backend. Gh
 norm views them as ``(N // G, G, C, L)``, groups of ``G`` consecutive samples, and takes
 statistics over axes 1 and 3 of that view: one ``(C,)`` row per group. Plain batch norm
 is the single group ``G = N``. Returned statistics are float64; ``out`` receives the
-result in its own dtype.
+result in its own dtype. Batch norm followed by a ReLU (``*_relu``) is the float64 result
+passed through ``v if v > 0 else v * 0`` before the cast, and its backward masks ``dy``
+with the fused output ``y > 0``.
 """
 
 import numpy as np
@@ -105,6 +107,35 @@ def backward_renorm(dy, x, weight, mean, invstd, r, d, out):
     dx, dyxhat, dysum = _backward(dy, x, scale, mean[None], invstd[None], x.shape[0])
     out[...] = dx
     return r * dyxhat[0] + d * dysum[0], dysum[0]
+
+
+def _relu(v):
+    with np.errstate(invalid="ignore"):  # inf * 0: NaN, as in the compiled backends
+        return np.where(v > 0, v, v * 0)  # NaN stays NaN
+
+
+def forward_train_relu(x, weight, bias, eps, out):
+    y = np.empty(x.shape)
+    stats = forward_train(x, weight, bias, eps, y)
+    out[...] = _relu(y)
+    return stats
+
+
+def forward_eval_relu(x, weight, bias, mean, var, eps, out):
+    y = np.empty(x.shape)
+    forward_eval(x, weight, bias, mean, var, eps, y)
+    out[...] = _relu(y)
+
+
+def backward_relu(dy, y, x, weight, mean, invstd, out):
+    """dx of ``relu(batch_norm(x))``: ``dy`` masked by the fused output ``y > 0``."""
+    g = np.asarray(dy, np.float64)
+    return backward(_relu_grad(g, np.asarray(y)), x, weight, mean, invstd, out)
+
+
+def _relu_grad(g, y):
+    with np.errstate(invalid="ignore"):
+        return np.where(y > 0, g, g * 0)
 
 
 def update_running(running_mean, running_var, mean, var, momenta):

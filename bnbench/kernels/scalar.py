@@ -119,3 +119,22 @@ def renorm_grad_coefficients(weight, mean, invstd, r, d, sum_dy, sum_dy_x, count
     Returns ``(a, b, d_coef, dweight, dbias)`` as :func:`grad_coefficients`."""
     a, b, dc, dw, db = grad_coefficients(weight * r, mean, invstd, sum_dy, sum_dy_x, count)
     return a, b, dc, r * dw + d * db, db
+
+
+@numba.njit(inline="always", cache=config.CACHE)
+def relu(v):
+    """``max(v, 0)`` as ``v if v > 0 else v * 0``: NaN stays NaN (``NaN * 0``), as
+    :class:`bnbench.nn.ReLU` computes it. Applied to the float64 value before it is
+    rounded to the output's dtype: rounding keeps the sign and maps 0 to 0, so this is
+    bit for bit the ReLU of the rounded value (what BN followed by a ReLU layer gives)."""
+    return v if v > 0 else v * 0
+
+
+@numba.njit(inline="always", cache=config.CACHE)
+def relu_grad(g, y):
+    """The gradient ``g`` through a ReLU whose *output* was ``y``: ``g`` where ``y > 0``,
+    else ``g * 0`` (so an inf or NaN gradient still poisons, as in ``nn.ReLU``'s
+    backward). ``y > 0`` exactly where the ReLU's input was ``> 0`` (NaN: neither), the
+    mask PyTorch's ReLU backward takes from its result (``threshold_backward(grad,
+    result, 0)``) and cuDNN's fused BN-activation backward from ``yData``."""
+    return g if y > 0 else g * 0

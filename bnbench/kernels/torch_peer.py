@@ -11,8 +11,11 @@ in-place or out= backward: ``native_batch_norm_backward`` allocates ``dx`` itsel
 its ``.out`` overload allocates and then copies). So :func:`backward_fresh` runs it as
 PyTorch does and returns PyTorch's own ``dx`` (what ``bnbench.batch_norm_backward`` calls
 without ``out=``), while :func:`backward`, the contract's form, copies ``dx`` into ``out``:
-a cost of asking PyTorch for ``out=``, which the throughput study does not time. Only
-imported when torch is installed.
+a cost of asking PyTorch for ``out=``, which the throughput study does not time.
+Batch norm followed by a ReLU is PyTorch's two ops composed, as a PyTorch model runs
+them: ``native_batch_norm`` then ``relu_`` in place; backward ``threshold_backward(dy, y,
+0)`` (autograd's ReLU backward, from its result) then ``native_batch_norm_backward``.
+Only imported when torch is installed.
 """
 
 import numpy as np
@@ -88,6 +91,39 @@ def backward(dy, x, weight, mean, invstd, out):
     dx, dweight, dbias = _backward(dy, x, weight, mean, invstd)
     _t(out).copy_(dx)
     return _back(dweight, x), _back(dbias, x)
+
+
+def forward_train_relu(x, weight, bias, eps, out):
+    stats = forward_train(x, weight, bias, eps, out)
+    torch.relu_(_t(out))
+    return stats
+
+
+def forward_eval_relu(x, weight, bias, mean, var, eps, out):
+    forward_eval(x, weight, bias, mean, var, eps, out)
+    torch.relu_(_t(out))
+
+
+def _relu_grad(dy, y):
+    return _aten.threshold_backward(_t(dy), _t(y), 0)
+
+
+def backward_relu(dy, y, x, weight, mean, invstd, out):
+    dx, dweight, dbias = _aten.native_batch_norm_backward(
+        _relu_grad(dy, y), _t(x), _t(weight), None, None, _t(mean), _t(invstd), True, 0.0,
+        [True, True, True],
+    )  # fmt: skip
+    _t(out).copy_(dx)
+    return _back(dweight, x), _back(dbias, x)
+
+
+def backward_relu_fresh(dy, y, x, weight, mean, invstd):
+    """:func:`backward_relu` as PyTorch runs it, ``dx`` allocated by PyTorch."""
+    dx, dweight, dbias = _aten.native_batch_norm_backward(
+        _relu_grad(dy, y), _t(x), _t(weight), None, None, _t(mean), _t(invstd), True, 0.0,
+        [True, True, True],
+    )  # fmt: skip
+    return tuple(_back(t, x) for t in (dx, dweight, dbias))
 
 
 def update_running(running_mean, running_var, mean, var, momenta):

@@ -2,6 +2,7 @@
 optimizer."""
 
 from .conv2d import Conv2d
+from .fold import ChannelAffine, fold_batch_norm
 from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 from .losses import cross_entropy
 from .models import (
@@ -12,6 +13,7 @@ from .models import (
     build,
     check_depth,
     cnn,
+    fuse_relu,
     mlp,
     resnet,
 )
@@ -27,6 +29,7 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm",
     "BatchRenorm",
+    "ChannelAffine",
     "Conv1d",
     "Conv2d",
     "Flatten",
@@ -43,6 +46,8 @@ __all__ = [
     "cnn2d",
     "cosine_lr",
     "cross_entropy",
+    "fold_batch_norm",
+    "fuse_relu",
     "mlp",
     "renorm_clip",
     "resnet",

@@ -25,6 +25,8 @@ from numba import prange
 from threadpoolctl import ThreadpoolController
 
 from .. import config
+from ..kernels.cpu import elementwise_kernel
+from ..kernels.scalar import relu as _relu_value
 
 #: Multiply-adds from which ``a @ b`` is split over Numba's threads (``a.T @ b``: twice
 #: this). float32, 2 threads, microseconds serial / split: (128, 100) @ (100, 100) 24.0 /
@@ -135,3 +137,21 @@ def linear_gradients(dy, x, w):
     dw, dx = np.empty((N, K), dy.dtype), np.empty((M, K), dy.dtype)
     _parallel(_two_products, dy.T, x, dw, dy, w, dx)
     return dw, dx
+
+
+@elementwise_kernel
+def _bias_relu(y, bias):
+    """``y = relu(y + bias)`` in place over rows ``(M, C)``: NumPy's ``y += bias`` (the
+    same float add, so the same bits), then the ReLU in the same pass."""
+    for r in prange(y.shape[0]):
+        row = y[r]
+        for c in range(y.shape[1]):
+            row[c] = _relu_value(row[c] + bias[c])
+
+
+def add_bias(y, bias, relu=False):
+    """``y += bias`` on rows ``(M, C)`` in place, with a ReLU in the same pass if ``relu``."""
+    if relu:
+        _bias_relu(y, bias)
+    else:
+        y += bias

@@ -17,7 +17,7 @@ import numpy as np
 from numba import prange
 
 from ..kernels.cpu import elementwise_kernel
-from .blas import matmul, matmul_tn
+from .blas import add_bias, matmul, matmul_tn
 
 
 @elementwise_kernel
@@ -75,7 +75,7 @@ class Conv1dCore:
         C_out = weight.shape[0]
         return weight.reshape(C_out, -1, self.k).transpose(0, 2, 1).reshape(C_out, -1)
 
-    def forward(self, x, weight, bias):
+    def forward(self, x, weight, bias, relu=False):
         N, L, C_in = x.shape
         L_out = output_length(L, self.k, self.stride, self.padding)
         if L_out < 1:
@@ -88,7 +88,7 @@ class Conv1dCore:
         self.w = self.weight_columns(weight)
         y = matmul(self.cols.reshape(N * L_out, -1), self.w.T)
         if bias is not None:
-            y += bias
+            add_bias(y, bias, relu)  # relu: a folded layer's (bnbench.nn.fold_batch_norm)
         return y.reshape(N, L_out, -1)
 
     def backward(self, dy, x_shape, input_grad=True):

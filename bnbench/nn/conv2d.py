@@ -31,7 +31,8 @@ from numba import prange
 from .. import config
 from ..kernels.cpu import elementwise_kernel
 from . import blas
-from .layers import Layer, _uniform_init
+from .blas import add_bias
+from .layers import Layer, _no_relu_backward, _uniform_init
 
 #: Bytes of columns gathered and multiplied at a time, per thread: well inside a core's L2
 #: cache (512 KiB here) beside the input and output rows they come from and go to.
@@ -305,11 +306,12 @@ class Conv2d(Layer):
             kernel, *plan = self._plan(_forward, self.x.shape, out)
             blas._parallel(kernel, y, self.x.reshape(-1), np.ascontiguousarray(self.w.T), *plan)
         if "bias" in self.params:
-            y += self.params["bias"]
+            add_bias(y, self.params["bias"], self.relu)
         y = y.reshape(N, *out, -1)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def backward(self, dy, input_grad=True):
+        _no_relu_backward(self)
         dy = np.ascontiguousarray(dy if self.channels_last else dy.transpose(0, 2, 3, 1))
         N, H_out, W_out, C_out = dy.shape
         dy2 = dy.reshape(-1, C_out)

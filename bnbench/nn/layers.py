@@ -11,13 +11,17 @@ import numpy as np
 from numba import prange
 
 from ..kernels.cpu import elementwise_kernel
-from .blas import linear_gradients, matmul, matmul_tn
+from .blas import add_bias, linear_gradients, matmul, matmul_tn
 from .conv import Conv1dCore
 
 
 class Layer:
     params: dict
     grads: dict
+    #: Linear, Conv1d and Conv2d: apply a ReLU after the bias, in the bias's own pass
+    #: (:func:`bnbench.nn.fold_batch_norm` sets it where a folded BN had a fused ReLU). An
+    #: inference-only option: ``backward`` refuses it.
+    relu = False
 
     def __init__(self):
         self.params, self.grads = {}, {}
@@ -25,6 +29,13 @@ class Layer:
     def _param(self, name, value):
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
+
+
+def _no_relu_backward(layer):
+    if layer.relu:
+        raise NotImplementedError(
+            f"{type(layer).__name__} with relu=True (a folded network) is for inference only"
+        )
 
 
 def _uniform_init(rng, shape, fan_in, dtype):
@@ -46,10 +57,11 @@ class Linear(Layer):
         self.x = x
         y = matmul(x, self.params["weight"].T)
         if "bias" in self.params:
-            y += self.params["bias"]
+            add_bias(y, self.params["bias"], self.relu)
         return y
 
     def backward(self, dy, input_grad=True):
+        _no_relu_backward(self)
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=0)
         if not input_grad:
@@ -100,10 +112,11 @@ class Conv1d(Layer):
                 f"x must have shape {layout} with C_in = {self.in_channels}, got {x.shape}"
             )
         self.x_shape = x_cl.shape
-        y = self.core.forward(x_cl, self.params["weight"], self.params.get("bias"))
+        y = self.core.forward(x_cl, self.params["weight"], self.params.get("bias"), self.relu)
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 2, 1))
 
     def backward(self, dy, input_grad=True):
+        _no_relu_backward(self)
         dy_cl = dy if self.channels_last else dy.transpose(0, 2, 1)
         dx, self.grads["weight"][...] = self.core.backward(
             np.ascontiguousarray(dy_cl), self.x_shape, input_grad

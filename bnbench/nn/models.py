@@ -71,6 +71,26 @@ class Sequential:
         return out
 
 
+def fuse_relu(layers):
+    """``layers`` (a list) with each BN layer that a :class:`ReLU` directly follows set to
+    apply it (``relu=True``: fused where its mode allows, see :mod:`bnbench.nn.norm`) and
+    that ReLU dropped: the same network, one pass fewer each way. Containers are left as
+    they are (a residual block's last BN is followed by the skip's sum, not by a ReLU);
+    the builders fuse inside their blocks themselves."""
+    out = []
+    for layer in layers:
+        last = out[-1] if out else None
+        if type(layer) is ReLU and isinstance(last, BatchNorm) and not last.relu:
+            last.relu = True
+            continue
+        out.append(layer)
+    return out
+
+
+def _sequence(layers, fuse):
+    return fuse_relu(layers) if fuse else list(layers)
+
+
 class Residual(Sequential):
     """``y = x + body(x)`` (an identity skip): ``body`` keeps the shape of ``x``."""
 
@@ -81,12 +101,15 @@ class Residual(Sequential):
         return dy + super().backward(dy)
 
 
-def mlp(in_features=40, classes=10, hidden=100, rng=None, dtype=np.float32, norm=BatchNorm):
+def mlp(in_features=40, classes=10, hidden=100, rng=None, dtype=np.float32, norm=BatchNorm,
+        fuse=True):  # fmt: skip
     """MNIST-1D's MLP baseline (40 -> 100 -> 100 -> 10, ReLU) with BN after each hidden
-    linear layer (whose bias BN makes redundant, so it has none)."""
+    linear layer (whose bias BN makes redundant, so it has none). ``fuse``: every BN
+    followed by a ReLU applies it itself, fused (:func:`fuse_relu`; the same values as
+    ``fuse=False``, which keeps the ReLU layers)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     return Sequential(
-        [
+        _sequence([
             Linear(in_features, hidden, rng, bias=False, dtype=dtype),
             norm(hidden, dtype=dtype),
             ReLU(),
@@ -94,17 +117,18 @@ def mlp(in_features=40, classes=10, hidden=100, rng=None, dtype=np.float32, norm
             norm(hidden, dtype=dtype),
             ReLU(),
             Linear(hidden, classes, rng, dtype=dtype),
-        ]
-    )
+        ], fuse)
+    )  # fmt: skip
 
 
 def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32, norm=BatchNorm,
-        channels_last=True):  # fmt: skip
+        channels_last=True, fuse=True):  # fmt: skip
     """MNIST-1D's CNN baseline: three Conv1d of ``channels`` (kernel 5, 3, 3; stride 2;
     padding 1), each followed by BN and ReLU, then a linear layer on the flattened
     ``channels x 5`` features (for ``length`` 40), flattened in PyTorch's channel-first
     order. ``channels_last``: the layout the hidden layers compute in (the faster one;
-    the same network and the same initial weights either way)."""
+    the same network and the same initial weights either way); ``fuse`` as in
+    :func:`mlp`."""
     rng = rng if rng is not None else np.random.default_rng(0)
     layers = [Reshape((length, 1) if channels_last else (1, length))]
     c_in, L = 1, length
@@ -117,7 +141,7 @@ def cnn(length=40, classes=10, channels=25, rng=None, dtype=np.float32, norm=Bat
         ]  # fmt: skip
         c_in, L = channels, output_length(L, k, stride=2, padding=1)
     layers += [Flatten(channels_last), Linear(channels * L, classes, rng, dtype=dtype)]
-    return Sequential(layers)
+    return Sequential(_sequence(layers, fuse))
 
 
 def _norm(norm, channels, dtype, channels_last):
@@ -145,14 +169,15 @@ def check_depth(depth):
 
 def resnet(
     length=40, classes=10, channels=32, depth=8, rng=None, dtype=np.float32, norm=BatchNorm,
-    channels_last=True,
+    channels_last=True, fuse=True,
 ):  # fmt: skip
     """A residual MNIST-1D CNN with ``depth`` BN layers: a stem Conv1d (kernel 5, stride 2,
     ``channels``, ReLU; no BN), then ``depth / 2`` blocks ``x + BN(Conv(ReLU(BN(Conv(x)))))``
     (kernel 3, padding 1, identity skips; He et al. 2016's basic block), each followed by
     ReLU, global average pooling and a linear layer. The last BN of each block starts
     with weight 0 (Goyal et al. 2017), so every block starts as the identity and depth 64
-    trains as easily as depth 2. ``channels_last`` as in :func:`cnn`."""
+    trains as easily as depth 2. ``channels_last`` as in :func:`cnn`; ``fuse`` as in
+    :func:`mlp` (the first BN of each block: the last one meets the skip first)."""
     depth = check_depth(depth)
     rng = rng if rng is not None else np.random.default_rng(0)
     conv = functools.partial(Conv1d, dtype=dtype, channels_last=channels_last)
@@ -164,7 +189,7 @@ def resnet(
         last.params["weight"][:] = 0
         body = [conv(channels, channels, 3, rng, padding=1, bias=False), bn(), ReLU(),
                 conv(channels, channels, 3, rng, padding=1, bias=False), last]  # fmt: skip
-        layers += [Residual(body), ReLU()]
+        layers += [Residual(_sequence(body, fuse)), ReLU()]
     layers += [GlobalAvgPool(channels_last), Linear(channels, classes, rng, dtype=dtype)]
     return Sequential(layers)
 
@@ -179,12 +204,14 @@ DEPTH_MODELS = ("resnet", "resnet2d")
 IMAGE_MODELS = ("cnn2d", "resnet2d")
 
 
-def build(name, in_features, classes, rng, dtype=np.float32, depth=None, norm=BatchNorm):
+def build(name, in_features, classes, rng, dtype=np.float32, depth=None, norm=BatchNorm,
+          fuse=True):  # fmt: skip
     """A model by name (a key of :data:`MODELS`) for inputs of ``in_features`` values
     (for ``"cnn2d"`` and ``"resnet2d"`` flat rows of square images: ``in_features`` must
     be a perfect square); ``depth`` (BN layers) for ``"resnet"`` and ``"resnet2d"`` only;
     ``norm(channels, dtype=..., axis=...)`` makes each BN layer (e.g. a ghost BatchNorm
-    or BatchRenorm; the CNNs and resnets pass ``axis=-1``: they compute channels-last)."""
+    or BatchRenorm; the CNNs and resnets pass ``axis=-1``: they compute channels-last);
+    ``fuse``: BN followed by ReLU as one layer, fused (:func:`fuse_relu`; the default)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     if depth is not None and name not in DEPTH_MODELS:
@@ -193,6 +220,6 @@ def build(name, in_features, classes, rng, dtype=np.float32, depth=None, norm=Ba
         )
     extra = {} if depth is None else {"depth": depth}
     shape = square_image(name, in_features) if name in IMAGE_MODELS else in_features
-    model = MODELS[name](shape, classes, rng=rng, dtype=dtype, norm=norm, **extra)
+    model = MODELS[name](shape, classes, rng=rng, dtype=dtype, norm=norm, fuse=fuse, **extra)
     model.input_shape, model.dtype = (in_features,), np.dtype(dtype)  # checked by evaluate
     return model

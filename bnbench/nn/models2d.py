@@ -11,7 +11,7 @@ import numpy as np
 
 from .conv2d import Conv2d, output_size
 from .layers import Flatten, GlobalAvgPool, Linear, ReLU, Reshape
-from .models import Residual, Sequential, _norm, check_depth
+from .models import Residual, Sequential, _norm, _sequence, check_depth
 from .norm import BatchNorm
 from .pool import MaxPool2d
 
@@ -22,7 +22,7 @@ def _reshape(image_shape, channels_last):
 
 
 def cnn2d(image_shape=(28, 28), classes=10, channels=(16, 32, 32), rng=None, dtype=np.float32,
-          norm=BatchNorm, channels_last=True):  # fmt: skip
+          norm=BatchNorm, channels_last=True, fuse=True):  # fmt: skip
     """A small digit CNN: one block ``Conv2d 3x3 (padding 1, no bias) - BN - ReLU`` per
     entry of ``channels``, a 2x2 max pool after every block but the last, then the last
     block's ``channels[-1] x 7 x 7`` features (for 28 x 28 images) flattened in PyTorch's
@@ -39,7 +39,8 @@ def cnn2d(image_shape=(28, 28), classes=10, channels=(16, 32, 32), rng=None, dty
     third 2x2 max pool before flattening (2,890) 97.6 and 97.3%.
 
     ``channels_last``: the layout the hidden layers compute in (the faster one; the same
-    network and the same initial weights either way)."""
+    network and the same initial weights either way); ``fuse``: each BN applies the ReLU
+    after it, fused (:func:`~bnbench.nn.fuse_relu`)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     size = tuple(image_shape)
     layers, c_in = [_reshape(size, channels_last)], 1
@@ -56,11 +57,11 @@ def cnn2d(image_shape=(28, 28), classes=10, channels=(16, 32, 32), rng=None, dty
         c_in = c_out
     layers += [Flatten(channels_last),
                Linear(c_in * math.prod(size), classes, rng, dtype=dtype)]  # fmt: skip
-    return Sequential(layers)
+    return Sequential(_sequence(layers, fuse))
 
 
 def resnet2d(image_shape=(28, 28), classes=10, channels=16, depth=8, rng=None,
-             dtype=np.float32, norm=BatchNorm, channels_last=True):  # fmt: skip
+             dtype=np.float32, norm=BatchNorm, channels_last=True, fuse=True):  # fmt: skip
     """A residual digit CNN with ``depth`` BN layers: a stem Conv2d (3x3, stride 2,
     padding 1, ``channels``, ReLU; no BN: 28 x 28 -> 14 x 14), then ``depth / 2`` blocks
     ``x + BN(Conv(ReLU(BN(Conv(x)))))`` (3x3, padding 1, no bias, identity skips; He et
@@ -68,7 +69,8 @@ def resnet2d(image_shape=(28, 28), classes=10, channels=16, depth=8, rng=None,
     layer. The last BN of each block starts with weight 0 (Goyal et al. 2017), so every
     block starts as the identity, as in :func:`~bnbench.nn.models.resnet`. A block costs
     0.9 M multiply-adds per 28 x 28 image at the default width 16; depth 8 reached 97.2%
-    on MNIST (as :func:`cnn2d`, seed 0) in about 35 s on 2 cores."""
+    on MNIST (as :func:`cnn2d`, seed 0) in about 35 s on 2 cores. ``fuse`` as in
+    :func:`cnn2d` (the first BN of each block)."""
     depth = check_depth(depth)
     rng = rng if rng is not None else np.random.default_rng(0)
     conv = functools.partial(Conv2d, dtype=dtype, channels_last=channels_last)
@@ -80,7 +82,7 @@ def resnet2d(image_shape=(28, 28), classes=10, channels=16, depth=8, rng=None,
         last.params["weight"][:] = 0
         body = [conv(channels, channels, 3, rng, padding=1, bias=False), bn(), ReLU(),
                 conv(channels, channels, 3, rng, padding=1, bias=False), last]  # fmt: skip
-        layers += [Residual(body), ReLU()]
+        layers += [Residual(_sequence(body, fuse)), ReLU()]
     layers += [GlobalAvgPool(channels_last), Linear(channels, classes, rng, dtype=dtype)]
     return Sequential(layers)
 

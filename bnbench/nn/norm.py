@@ -11,13 +11,21 @@ evaluates: ``(mean, var)``, or a callable ``(x) -> (mean, var)`` given the layer
 whole batch go, with the number of values per channel, to every
 estimator in ``observers`` (for ghost batches: their exact aggregate,
 :func:`bnbench.merge_group_stats`).
+
+``relu=True``: the layer is BN followed by a ReLU (the model builders set it where a ReLU
+follows a BN, :func:`bnbench.nn.fuse_relu`). Plain batch norm (``"train"`` without ghost
+batches or frozen statistics, ``"stats"``, ``"eval"``) runs the fused kernels
+(:func:`bnbench.functional.batch_norm_relu_train` and its siblings); the variants that
+have none (ghost batches, FrozenBN, Batch Renorm's training) run their own kernel, then
+the ReLU (:class:`bnbench.nn.ReLU`'s kernels): the same values either way, bit for bit
+on the CPU backend. The backward masks with the layer's output.
 """
 
 import numpy as np
 
 from .. import functional as F
 from .._checks import check_axis, kernel_view
-from .layers import Layer
+from .layers import Layer, _relu, _relu_backward
 
 
 class BatchNorm(Layer):
@@ -29,12 +37,15 @@ class BatchNorm(Layer):
     samples is normalised with its own statistics (a batch of exactly G, or smaller
     than G, is plain batch norm). :meth:`freeze` (Wu & Johnson 2021, section 4, FrozenBN):
     training goes on with fixed statistics, the layer then an affine map whose backward
-    has no batch terms.
+    has no batch terms. ``relu=True``: followed by a ReLU, fused where the mode allows
+    (see the module docstring).
     """
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu",
-                 ghost_batch_size=None, axis=1):  # fmt: skip
+                 ghost_batch_size=None, axis=1, relu=False):  # fmt: skip
         super().__init__()
+        self.relu = relu
+        self.fused = False  # whether the last train/stats forward ran a fused kernel
         self.num_features, self.eps, self.backend = num_features, eps, backend
         self.axis = axis
         self.ghost_batch_size = ghost_batch_size
@@ -55,17 +66,31 @@ class BatchNorm(Layer):
             observer.update(mean, var, count)
 
     def forward(self, x, mode):
+        if mode == "eval":
+            return self._eval(x)
+        self.fused = False
+        y = self._normalise(x, mode)
+        if self.relu:
+            if not self.fused:  # a variant without a fused kernel: its output, then ReLU
+                _relu(y.reshape(-1), y.reshape(-1))  # in place: y is this layer's own
+            self.y = y
+        return y
+
+    def _eval(self, x):
+        if self.eval_stats is None:
+            raise RuntimeError("BatchNorm in eval mode needs eval_stats = (mean, var)")
+        stats = self.eval_stats
+        if callable(stats):
+            stats = stats(x if self._axis(x) == 1 else np.moveaxis(x, -1, 1))
+        mean, var = (np.asarray(s, dtype=x.dtype) for s in stats)
+        fn = F.batch_norm_relu_eval if self.relu else F.batch_norm_eval
+        return fn(x, self.params["weight"], self.params["bias"], mean=mean, var=var,
+                  eps=self.eps, axis=self.axis, backend=self.backend)  # fmt: skip
+
+    def _normalise(self, x, mode):
+        """The ``"train"`` / ``"stats"`` output, keeping what backward needs."""
         w, b = self.params["weight"], self.params["bias"]
         count = x.size // self.num_features
-        if mode == "eval":
-            if self.eval_stats is None:
-                raise RuntimeError("BatchNorm in eval mode needs eval_stats = (mean, var)")
-            stats = self.eval_stats
-            if callable(stats):
-                stats = stats(x if self._axis(x) == 1 else np.moveaxis(x, -1, 1))
-            mean, var = (np.asarray(s, dtype=x.dtype) for s in stats)
-            return F.batch_norm_eval(x, w, b, mean=mean, var=var, eps=self.eps,
-                                     axis=self.axis, backend=self.backend)  # fmt: skip
         self.x, self.kind = x, "plain"
         if mode == "train" and self.frozen is not None:
             return self._frozen_forward(x, count)
@@ -80,7 +105,7 @@ class BatchNorm(Layer):
         if mode == "train":
             res = self._train_forward(x)
         else:  # "stats": plain BN with the batch's statistics; backward works after it
-            res = self._plain(x)  # (test-time adaptation by gradient, bnbench.tent)
+            res = self._batch(x)  # (test-time adaptation by gradient, bnbench.tent)
             self.mean, self.invstd = res.mean, res.invstd
         self._observe(res.mean, res.var, count)
         return res.y
@@ -88,6 +113,15 @@ class BatchNorm(Layer):
     def _plain(self, x):
         w, b = self.params["weight"], self.params["bias"]
         return F.batch_norm_train(x, w, b, eps=self.eps, axis=self.axis, backend=self.backend)
+
+    def _batch(self, x):
+        """Plain BN of ``x`` with its own statistics, with the ReLU fused if there is one."""
+        if not self.relu:
+            return self._plain(x)
+        self.fused = True
+        w, b = self.params["weight"], self.params["bias"]
+        return F.batch_norm_relu_train(x, w, b, eps=self.eps, axis=self.axis,
+                                       backend=self.backend)  # fmt: skip
 
     def _axis(self, x):
         return check_axis(self.axis, x)
@@ -97,7 +131,7 @@ class BatchNorm(Layer):
         return kernel_view(a, self._axis(a)).astype(np.float64)
 
     def _train_forward(self, x):
-        res = self._plain(x)
+        res = self._batch(x)
         self.mean, self.invstd = res.mean, res.invstd
         return res
 
@@ -112,6 +146,10 @@ class BatchNorm(Layer):
 
     def backward(self, dy):
         dy = np.ascontiguousarray(dy)
+        if self.relu and not self.fused:  # the ReLU's backward first (mask: its output)
+            masked = np.empty_like(dy)
+            _relu_backward(dy.reshape(-1), self.y.reshape(-1), masked.reshape(-1))
+            dy = masked
         w = self.params["weight"]
         if self.kind == "frozen":  # an affine map with constant statistics
             d3 = self._rows(dy)
@@ -125,6 +163,10 @@ class BatchNorm(Layer):
         return dx
 
     def _backward(self, dy):
+        if self.fused:
+            return F.batch_norm_relu_backward(dy, self.x, self.params["weight"], y=self.y,
+                                              mean=self.mean, invstd=self.invstd,
+                                              axis=self.axis, backend=self.backend)  # fmt: skip
         ghost = self.ghost_batch_size if self.kind == "ghost" else None
         return F.batch_norm_backward(dy, self.x, self.params["weight"], mean=self.mean,
                                      invstd=self.invstd, ghost_batch_size=ghost,
@@ -173,8 +215,8 @@ class BatchRenorm(BatchNorm):
     """
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float32, backend="cpu", momentum=0.01,
-                 axis=1):  # fmt: skip
-        super().__init__(num_features, eps, dtype, backend, axis=axis)
+                 axis=1, relu=False):  # fmt: skip
+        super().__init__(num_features, eps, dtype, backend, axis=axis, relu=relu)
         self.momentum = momentum
         self.running_mean = self.running_sigma = None  # set by the first training batch
         self.rmax, self.dmax = 1.0, 0.0

@@ -36,6 +36,7 @@ from .evaluation import (
     robust_bn,
     statistics_error,
 )
+from .fold import fold
 from .op import BatchNorm1d, BatchNorm2d, batch_norm, convert
 from .statistics import (
     AGGREGATIONS,
@@ -67,6 +68,7 @@ __all__ = [
     "diagnose",
     "distributed",
     "evaluate",
+    "fold",
     "format_table",
     "load_statistics",
     "main_from_factories",

@@ -24,7 +24,7 @@ def epoch_seconds(x, y, batch_size, momenta=None):
     torch.manual_seed(0)
     model = jobs.default_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    batches = jobs._batches(x, y, batch_size)
+    batches = jobs.loader(x, y, batch_size)
 
     def loop():
         for xb, yb in batches:
@@ -44,7 +44,7 @@ def epoch_seconds(x, y, batch_size, momenta=None):
 def measure(batch_sizes=(8, 32, 128), repeats=3):
     """``{batch size: {variant: best seconds}}`` for the variants untracked, one momentum
     and :data:`MOMENTA` (each with EMA, debiased EMA and cumulative)."""
-    x, y, _, _ = jobs._tensors(jobs.default_data())
+    x, y, _, _ = jobs.as_tensors(jobs.default_data())
     variants = {"untracked": None, "1 momentum": [0.1], f"{len(MOMENTA)} momenta": MOMENTA}
     out = {}
     for bs in batch_sizes:
