@@ -1,6 +1,9 @@
 """Set up the environment and run the project's jobs; needs only Python 3.11+.
 
-    python3 tasks.py test    # ruff lint + format check, then the whole test suite
+    python3 tasks.py test    # ruff lint + format check, then the whole test suite (which
+                             # includes a Sphinx build of the docs with warnings as errors)
+    python3 tasks.py docs    # results pages from reports/, the README's generated blocks,
+                             # then the documentation site: docs/_build/html/index.html
     python3 tasks.py study   # the headline study (quick preset): reports/momentum-batch-size/
     python3 tasks.py gpu     # on a machine with an NVIDIA GPU: CUDA tests on the hardware and
                              # the CUDA kernels against PyTorch's: reports/gpu-check/summary.md
@@ -29,7 +32,8 @@ PY = BIN / "python"
 #: "{python}" is the environment's interpreter.
 TASKS = {
     "test": (
-        "test,bench,peers",
+        # docs: tests/test_docs.py builds the site with Sphinx (warnings as errors)
+        "test,bench,peers,docs",
         [
             ["ruff", "check", "."],
             ["ruff", "format", "--check", "."],
@@ -56,6 +60,16 @@ TASKS = {
             ({"NUMBA_ENABLE_CUDASIM": "1"}, ["python", "-m", "pytest", "tests/cuda"]),
             # the GPU check: without a GPU, one line and exit status 0
             ["python", "tasks.py", "gpu"],
+        ],
+    ),
+    # docs/generate.py: docs/results/ from the saved report folders reports/*/ and the
+    # README's <!-- generated:NAME --> blocks from reports/answer.json and findings.json;
+    # then the site (docs/conf.py makes docs/results/ again, so a bare sphinx-build works too)
+    "docs": (
+        "docs,peers",  # peers: the API reference imports bnbench.torch
+        [
+            ["python", "docs/generate.py"],
+            ["sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", "{args}"],
         ],
     ),
     "study": (
