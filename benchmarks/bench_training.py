@@ -6,7 +6,8 @@ import functools
 
 from threadpoolctl import threadpool_limits
 
-from bnbench import data, nn, step_timing, train
+from bnbench import data, nn, train
+from bnbench.perf import steps
 
 MODELS = ["mlp", "cnn"]
 #: the models whose training step is timed against PyTorch's (the MNIST image CNN too)
@@ -21,14 +22,14 @@ VARIANTS = {
 
 class TrainingStep:
     """One SGD step (forward, loss, backward, SGD; an EMA estimator per BN layer), as
-    the training-throughput study times it (:mod:`bnbench.step_timing`)."""
+    the training-throughput study times it (:mod:`bnbench.perf.steps`)."""
 
     params = ([*STEP_MODELS, "resnet"], [2, 16, 64, 256, 512])
     param_names = ["model", "batch_size"]
 
     def setup(self, model, batch_size, norm=nn.BatchNorm):
         self.limits = threadpool_limits(1, user_api="blas")  # as bnbench.train does
-        self.step = step_timing.bnbench_step(model, batch_size, norm=norm)
+        self.step = steps.bnbench_step(model, batch_size, norm=norm)
         self.model = self.step.model
         self.step()
 
@@ -59,8 +60,8 @@ class TorchTrainingStep:
         import numba
 
         torch.set_num_threads(numba.get_num_threads())
-        self.step = step_timing.torch_step(torch_network(model), batch_size,
-                                           features=step_timing.INPUT_FEATURES[model])  # fmt: skip
+        self.step = steps.torch_step(torch_network(model), batch_size,
+                                     features=steps.INPUT_FEATURES[model])  # fmt: skip
         self.step()
 
     def time_step(self, model, batch_size):

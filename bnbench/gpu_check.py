@@ -27,7 +27,7 @@ import numpy as np
 GPU_TESTS = ["tests/cuda", "tests/test_cuda_ptx.py", "tests/test_torch_op.py",
              "tests/test_torch_estimators.py"]  # fmt: skip
 SHAPES = [(256, 1024), (4096, 1024), (32, 64, 56, 56), (64, 256, 14, 14), (16, 64, 224, 224)]
-#: op -> bytes moved in multiples of the input's: as bnbench.throughput's, and the fused
+#: op -> bytes moved in multiples of the input's: as bnbench.perf.contenders', and the fused
 #: backward reads dy, y and x twice and writes dx
 BYTE_MODEL = {"forward_train": 3, "forward_eval": 2, "backward": 5,
               "relu_forward_train": 3, "relu_forward_eval": 2, "relu_backward": 7}  # fmt: skip
@@ -101,9 +101,9 @@ def _data(shape, dtype):
     from numba import cuda
 
     from . import functional as F
-    from .throughput import _inputs
+    from .perf.contenders import inputs
 
-    x, dy, w, b, ref = _inputs(shape, dtype, seed=0)
+    x, dy, w, b, ref = inputs(shape, dtype, seed=0)
     host = {"x": x, "dy": dy, "w": w, "b": b, "mean": ref.mean, "var": ref.var,
             "invstd": ref.invstd, "ref": ref,
             "fused": F.batch_norm_relu_train(x, w, b, backend="reference")}  # fmt: skip
@@ -188,7 +188,7 @@ def _host(a):
 def measure(shapes=SHAPES, repeats=REPEATS, dtype=np.float32, progress=print):
     import torch
 
-    from .timing import interleaved_timings
+    from .perf.timing import interleaved_timings
 
     def synced(fn):
         def call():

@@ -43,9 +43,9 @@ import pandas as pd
 #: kind -> module with ``run_job``, ``result_rows`` and optionally ``resolve_params``
 KINDS = {
     "train": "bnbench.train",
-    "kernel": "bnbench.throughput",
+    "kernel": "bnbench.perf.kernels",
     "torch": "bnbench.torch.jobs",  # needs the torch extra
-    "step": "bnbench.step_timing",
+    "step": "bnbench.perf.steps",
     "surgery": "bnbench.surgery",
     "torch_surgery": "bnbench.torch.surgery",  # needs the torch extra
     "merging": "bnbench.torch.merging",  # needs the torch extra

@@ -20,6 +20,8 @@ BATCH_SIZES = [2, 8, 32, 64, 128, 256, 512]
 MODELS = ["cnn", "mlp", "cnn2d"]
 #: the speed target of issue 11: bnbench's step at least 1.5x PyTorch's speed
 TARGET = 1.5
+#: the PyTorch network every step job times against (:func:`torch_network` below)
+PEER = "bnbench_studies.training_throughput:torch_network"
 
 
 def torch_network(model):
@@ -55,7 +57,10 @@ def torch_network(model):
 
 def jobs(models, batch_sizes, budget_s):
     return [
-        {"kind": "step", "params": {"model": m, "batch_size": b, "budget_s": budget_s}}
+        {
+            "kind": "step",
+            "params": {"model": m, "batch_size": b, "budget_s": budget_s, "peer": PEER},
+        }
         for m in models
         for b in batch_sizes
     ]

@@ -358,3 +358,24 @@ def test_the_newest_attempt_wins_and_stale_runs_are_flagged(studies, tmp_path):
     assert cli.main(["report", str(out)]) == 0
     head = (out / "report.md").read_text().splitlines()[2]
     assert "1 of 1 runs were computed by another version of the bnbench source" in head
+
+
+def test_records_of_the_timing_kinds_still_load_after_the_move_to_perf():
+    """Records name their job kind, never a module: a record written when the timings
+    lived in bnbench.throughput and bnbench.step_timing resolves to bnbench.perf."""
+    from bnbench.perf import kernels, steps
+
+    assert sweep._module("kernel") is kernels and sweep._module("step") is steps
+    old = [
+        {"key": "k1", "job": {"kind": "kernel", "params": {"shape": [256, 1024], "budget_s": 0.3}},
+         "result": {"rows": [{"op": "forward_train", "backend": "cpu", "median_ms": 0.1}]}},
+        {"key": "k2", "job": {"kind": "step", "params": {"model": "mlp", "batch_size": 8}},
+         "result": {"rows": [{"model": "mlp", "library": "bnbench", "median_ms": 0.2}]}},
+    ]  # fmt: skip
+    df = sweep.table(old)
+    assert list(df.job_key) == ["k1", "k2"] and list(df.median_ms) == [0.1, 0.2]
+    # the training-throughput study now names its PyTorch peer (the library has none):
+    # its jobs resolve to what they resolved to when the peer was the library's default
+    job = study.load("training-throughput").presets["quick"]()[0]
+    peer = sweep.resolved(job)["params"]["peer"]
+    assert peer == "bnbench_studies.training_throughput:torch_network"

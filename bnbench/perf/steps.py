@@ -6,7 +6,8 @@ cross-entropy, backward, and SGD with momentum 0.9 and weight decay 5e-4 (the
 bookkeeping of the running estimators is measured with them attached: one EMA of
 momentum 0.1 per BN layer, as a run of :func:`bnbench.train.run` has). The PyTorch
 network is not in the library: the job imports it from ``peer`` (``module:function``,
-called as ``function(model)``; by default the training-throughput study's definition).
+called as ``function(model)``; the training-throughput study names its own definition);
+a job without a peer times bnbench alone.
 Both sides get the job's thread count: Numba's threads for bnbench (with NumPy's BLAS
 pinned to one thread, as :func:`bnbench.train.run` does), ``torch.set_num_threads`` for
 PyTorch.
@@ -16,18 +17,18 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import estimators, nn, sweep
+from .. import estimators, nn, sweep
 from .timing import interleaved_timings
 
-DEFAULT_PEER = "bnbench_studies.training_throughput:torch_network"
 #: model -> the input values per example it is timed with (MNIST-1D signals, MNIST images)
 INPUT_FEATURES = {"cnn": 40, "mlp": 40, "resnet": 40, "cnn2d": 784}
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
 
 def resolve_params(params):
-    """``model`` (a key of :data:`INPUT_FEATURES`), ``batch_size``, optional ``budget_s`` (1.0, seconds of
-    timed steps per library) and ``peer`` (the PyTorch network's import path)."""
+    """``model`` (a key of :data:`INPUT_FEATURES`), ``batch_size``, optional ``budget_s``
+    (1.0, seconds of timed steps per library) and ``peer`` (the PyTorch network's import
+    path; None, the default: bnbench alone)."""
     unknown = set(params) - {"model", "batch_size", "budget_s", "peer", "peer_source"}
     if unknown or not {"model", "batch_size"} <= set(params):
         raise ValueError(
@@ -38,11 +39,14 @@ def resolve_params(params):
     batch_size = params["batch_size"]
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 2:
         raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
-    peer = str(params.get("peer", DEFAULT_PEER))
-    try:  # editing the PyTorch network's file changes the cache key
-        peer_source = sweep.source_hash(peer)
-    except ValueError:  # no torch or no studies package here: bnbench is timed alone
-        peer_source = None
+    peer = params.get("peer")
+    peer = None if peer is None else str(peer)
+    peer_source = None
+    if peer is not None:
+        try:  # editing the PyTorch network's file changes the cache key
+            peer_source = sweep.source_hash(peer)
+        except ValueError:  # no torch or no studies package here: bnbench is timed alone
+            peer_source = None
     return {
         "model": params["model"],
         "batch_size": int(batch_size),

@@ -1,8 +1,9 @@
-"""Timing helpers shared by the studies and the benchmarks.
+"""Timing helpers shared by every timing of :mod:`bnbench.perf` and the benchmarks.
 
-Methodology (after pyhpc-benchmarks): validate before timing, warm up, interleave the
-contenders in a shuffled order every repeat so that machine drift hits all of them
-alike, and report the median with the interquartile range.
+Methodology (after pyhpc-benchmarks): validate before timing (:func:`validate`), warm up,
+interleave the contenders in a shuffled order every repeat so that machine drift hits all
+of them alike (:func:`interleaved_timings`), and report the median with the
+interquartile range (:func:`timing_row`).
 """
 
 import time
@@ -11,9 +12,12 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import config
+from .. import config
 
 ALIGN = 64  # bytes: a cache line, and what PyTorch's CPU allocator gives its tensors
+#: Inputs at least this large are out of cache: the triad runs interleaved with them, so
+#: their "% of triad" compares against bandwidth measured under the same conditions.
+OUT_OF_CACHE_BYTES = 64 * 2**20
 
 
 def aligned_empty(shape, dtype, align=ALIGN):
@@ -88,3 +92,45 @@ def time_once(fn):
     t0 = time.perf_counter()
     fn()
     return max(time.perf_counter() - t0, 1e-6)
+
+
+def repeats_within(budget_s, contenders, low=5, high=300):
+    """How many interleaved repeats of ``contenders`` (name -> callable) fit in
+    ``budget_s`` seconds, judged from one timed call of each (already warm), clipped to
+    ``[low, high]``."""
+    cost = sum(time_once(fn) for fn in contenders.values())
+    return int(np.clip(budget_s / cost, low, high))
+
+
+def validate(name, got, expected):
+    """Raise ``AssertionError`` naming ``name`` unless ``got`` (a NumPy or device array)
+    matches the float64 reference's ``expected`` (rtol 1e-4, atol 1e-4 of its scale):
+    a wrong contender is caught before it is timed."""
+    if hasattr(got, "copy_to_host"):
+        got = got.copy_to_host()
+    scale = float(np.abs(expected).max())
+    if not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * scale):
+        err = float(np.abs(got.astype(np.float64) - expected).max())
+        raise AssertionError(f"{name} disagrees with the reference (max abs error {err:.3g})")
+
+
+def timing_row(shape, op, backend, prealloc, dtype, threads, times, factor):
+    """The columns every kernel timing row has: what was timed, the median and quartiles
+    of ``times`` (seconds) in ms, and GB/s for ``factor`` times the input's bytes."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    median = float(np.median(times))
+    return {
+        "shape": "x".join(map(str, shape)),
+        "layout": "(N, C)" if len(shape) == 2 else "(N, C, *spatial)",
+        "op": op,
+        "backend": backend,
+        "preallocated_out": prealloc,
+        "dtype": np.dtype(dtype).name,
+        "threads": threads,
+        "input_mib": nbytes / 2**20,
+        "repeats": len(times),
+        "median_ms": median * 1e3,
+        "q25_ms": float(np.quantile(times, 0.25)) * 1e3,
+        "q75_ms": float(np.quantile(times, 0.75)) * 1e3,
+        "gbps": factor * nbytes / median / 1e9,
+    }
