@@ -25,8 +25,7 @@ Ghost batch norm and Batch Renorm (every bnbench backend; a peer may lack them, 
     bit for bit (its statistics as ``(1, C)``).
 ``backward_ghost(dy, x, weight, mean, invstd, group_size, out) -> (dweight, dbias)``
     ``mean``, ``invstd`` ``(N // group_size, C)``; writes ``out = dx``.
-``forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax, eps, out)
--> (mean, var, invstd, r, d)``
+``forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax, eps, out) -> (mean, var, invstd, r, d)``
     Batch Renorm (Ioffe 2017): ``out = ((x - mean) * invstd * r + d) * weight + bias``
     with ``r = clip(sqrt(var + eps) / sigma, 1/rmax, rmax)``,
     ``d = clip((mean - running_mean) / sigma, -dmax, dmax)``,
