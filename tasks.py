@@ -69,7 +69,16 @@ TASKS = {
         "docs,peers",  # peers: the API reference imports bnbench.torch
         [
             ["python", "docs/generate.py"],
-            ["sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", "{args}"],
+            [
+                "sphinx-build",
+                "-W",
+                "--keep-going",
+                "-b",
+                "html",
+                "docs",
+                "docs/_build/html",
+                "{args}",
+            ],
         ],
     ),
     "study": (

@@ -1,0 +1,283 @@
+"""The generated parts of the documentation: standard library only, so ``tasks.py`` and
+``docs/conf.py`` can both run it.
+
+``python docs/generate.py`` (run by ``python3 tasks.py docs`` before Sphinx) does two things:
+
+- :func:`results_pages`: ``docs/results/`` from the saved report folders ``reports/*/``
+  (each ``report.md`` with its figures and ``findings.json``) and the answer page
+  ``reports/index.md``; without report folders, one page naming the command that makes
+  them. ``docs/results/`` is git-ignored: it is made anew on every build (``docs/conf.py``
+  calls this too, so a bare ``sphinx-build`` on a fresh clone works).
+- :func:`fill_readme`: the README's ``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME
+  -->`` blocks from ``reports/answer.json`` (written by ``bnbench study all``): every number
+  in the README comes from a report, none is typed. Without ``reports/answer.json`` the
+  blocks are left as they are, and it says so.
+
+``BNBENCH_REPORTS`` names another reports folder (the tests point it at an empty one).
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+RESULTS = DOCS / "results"
+README = ROOT / "README.md"
+MAKE_REPORTS = "bnbench study all --preset quick"
+DATASET_NAMES = {"mnist1d": "MNIST-1D", "mnist": "MNIST"}
+#: files of a report folder copied beside its page (figures and the data behind them)
+COPIED = ("*.png", "findings.json", "provenance.json")
+
+BLOCK = re.compile(
+    r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
+    re.S,
+)
+LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def reports_dir():
+    return Path(os.environ.get("BNBENCH_REPORTS") or ROOT / "reports")
+
+
+def report_folders(reports):
+    """The report folders under ``reports`` (those with a ``report.md``), by name."""
+    return sorted(p.parent for p in Path(reports).glob("*/report.md"))
+
+
+def _relink(text, here, dest, known):
+    """``text`` with its markdown links made valid inside the docs page in ``dest``:
+    ``X/report.html`` -> ``X/report.md`` where report ``X`` (in ``known``) has a page, links
+    to files copied beside the page kept, anything else (``results.csv``, ``report.html``)
+    written as its path in the report folder ``here``, in code, without a link."""
+
+    def sub(m):
+        bang, label, target = m.groups()
+        if re.match(r"[a-z]+://|#|mailto:", target):
+            return m.group(0)
+        path = target.partition("#")[0]
+        page = (dest / path).resolve()
+        if page.name == "report.html" and page.parent.name in known:
+            return f"{bang}[{label}]({path.removesuffix('.html')}.md)"
+        if path and page.is_file() and page.suffix != ".html":
+            return m.group(0)
+        shown = f"`{(here / path).as_posix()}`"
+        return f"{label} ({shown})" if label and not bang else shown
+
+    return LINK.sub(sub, text)
+
+
+def _title(text, fallback):
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return fallback
+
+
+def results_pages(reports=None, out=RESULTS):
+    """Write ``out`` (``docs/results/``) from ``reports``; returns the pages written."""
+    reports = Path(reports) if reports is not None else reports_dir()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    folders = report_folders(reports)
+    index = reports / "index.md"
+    pages = [asv_page(out)]
+    if not folders and not index.is_file():
+        (out / "index.md").write_text(
+            "# Results\n\n"
+            f"No report folder was found in `{reports.name}/`, so this site has no results "
+            "pages yet. Run every study with the quick preset (a few minutes on 2 cores per "
+            "study), then build the site again:\n\n"
+            f"```sh\n.venv/bin/{MAKE_REPORTS}\npython3 tasks.py docs\n```\n\n"
+            "Each study writes `reports/NAME-PRESET/` (`report.md`, `report.html`, figures, "
+            "`findings.json`); `bnbench study all` also writes the answer page, "
+            "`reports/index.html`. The pages here are made from those folders, never typed.\n"
+            "\n```{toctree}\n:hidden:\n\nasv\n```\n"
+        )
+        return [out / "index.md", *pages]
+    names = [f.name for f in folders]
+    known = set(names)
+    for folder in folders:
+        dest = out / folder.name
+        dest.mkdir()
+        copied = set()
+        for pattern in COPIED:
+            for f in sorted(folder.glob(pattern)):
+                shutil.copy2(f, dest / f.name)
+                copied.add(f.name)
+        text = (folder / "report.md").read_text()
+        text = _relink(text, Path("reports") / folder.name, dest, known)
+        data = [f"[{n}]({n})" for n in ("findings.json", "provenance.json") if n in copied]
+        if data:
+            text += (
+                f"\n\n---\n\nGenerated from `reports/{folder.name}/` by `python3 tasks.py docs`;"
+                f" the data behind this page: {', '.join(data)}.\n"
+            )
+        (dest / "report.md").write_text(text)
+        pages.append(dest / "report.md")
+    toc = [f"{n}/report" for n in names] + ["asv"]
+    if index.is_file():
+        text = _relink(index.read_text(), Path("reports"), out, known)
+        (out / "answer.md").write_text(
+            text + "\n\n---\n\nGenerated from `reports/index.md` (`bnbench study all`) by "
+            "`python3 tasks.py docs`.\n"
+        )
+        pages.append(out / "answer.md")
+        toc.insert(0, "answer")
+    listing = "\n".join(
+        f"- [{_title((f / 'report.md').read_text(), f.name)}]({f.name}/report.md) "
+        f"(`reports/{f.name}/`)"
+        for f in folders
+    )
+    (out / "index.md").write_text(
+        "# Results\n\n"
+        "These pages are made by `python3 tasks.py docs` from the report folders saved in "
+        f"`{reports.name}/`: each study's `report.md`, its figures and `findings.json`, never "
+        "typed. Run more studies (`" + MAKE_REPORTS + "`) and build again to add theirs.\n\n"
+        + ("- [The answer page](answer.md): which statistics BN should use at test time\n"
+           if index.is_file() else
+           "The answer page is missing: `" + MAKE_REPORTS + "` writes it.\n\n")
+        + listing
+        + "\n\n```{toctree}\n:hidden:\n\n" + "\n".join(toc) + "\n```\n"
+    )  # fmt: skip
+    pages.insert(0, out / "index.md")
+    return pages
+
+
+ASV = ROOT / ".asv"
+PUBLISH = ".venv/bin/asv publish --config asv.json"
+
+
+def asv_page(out=RESULTS, asv=ASV):
+    """``out/asv.md``: a link to the asv history (``asv publish``'s HTML, copied to
+    ``out/_extra/asv/``, which ``conf.py`` serves as ``asv/`` of the site) when
+    ``.asv/results`` exist, else how to make it."""
+    results, html = asv / "results", asv / "html"
+    has_results = results.is_dir() and any(results.rglob("*.json"))
+    if has_results and (html / "index.html").is_file():
+        shutil.copytree(html, out / "_extra" / "asv")
+        text = (
+            "The benchmark history of this checkout, as `asv publish` last wrote it "
+            f"(`{PUBLISH}`, into `.asv/html/`): "
+            '<a href="../asv/index.html">open the asv pages</a>. Publish again after '
+            "`asv run` to update it, then rebuild the docs."
+        )
+    elif has_results:
+        text = (
+            "This checkout has asv results in `.asv/results` but no published HTML: run "
+            f"`{PUBLISH}`, then `python3 tasks.py docs`, and the history is linked here."
+        )
+    else:
+        text = (
+            "No asv results in this checkout (`.asv/results` is missing). Run the suite "
+            "(`.venv/bin/asv run --config asv.json -E existing:.venv/bin/python`, see "
+            f"{{doc}}`../guide/asv`), then `{PUBLISH}` and `python3 tasks.py docs`."
+        )
+    (out / "asv.md").write_text("# Benchmark history (asv)\n\n" + text + "\n")
+    return out / "asv.md"
+
+
+# -- the README's generated blocks
+
+
+def answer_bullets(rows):
+    """One bullet per situation of the answer page: what to use, then the measured effect
+    on each dataset (method minus baseline: mean [interval], n, verdict) linking its report;
+    a dataset whose study was not run says so."""
+    by_situation = {}
+    for r in rows:
+        by_situation.setdefault(r["situation"], []).append(r)
+    lines = []
+    for situation, entries in by_situation.items():
+        measured = [r for r in entries if r.get("effect")]
+        if not measured:
+            first = entries[0]
+            lines.append(f"- **{situation}**: {first['recommendation']}")
+            continue
+        uses = []
+        for r in measured:
+            use = r["recommendation"]
+            use = "either (the cheaper first)" if use.startswith("either") else use
+            if use not in uses:
+                uses.append(use)
+        parts = []
+        for r in entries:
+            data = DATASET_NAMES.get(r["dataset"], r["dataset"])
+            if r.get("effect"):
+                parts.append(f"{data} [{r['effect']}, {r['verdict']}](reports/{r['link']})")
+            else:
+                parts.append(f"{data} {r['recommendation']}")
+        comparison = measured[0]["comparison"].rsplit(" (", 1)[0]
+        lines.append(
+            f"- **{situation}**: use {' / '.join(uses)}. Measured, {comparison}: "
+            + "; ".join(parts)
+        )
+    return lines
+
+
+def block_answer(reports):
+    path = reports / "answer.json"
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())
+    presets = sorted({r["preset"] for r in rows if r.get("preset")})
+    when = time.strftime("%Y-%m-%d", time.gmtime(path.stat().st_mtime))
+    return "\n".join(
+        [
+            f"From `reports/answer.json` of {when} (presets: {', '.join(presets) or 'none'}): "
+            "each effect is a paired difference over seeds, method minus baseline, "
+            "mean [95% interval] and n seeds; [the answer page](reports/index.html) has the "
+            "table and the evidence.",
+            "",
+            *answer_bullets(rows),
+        ]
+    )
+
+
+BLOCKS = {"answer": block_answer}
+
+
+def fill_readme(readme=README, reports=None):
+    """Fill the README's generated blocks from ``reports``; returns the messages."""
+    reports = Path(reports) if reports is not None else reports_dir()
+    text = readme.read_text()
+    said = []
+
+    def sub(m):
+        name = m.group("name")
+        make = BLOCKS.get(name)
+        body = make(reports) if make else None
+        if make is None:
+            said.append(f"README block {name!r}: no generator for it, left as it is")
+            return m.group(0)
+        if body is None:
+            said.append(
+                f"README block {name!r} left as it is: {reports.name}/answer.json is missing "
+                f"(run `{MAKE_REPORTS}`)"
+            )
+            return m.group(0)
+        said.append(f"README block {name!r} filled from {reports.name}/")
+        return m.group(1) + body.rstrip("\n") + "\n" + m.group(4)
+
+    new = BLOCK.sub(sub, text)
+    if new != text:
+        readme.write_text(new)
+    return said
+
+
+def main():
+    reports = reports_dir()
+    pages = results_pages(reports)
+    print(f"docs/results/: {len(pages)} page(s) from {reports}")
+    for line in fill_readme(README, reports):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
