@@ -132,7 +132,10 @@ def _mnist1d_key():
     return generator_key("mnist1d", get_dataset_args(), also=("numpy", "scipy"))
 
 
-def _check_seed(seed, name="seed"):
+def check_seed(seed, name="seed"):
+    """``seed`` as an ``int`` if it is an integer in [0, 2**32) (what NumPy's generators
+    take), else a ``ValueError`` naming ``name``: every dataset, corruption and stream
+    seed is checked by this one rule."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
@@ -150,7 +153,7 @@ def mnist1d(num_samples=5000, seed=42):
     default 42) go to ``mnist1d.data.make_dataset``.
     """
     _check_num_samples(num_samples)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
 
     def make():
         from mnist1d.data import get_dataset_args, make_dataset
@@ -241,7 +244,7 @@ def mnist1d_raw_test(num_samples=5000, seed=42):
     than silently giving corrupted sets whose severity 0 differs from the clean data.
     """
     _check_num_samples(num_samples)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
 
     def make():
         x, y, shear, mean, std = _generate_raw(num_samples, seed)

@@ -105,7 +105,7 @@ def _standardize(raw, mean, std):
 def _arrays(seed):
     """Every cached array of one seed: the standardized split, the raw test pixels and the
     constants (one file, so the clean set and its raw twin can never disagree)."""
-    seed = data._check_seed(seed)
+    seed = data.check_seed(seed)
     path, source = _source()
 
     def make():
@@ -128,7 +128,7 @@ def _arrays(seed):
 
 def _cache_token(seed=0):
     """What identifies the clean data of ``seed`` (for the keys of derived caches)."""
-    return f"f{FORMAT}-s{data._check_seed(seed)}-{_source()[1]}"
+    return f"f{FORMAT}-s{data.check_seed(seed)}-{_source()[1]}"
 
 
 def mnist(seed=0):

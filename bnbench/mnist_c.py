@@ -172,7 +172,7 @@ def corrupt_images(images, corruption, severity, corruption_seed=0):
     the images unchanged (as float64). The random draws depend on ``corruption_seed`` and
     on N (a subset of the images gets other draws than in the whole set)."""
     _check(corruption, severity)
-    corruption_seed = data._check_seed(corruption_seed, "corruption_seed")
+    corruption_seed = data.check_seed(corruption_seed, "corruption_seed")
     x = np.asarray(images, dtype=np.float64)
     if x.ndim != 3 or x.shape[1:] != (ops.H, ops.W) or len(x) == 0:
         raise ValueError(f"images must have shape (N, 28, 28) with N >= 1, got {x.shape}")
@@ -196,8 +196,8 @@ def corrupted_test_set(corruption, severity, seed=0, corruption_seed=0):
     is not an integer in [0, 2**32), before computing anything.
     """
     _check(corruption, severity)
-    seed = data._check_seed(seed, "seed")
-    corruption_seed = data._check_seed(corruption_seed, "corruption_seed")
+    seed = data.check_seed(seed, "seed")
+    corruption_seed = data.check_seed(corruption_seed, "corruption_seed")
     severity = int(severity)
     if severity == 0:
         clean = mnist.mnist(seed)

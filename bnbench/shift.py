@@ -120,8 +120,8 @@ def _check(corruption, severity, num_samples, seed, corruption_seed):
             f"got {severity!r}"
         )
     data._check_num_samples(num_samples)
-    data._check_seed(seed, "seed")
-    data._check_seed(corruption_seed, "corruption_seed")
+    data.check_seed(seed, "seed")
+    data.check_seed(corruption_seed, "corruption_seed")
 
 
 def _smooth_noise(rng, shape):

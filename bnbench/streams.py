@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .data import _check_seed
+from .data import check_seed
 
 __all__ = ["CLEAN", "STREAMS", "Stream", "make_stream"]
 
@@ -365,7 +365,7 @@ def make_stream(kind, test_sets, batch_size, seed=0, *, drop_last=False, **param
         raise ValueError(f"kind must be one of {sorted(STREAMS)}, got {kind!r}")
     if not _number(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    seed = _check_seed(seed, "seed")
+    seed = check_seed(seed, "seed")
     if not isinstance(drop_last, bool | np.bool_):
         raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
     takes = [

@@ -116,7 +116,6 @@ KNOWN_PRIVATE_IMPORTS = {
     ("bnbench.nn.models2d", "bnbench.nn.models"),
     ("bnbench.nn.norm", "bnbench.nn.layers"),
     ("bnbench.nn.pool", "bnbench.nn.conv2d"),
-    ("bnbench.streams", "bnbench.data"),
 }
 
 
