@@ -78,6 +78,29 @@ def _title(text, fallback):
     return fallback
 
 
+def _variant(folder):
+    """``"MNIST, quick"``: what tells a report apart from the same study's others (its
+    dataset where it is not the default, and its preset), from ``study.json``."""
+    try:
+        meta = json.loads((folder / "study.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    dataset = (meta.get("options") or {}).get("dataset")
+    preset = meta.get("preset") or folder.name.rsplit("-", 1)[-1]
+    parts = [DATASET_NAMES.get(dataset, dataset)] if dataset and dataset != "mnist1d" else []
+    return ", ".join([*parts, preset])
+
+
+def _retitle(text, suffix):
+    """``text`` with `` (suffix)`` added to its first level-1 heading."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("# "):
+            lines[i] = f"{line.rstrip()} ({suffix})"
+            return "\n".join(lines) + "\n"
+    return f"# {suffix}\n\n{text}"
+
+
 def results_pages(reports=None, out=RESULTS):
     """Write ``out`` (``docs/results/``) from ``reports``; returns the pages written."""
     reports = Path(reports) if reports is not None else reports_dir()
@@ -110,7 +133,7 @@ def results_pages(reports=None, out=RESULTS):
             for f in sorted(folder.glob(pattern)):
                 shutil.copy2(f, dest / f.name)
                 copied.add(f.name)
-        text = (folder / "report.md").read_text()
+        text = _retitle((folder / "report.md").read_text(), _variant(folder))
         text = _relink(text, Path("reports") / folder.name, dest, known)
         data = [f"[{n}]({n})" for n in ("findings.json", "provenance.json") if n in copied]
         if data:
@@ -130,7 +153,7 @@ def results_pages(reports=None, out=RESULTS):
         pages.append(out / "answer.md")
         toc.insert(0, "answer")
     listing = "\n".join(
-        f"- [{_title((f / 'report.md').read_text(), f.name)}]({f.name}/report.md) "
+        f"- [{_title((f / 'report.md').read_text(), f.name)} ({_variant(f)})]({f.name}/report.md) "
         f"(`reports/{f.name}/`)"
         for f in folders
     )
@@ -192,12 +215,11 @@ def answer_bullets(rows):
     by_situation = {}
     for r in rows:
         by_situation.setdefault(r["situation"], []).append(r)
-    lines = []
+    lines, not_run = [], {}
     for situation, entries in by_situation.items():
         measured = [r for r in entries if r.get("effect")]
         if not measured:
-            first = entries[0]
-            lines.append(f"- **{situation}**: {first['recommendation']}")
+            not_run.setdefault(entries[0]["study"], []).append(situation)
             continue
         uses = []
         for r in measured:
@@ -216,6 +238,12 @@ def answer_bullets(rows):
         lines.append(
             f"- **{situation}**: use {' / '.join(uses)}. Measured, {comparison}: "
             + "; ".join(parts)
+        )
+    if not_run:
+        situations = [s for group in not_run.values() for s in group]
+        lines.append(
+            f"- Not measured here yet (`{MAKE_REPORTS}` runs their studies: "
+            f"{', '.join(not_run)}): " + "; ".join(situations)
         )
     return lines
 
