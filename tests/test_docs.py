@@ -181,3 +181,18 @@ def test_the_docs_build_without_warnings(tmp_path):
     page = (out / "results" / "momentum-batch-size-quick" / "report.html").read_text()
     assert "fig.png" in page and "results.csv" in page
     assert (out / "results" / "answer.html").is_file()
+
+
+def test_the_asv_page_links_the_published_history_when_there_is_one(tmp_path):
+    generate = _generate()
+    asv, out = tmp_path / ".asv", tmp_path / "results"
+    out.mkdir()
+    assert "`.asv/results` is missing" in generate.asv_page(out, asv).read_text()
+    (asv / "results" / "machine").mkdir(parents=True)
+    (asv / "results" / "machine" / "abc.json").write_text("{}")
+    assert "no published HTML" in generate.asv_page(out, asv).read_text()
+    (asv / "html").mkdir()
+    (asv / "html" / "index.html").write_text("<html>asv</html>")
+    text = generate.asv_page(out, asv).read_text()
+    assert 'href="../asv/index.html"' in text and "asv publish" in text
+    assert (out / "_extra" / "asv" / "index.html").read_text() == "<html>asv</html>"
