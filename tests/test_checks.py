@@ -1,4 +1,5 @@
-"""Bad input raises a clear error naming the argument, the expectation and the value."""
+"""Input checks (bnbench._checks, behind every public function): bad input raises a clear
+error naming the argument, the expectation and the value."""
 
 import numpy as np
 import pytest
