@@ -97,3 +97,25 @@ STUDY = Study(name="tiny", title="Tiny study", analyse=analyse,
 if __name__ == "__main__":
     sys.exit(main(STUDY))
 """
+
+
+def check_layer(layer, x, rng, mode="train"):
+    """Loss = sum(forward(x) * G): compare dx and every parameter gradient."""
+    G = rng.normal(size=layer.forward(x, mode).shape)
+
+    def loss():
+        return float(np.sum(layer.forward(x, mode) * G))
+
+    layer.forward(x, mode)
+    dx = layer.backward(G)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    # a container's parameters live in its layers
+    owned = (
+        layer.parameters() if hasattr(layer, "parameters") else [(layer, n) for n in layer.params]
+    )
+    for owner, name in owned:
+        layer.forward(x, mode)
+        layer.backward(G)
+        analytic = owner.grads[name].copy()
+        np.testing.assert_allclose(analytic, numeric_grad(loss, owner.params[name]), rtol=1e-6,
+                                   atol=1e-8, err_msg=name)  # fmt: skip

@@ -4,10 +4,9 @@ oracle, for every operation; bad ``axis`` values; the BatchNorm layer over ``axi
 
 import numpy as np
 import pytest
-from helpers import OWN, WITH_PEERS, backends_for, numeric_grad, tol
+from helpers import OWN, WITH_PEERS, backends_for, check_layer, numeric_grad, tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_nn import check_layer
 
 import bnbench as bn
 from bnbench import nn

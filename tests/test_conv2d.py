@@ -3,7 +3,7 @@ references written here, central finite differences and PyTorch."""
 
 import numpy as np
 import pytest
-from test_nn import check_layer
+from helpers import check_layer
 
 from bnbench import nn
 from bnbench.kernels import cpu

@@ -3,7 +3,7 @@ arithmetic as the channel-first ones, gradients by finite differences (float64).
 
 import numpy as np
 import pytest
-from test_nn import check_layer
+from helpers import check_layer
 
 from bnbench import nn
 from bnbench.nn import blas
