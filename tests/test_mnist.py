@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bnbench import cache as store
 from bnbench import data, mnist
 
 
@@ -113,7 +114,7 @@ def test_a_damaged_cache_file_is_regenerated(monkeypatch, tmp_path, clean):
     arrays["x_test"] = arrays["x_test"] + np.float32(1)
     np.savez(path, **arrays)
     assert mnist.mnist(0).x_test.tobytes() == clean.x_test.tobytes()
-    assert data._load(path, mnist._ARRAYS) is not None  # rewritten, valid again
+    assert store._load(path, mnist._ARRAYS) is not None  # rewritten, valid again
 
 
 @pytest.fixture(scope="module")

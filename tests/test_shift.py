@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bnbench import cache as store
 from bnbench import data, metrics, shift
 
 N = 500  # 400 train / 100 test: small sets for everything but the accuracy test
@@ -160,7 +161,7 @@ def test_damaged_cache_file_is_regenerated(cache, damage):
         np.savez(path, **arrays)
     again = shift.corrupted_test_set("gaussian_noise", 2, N, corruption_seed=5)
     assert again.x.tobytes() == first.x.tobytes()
-    assert data._load(path, ("x", "y")) is not None  # rewritten whole
+    assert store._load(path, ("x", "y")) is not None  # rewritten whole
 
 
 @pytest.mark.parametrize(

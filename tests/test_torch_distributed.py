@@ -1,6 +1,7 @@
 """Statistics across ranks (bnbench.torch.distributed): the merges against NumPy on the
 union of the shards and the other schemes against hand computations; a real 2-process
-gloo group against one process over the union; the merging-error analysis.
+gloo group against one process over the union (the merging-error analysis:
+test_torch_shard_errors.py).
 
 The 2-process tests run this file as a script (``python test_torch_distributed.py RANK
 PORT OUT``), one child per rank, killed if they outlive the timeout."""
@@ -95,22 +96,6 @@ def test_process_group_argument_errors():
             bt.population_statistics(model, batches, process_group="world")
 
 
-def test_merging_errors_grow_as_shards_become_uneven():
-    rng = np.random.default_rng(0)  # ranks see different data: sorted, two groups
-    x = np.concatenate([rng.normal(0, 1, (400, 4, 3)), rng.normal(1.5, 2, (400, 4, 3))])
-    df = bd.merging_errors(x)
-    assert len(df) == len(bd.SCHEMES) * len(bd.FRACTIONS) * 2
-    assert set(df.columns) >= {"scheme", "fraction", "sizes", "layer", "mean_error"}
-    df = df[df.layer == "all"].set_index(["scheme", "fraction"]).sort_index(ascending=False)
-    assert df.loc["size_weighted"][["mean_error", "var_error"]].max().max() < 1e-12
-    assert df.loc[("equal_moments", 1.0), "mean_error"] < 1e-12  # equal sizes: exact
-    for scheme in ("equal_moments", "equal_mean_var", "rank0"):
-        assert df.loc[scheme].mean_error.is_monotonic_increasing, scheme
-        assert df.loc[scheme].mean_error.iloc[-1] > 0.3
-    assert df.loc["equal_moments"].var_error.is_monotonic_increasing
-    assert df.loc[("rank0", 0.125), "sizes"] == "50,400"
-
-
 def cnn(extra=False, channels=4):
     torch.manual_seed(0)
     layers = [nn.Conv2d(2, channels, 3), nn.BatchNorm2d(channels), nn.ReLU(),
@@ -137,34 +122,6 @@ def untouched(model, snap):
             and [m.training for m in model.modules()] == flags
             and not any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__
                         for m in model.modules()))  # fmt: skip
-
-
-def test_model_merging_errors_on_a_torch_model():
-    model = cnn().double()
-    x = torch.cat([b[0] for r in (0, 1) for b in rank_batches(r)])
-    x = torch.cat([x, x * 0.5 + 3])  # ranks see different data
-    snap = snapshot(model)
-    for statistic in ("precise", "population"):
-        df = bd.model_merging_errors(model, x, statistic, batch_size=8)
-        assert set(df.layer) == {"1", "4", "all"}
-        df = df[df.layer == "all"].set_index(["scheme", "fraction"]).sort_index(ascending=False)
-        assert df.loc["size_weighted"][["mean_error", "var_error"]].max().max() < 1e-9
-        assert df.loc["rank0"].mean_error.is_monotonic_increasing, statistic
-        assert df.loc["equal_moments"].mean_error.is_monotonic_increasing, statistic
-    assert untouched(model, snap)
-
-
-def test_model_merging_errors_on_a_bnbench_network():
-    from bnbench.nn import mlp
-
-    net = mlp(in_features=6, classes=3, hidden=8, rng=np.random.default_rng(0))
-    rng = np.random.default_rng(1)
-    x = np.concatenate([rng.normal(0, 1, (64, 6)), rng.normal(2, 1, (64, 6))]).astype(np.float32)
-    df = bd.model_merging_errors(net, x, "population", fractions=(1.0, 0.5, 0.25), batch_size=16)
-    df = df[df.layer == "all"].set_index(["scheme", "fraction"]).sort_index(ascending=False)
-    assert df.loc["size_weighted"].mean_error.max() < 1e-6
-    assert df.loc["rank0"].mean_error.is_monotonic_increasing
-    assert all(layer.eval_stats is None for layer in net.bn_layers)
 
 
 # two processes, gloo

@@ -5,22 +5,13 @@ from .conv2d import Conv2d
 from .fold import ChannelAffine, fold_batch_norm
 from .layers import Conv1d, Flatten, GlobalAvgPool, Linear, ReLU, Reshape
 from .losses import cross_entropy
-from .models import (
-    MODELS,
-    RESNET_DEPTHS,
-    Residual,
-    Sequential,
-    build,
-    check_depth,
-    cnn,
-    fuse_relu,
-    mlp,
-    resnet,
-)
+from .models import cnn, mlp, resnet
 from .models2d import cnn2d, resnet2d
 from .norm import BatchNorm, BatchRenorm, renorm_clip
 from .optim import SGD, cosine_lr
 from .pool import AvgPool2d, MaxPool2d
+from .sequential import RESNET_DEPTHS, Residual, Sequential, check_depth, fuse_relu
+from .zoo import MODELS, build
 
 __all__ = [
     "MODELS",

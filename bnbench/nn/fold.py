@@ -17,8 +17,8 @@ from .._checks import check_axis, kernel_view
 from ..kernels import cpu, cpu_fused
 from .conv2d import Conv2d
 from .layers import Conv1d, Layer, Linear
-from .models import Sequential
 from .norm import BatchNorm
+from .sequential import Sequential
 
 FOLDABLE = (Linear, Conv1d, Conv2d)
 

@@ -11,9 +11,9 @@ import numpy as np
 
 from .conv2d import Conv2d, output_size
 from .layers import Flatten, GlobalAvgPool, Linear, ReLU, Reshape
-from .models import Residual, Sequential, _norm, _sequence, check_depth
 from .norm import BatchNorm
 from .pool import MaxPool2d
+from .sequential import Residual, Sequential, check_depth, norm_layer, sequence
 
 
 def _reshape(image_shape, channels_last):
@@ -48,7 +48,7 @@ def cnn2d(image_shape=(28, 28), classes=10, channels=(16, 32, 32), rng=None, dty
         layers += [
             Conv2d(c_in, c_out, 3, rng, padding=1, bias=False, dtype=dtype,
                    channels_last=channels_last),
-            _norm(norm, c_out, dtype, channels_last),
+            norm_layer(norm, c_out, dtype, channels_last),
             ReLU(),
         ]  # fmt: skip
         if b < len(channels) - 1:
@@ -57,7 +57,7 @@ def cnn2d(image_shape=(28, 28), classes=10, channels=(16, 32, 32), rng=None, dty
         c_in = c_out
     layers += [Flatten(channels_last),
                Linear(c_in * math.prod(size), classes, rng, dtype=dtype)]  # fmt: skip
-    return Sequential(_sequence(layers, fuse))
+    return Sequential(sequence(layers, fuse))
 
 
 def resnet2d(image_shape=(28, 28), classes=10, channels=16, depth=8, rng=None,
@@ -74,7 +74,7 @@ def resnet2d(image_shape=(28, 28), classes=10, channels=16, depth=8, rng=None,
     depth = check_depth(depth)
     rng = rng if rng is not None else np.random.default_rng(0)
     conv = functools.partial(Conv2d, dtype=dtype, channels_last=channels_last)
-    bn = functools.partial(_norm, norm, channels, dtype, channels_last)
+    bn = functools.partial(norm_layer, norm, channels, dtype, channels_last)
     layers = [_reshape(image_shape, channels_last),
               conv(1, channels, 3, rng, stride=2, padding=1), ReLU()]  # fmt: skip
     for _ in range(depth // 2):
@@ -82,7 +82,7 @@ def resnet2d(image_shape=(28, 28), classes=10, channels=16, depth=8, rng=None,
         last.params["weight"][:] = 0
         body = [conv(channels, channels, 3, rng, padding=1, bias=False), bn(), ReLU(),
                 conv(channels, channels, 3, rng, padding=1, bias=False), last]  # fmt: skip
-        layers += [Residual(_sequence(body, fuse)), ReLU()]
+        layers += [Residual(sequence(body, fuse)), ReLU()]
     layers += [GlobalAvgPool(channels_last), Linear(channels, classes, rng, dtype=dtype)]
     return Sequential(layers)
 

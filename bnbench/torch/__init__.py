@@ -24,7 +24,6 @@ Importing :mod:`bnbench` never imports torch; importing this package does.
 from . import distributed
 from .diagnosis import Diagnosis, diagnose, format_table, main_from_factories, paired_bootstrap
 from .distributed import SCHEMES as MERGE_SCHEMES
-from .distributed import merging_errors, model_merging_errors
 from .evaluation import (
     Adaptation,
     adabn,
@@ -38,6 +37,7 @@ from .evaluation import (
 )
 from .fold import fold
 from .op import BatchNorm1d, BatchNorm2d, batch_norm, convert
+from .shard_errors import merging_errors, model_merging_errors
 from .statistics import (
     AGGREGATIONS,
     Statistics,

@@ -1,6 +1,6 @@
 """Sweep kind ``"merging"``: how far each scheme of merging BN statistics across ranks is
 from the exact statistics, on a trained bnbench network, as per-rank shards become uneven
-(:func:`bnbench.torch.distributed.model_merging_errors`: detectron2's equal-weight
+(:func:`bnbench.torch.shard_errors.model_merging_errors`: detectron2's equal-weight
 moments, mmpretrain's mean of per-rank means and variances, rank 0 alone, and the exact
 size-weighted merge). Needs the torch extra (the merging code is shared with the torch
 adapter)."""
@@ -8,7 +8,8 @@ adapter)."""
 import numpy as np
 
 from ..train import TrainConfig, train_network
-from .distributed import FRACTIONS, model_merging_errors
+from .distributed import FRACTIONS
+from .shard_errors import model_merging_errors
 
 #: the job's own parameters, beside the TrainConfig fields
 DEFAULTS = {"fractions": list(FRACTIONS), "ranks": 2, "merge_batch_size": 32}

@@ -228,7 +228,7 @@ def population_statistics(model, batches, device=None, process_group=None):
         guard = _core.PassGuard(model, outer)
         while len(done) < len(layers):
             if group is None:
-                name, agg, dev, samples = _population_pass(model, layers, done, guard,
+                name, agg, dev, samples = population_pass(model, layers, done, guard,
                                                            batches, device)  # fmt: skip
                 stats = (agg.mean, agg.var)
             else:
@@ -239,12 +239,12 @@ def population_statistics(model, batches, device=None, process_group=None):
 
 
 def _merged_pass(model, layers, done, guard, batches, device, group, spec):
-    """:func:`_population_pass` on every rank, merged by one ``all_gather`` of ``(layer
+    """:func:`population_pass` on every rank, merged by one ``all_gather`` of ``(layer
     index, samples, count, mean, M2)``: ``(name, (mean, var), device, total samples)``."""
     names, width = [n for n, _ in spec], max(c for _, c in spec)
     row, error, dev = None, None, None
     try:
-        name, agg, dev, samples = _population_pass(model, layers, done, guard, batches, device)
+        name, agg, dev, samples = population_pass(model, layers, done, guard, batches, device)
         pad = [0.0] * (width - len(agg.mean))
         row = np.hstack(
             [names.index(name), samples, agg.count, agg.mean, pad, agg.var * agg.count, pad]
@@ -266,7 +266,7 @@ def _merged_pass(model, layers, done, guard, batches, device, group, spec):
     return name, (mean, m2 / count), dev, int(rows[:, 1].sum())
 
 
-def _population_pass(model, layers, done, guard, batches, device):
+def population_pass(model, layers, done, guard, batches, device):
     """One pass of :func:`population_statistics`: the layers of ``done`` normalise with
     their statistics, the others are skipped, and the first of them to run is measured.
     Returns ``(its name, its BatchAggregate (biased), its input's device, samples)``."""

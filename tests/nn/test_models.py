@@ -71,15 +71,6 @@ def test_cnn_is_the_mnist1d_baseline_shape(rng):
     assert model.forward(np.zeros((2, 40), np.float32) + 1, "train").shape == (2, 10)
 
 
-def test_residual_block_and_pooling_gradients(rng):
-    body = [nn.Conv1d(3, 3, 3, rng, padding=1, dtype=F64), nn.BatchNorm(3, dtype=F64), nn.ReLU(),
-            nn.Conv1d(3, 3, 3, rng, padding=1, bias=False, dtype=F64)]  # fmt: skip
-    block = nn.Residual(body)
-    check_layer(block, rng.normal(size=(4, 3, 7)), rng)
-    check_layer(nn.GlobalAvgPool(), rng.normal(size=(3, 2, 5)), rng)
-    assert block.bn_layers == [body[1]] and len(block.parameters()) == 5
-
-
 @pytest.mark.parametrize("depth", [2, 4, 16])
 def test_resnet_has_depth_bn_layers_and_starts_as_identity_blocks(depth, rng):
     model = nn.resnet(depth=depth, rng=rng, dtype=F64)
@@ -102,27 +93,6 @@ def test_resnet_has_depth_bn_layers_and_starts_as_identity_blocks(depth, rng):
 def test_resnet_depth_must_match_the_block_structure(depth):
     with pytest.raises(ValueError, match=r"depth must be an even integer in 2-64"):
         nn.resnet(depth=depth)
-
-
-@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet"])
-def test_skipping_the_input_gradient_keeps_every_parameter_gradient(name, rng):
-    x = rng.normal(size=(6, 40))
-    y = rng.integers(0, 10, 6)
-    grads = []
-    for input_grad in (True, False):
-        model = nn.build(name, 40, 10, np.random.default_rng(3), dtype=F64, depth=None)
-        model.input_grad = input_grad
-        _, g = nn.cross_entropy(model.forward(x, "train"), y)
-        dx = model.backward(g)
-        assert (dx is None) == (not input_grad)
-        grads.append([layer.grads[k].copy() for layer, k in model.parameters()])
-    for a, b in zip(*grads, strict=True):
-        np.testing.assert_array_equal(a, b)
-    # a model whose first layer is not a Linear or Conv1d skips nothing
-    odd = nn.Sequential([nn.BatchNorm(40, dtype=F64), nn.Linear(40, 10, rng, dtype=F64)])
-    odd.input_grad = False
-    odd.forward(x, "train")
-    assert odd.backward(np.ones((6, 10))).shape == (6, 40)
 
 
 # -- BN followed by ReLU, fused (nn.fuse_relu): the same networks as before
@@ -180,19 +150,6 @@ def test_fused_networks_are_the_unfused_ones(name, channels_last, mode, rng):
     assert_same(evaluate.population_statistics(fused, x), stats)
     np.testing.assert_array_equal(evaluate.predict(fused, x, stats),
                                   evaluate.predict(plain, x, stats))  # fmt: skip
-
-
-def test_fuse_relu_takes_each_relu_after_a_bn():
-    mlp = nn.mlp()
-    assert [type(layer).__name__ for layer in mlp.layers] == [
-        "Linear", "BatchNorm", "Linear", "BatchNorm", "Linear"]  # fmt: skip
-    resnet = nn.resnet(depth=4)
-    blocks = [layer for layer in resnet.layers if isinstance(layer, nn.Residual)]
-    for block in blocks:  # the first BN of a block takes its ReLU; the last meets the skip
-        bns = [isinstance(layer, nn.BatchNorm) and layer.relu for layer in block.layers]
-        assert bns == [False, True, False, False] and isinstance(block.layers[3], nn.BatchNorm)
-    layers = nn.fuse_relu([nn.ReLU(), nn.BatchNorm(3), nn.ReLU(), nn.ReLU()])
-    assert [type(layer).__name__ for layer in layers] == ["ReLU", "BatchNorm", "ReLU"]
 
 
 @pytest.mark.parametrize("variant", ["ghost", "renorm", "frozen"])
