@@ -109,9 +109,6 @@ def test_the_graph_sees_relative_and_lazy_imports():
 KNOWN_PRIVATE_IMPORTS = {
     ("bnbench.kernels.cpu_fused", "bnbench.kernels.cpu"),
     ("bnbench.kernels.cuda_fused", "bnbench.kernels.cuda"),
-    ("bnbench.nn.conv2d", "bnbench.nn.layers"),
-    ("bnbench.nn.norm", "bnbench.nn.layers"),
-    ("bnbench.nn.pool", "bnbench.nn.conv2d"),
 }
 
 

@@ -32,7 +32,8 @@ from .. import config
 from ..kernels.cpu import elementwise_kernel
 from . import blas
 from .blas import add_bias
-from .layers import Layer, _no_relu_backward, _uniform_init
+from .flat import add_run, copy_run, copy_strided, int_pair, u64, zero_run
+from .layers import Layer, no_relu_backward, uniform_init
 
 #: Bytes of columns gathered and multiplied at a time, per thread: well inside a core's L2
 #: cache (512 KiB here) beside the input and output rows they come from and go to.
@@ -44,36 +45,6 @@ BLOCK_BYTES = 1 << 18
 #: multiply-add costs far less than an elementwise pass's element, so the elementwise
 #: size rule would keep e.g. cnn2d's third convolution serial up to batch 20.
 PARALLEL_MACS = 1 << 20
-
-# The copy loops index flat arrays with unsigned offsets (``_u``): Numba wraps a negative
-# signed index around, a select on every access that kept LLVM from vectorising the
-# loops. float32, one thread, im2col of (128, 14, 14, 16), 3x3: 3.5 ms signed, 1.9 ms
-# unsigned; of (128, 7, 7, 32): 2.9 / 0.45 ms.
-_u = numba.uint64
-
-
-@numba.njit(inline="always")
-def _copy(dst, d, src, s, m):
-    for t in range(m):
-        dst[d + t] = src[s + t]
-
-
-@numba.njit(inline="always")
-def _add(dst, d, src, s, m):
-    for t in range(m):
-        dst[d + t] += src[s + t]
-
-
-@numba.njit(inline="always")
-def _zero(dst, d, m):
-    for t in range(m):
-        dst[d + t] = 0
-
-
-@numba.njit(inline="always")
-def _copy_strided(dst, d, d_step, src, s, s_step, m):
-    for t in range(m):
-        dst[d + t * d_step] = src[s + t * s_step]
 
 
 @numba.njit(inline="always")
@@ -105,17 +76,17 @@ def _im2col(cols, x, shape, kh, kw, sh, sw, ph, pw):
                 h = ho * sh + i - ph
                 if h < 0 or h >= H:
                     for wo in range(W_out):
-                        _zero(cols, _u(row0 + wo * K + i * run), _u(run))
+                        zero_run(cols, u64(row0 + wo * K + i * run), u64(run))
                 elif C == 1:
                     xrow = (n * H + h) * W
                     for j in range(kw):
                         lo, hi = _valid_outputs(j, sw, pw, W, W_out)
                         for wo in range(lo):
-                            cols[_u(row0 + wo * K + i * kw + j)] = 0
+                            cols[u64(row0 + wo * K + i * kw + j)] = 0
                         for wo in range(hi, W_out):
-                            cols[_u(row0 + wo * K + i * kw + j)] = 0
-                        _copy_strided(cols, _u(row0 + lo * K + i * kw + j), _u(K), x,
-                                      _u(xrow + lo * sw + j - pw), _u(sw), _u(hi - lo))  # fmt: skip
+                            cols[u64(row0 + wo * K + i * kw + j)] = 0
+                        copy_strided(cols, u64(row0 + lo * K + i * kw + j), u64(K), x,
+                                      u64(xrow + lo * sw + j - pw), u64(sw), u64(hi - lo))  # fmt: skip
                 else:
                     xrow = (n * H + h) * W
                     for wo in range(W_out):
@@ -123,9 +94,9 @@ def _im2col(cols, x, shape, kh, kw, sh, sw, ph, pw):
                         a, b = max(w0, 0), max(min(w0 + kw, W), max(w0, 0))
                         r = row0 + wo * K + i * run
                         left, mid = (a - w0) * C, (b - a) * C
-                        _zero(cols, _u(r), _u(left))
-                        _copy(cols, _u(r + left), x, _u((xrow + a) * C), _u(mid))
-                        _zero(cols, _u(r + left + mid), _u(run - left - mid))
+                        zero_run(cols, u64(r), u64(left))
+                        copy_run(cols, u64(r + left), x, u64((xrow + a) * C), u64(mid))
+                        zero_run(cols, u64(r + left + mid), u64(run - left - mid))
 
 
 @numba.njit(cache=config.CACHE)
@@ -136,7 +107,7 @@ def _col2im(dcols, dx, shape, kh, kw, sh, sw, ph, pw):
     run = kw * C
     K = kh * run
     for n in range(N):
-        _zero(dx, _u(n * H * W * C), _u(H * W * C))
+        zero_run(dx, u64(n * H * W * C), u64(H * W * C))
         for ho in range(H_out):
             row0 = (n * H_out + ho) * W_out * K
             for i in range(kh):
@@ -147,7 +118,7 @@ def _col2im(dcols, dx, shape, kh, kw, sh, sw, ph, pw):
                         w0 = wo * sw - pw
                         a, b = max(w0, 0), max(min(w0 + kw, W), max(w0, 0))
                         d = row0 + wo * K + i * run + (a - w0) * C
-                        _add(dx, _u((xrow + a) * C), dcols, _u(d), _u((b - a) * C))
+                        add_run(dx, u64((xrow + a) * C), dcols, u64(d), u64((b - a) * C))
 
 
 @numba.njit(cache=config.CACHE)
@@ -211,19 +182,6 @@ def _backward(dy, x, w, dx, dw, shape, geometry, nchunks, block, input_grad):
         _backward_samples(dy, x, w, dx, dw[k], shape, geometry, lo, hi, block, input_grad)
 
 
-def _pair(value, name):
-    """``value`` as ``(int, int)``, from an int or a pair of ints."""
-
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if is_int(value):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_int, value)):
-        return int(value[0]), int(value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-
-
 def output_size(size, kernel_size, stride, padding):
     """``(size + 2 * padding - kernel_size) // stride + 1`` per axis (PyTorch's formula)."""
     return tuple((s + 2 * p - k) // st + 1
@@ -243,9 +201,9 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, rng, stride=1, padding=0,
                  bias=True, dtype=np.float32, channels_last=False):  # fmt: skip
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.stride = int_pair(stride, "stride")
+        self.padding = int_pair(padding, "padding")
         for name, (lo, what) in {"kernel_size": (1, "positive"), "stride": (1, "positive"),
                                  "padding": (0, "non-negative")}.items():  # fmt: skip
             if min(getattr(self, name)) < lo:
@@ -258,9 +216,9 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         fan_in = in_channels * kh * kw
         shape = (out_channels, in_channels, kh, kw)
-        self._param("weight", _uniform_init(rng, shape, fan_in, dtype))
+        self._param("weight", uniform_init(rng, shape, fan_in, dtype))
         if bias:
-            self._param("bias", _uniform_init(rng, out_channels, fan_in, dtype))
+            self._param("bias", uniform_init(rng, out_channels, fan_in, dtype))
 
     def _check(self, x):
         layout = "(N, H, W, C_in)" if self.channels_last else "(N, C_in, H, W)"
@@ -311,7 +269,7 @@ class Conv2d(Layer):
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def backward(self, dy, input_grad=True):
-        _no_relu_backward(self)
+        no_relu_backward(self)
         dy = np.ascontiguousarray(dy if self.channels_last else dy.transpose(0, 2, 3, 1))
         N, H_out, W_out, C_out = dy.shape
         dy2 = dy.reshape(-1, C_out)

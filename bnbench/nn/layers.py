@@ -31,14 +31,14 @@ class Layer:
         self.grads[name] = np.zeros_like(value)
 
 
-def _no_relu_backward(layer):
+def no_relu_backward(layer):
     if layer.relu:
         raise NotImplementedError(
             f"{type(layer).__name__} with relu=True (a folded network) is for inference only"
         )
 
 
-def _uniform_init(rng, shape, fan_in, dtype):
+def uniform_init(rng, shape, fan_in, dtype):
     """PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, shape).astype(dtype)
@@ -49,9 +49,9 @@ class Linear(Layer):
 
     def __init__(self, in_features, out_features, rng, bias=True, dtype=np.float32):
         super().__init__()
-        self._param("weight", _uniform_init(rng, (out_features, in_features), in_features, dtype))
+        self._param("weight", uniform_init(rng, (out_features, in_features), in_features, dtype))
         if bias:
-            self._param("bias", _uniform_init(rng, out_features, in_features, dtype))
+            self._param("bias", uniform_init(rng, out_features, in_features, dtype))
 
     def forward(self, x, mode):
         self.x = x
@@ -61,7 +61,7 @@ class Linear(Layer):
         return y
 
     def backward(self, dy, input_grad=True):
-        _no_relu_backward(self)
+        no_relu_backward(self)
         if "bias" in self.params:
             self.grads["bias"][...] = dy.sum(axis=0)
         if not input_grad:
@@ -96,9 +96,9 @@ class Conv1d(Layer):
         self.core = Conv1dCore(kernel_size, stride, padding)
         self.in_channels, self.channels_last = in_channels, channels_last
         fan_in = in_channels * kernel_size
-        self._param("weight", _uniform_init(rng, (out_channels, fan_in), fan_in, dtype))
+        self._param("weight", uniform_init(rng, (out_channels, fan_in), fan_in, dtype))
         if bias:
-            self._param("bias", _uniform_init(rng, out_channels, fan_in, dtype))
+            self._param("bias", uniform_init(rng, out_channels, fan_in, dtype))
 
     k = property(lambda self: self.core.k)
     stride = property(lambda self: self.core.stride)
@@ -116,7 +116,7 @@ class Conv1d(Layer):
         return y if self.channels_last else np.ascontiguousarray(y.transpose(0, 2, 1))
 
     def backward(self, dy, input_grad=True):
-        _no_relu_backward(self)
+        no_relu_backward(self)
         dy_cl = dy if self.channels_last else dy.transpose(0, 2, 1)
         dx, self.grads["weight"][...] = self.core.backward(
             np.ascontiguousarray(dy_cl), self.x_shape, input_grad
@@ -129,7 +129,7 @@ class Conv1d(Layer):
 
 
 @elementwise_kernel
-def _relu(x, y):
+def relu_kernel(x, y):
     """``y = x * (x > 0)`` over flat arrays, in one pass (NumPy's mask-and-multiply took
     two passes and two allocations)."""
     for i in prange(x.size):
@@ -137,7 +137,7 @@ def _relu(x, y):
 
 
 @elementwise_kernel
-def _relu_backward(dy, x, dx):
+def relu_backward_kernel(dy, x, dx):
     """``dx = dy * (x > 0)``."""
     for i in prange(x.size):
         dx[i] = dy[i] if x[i] > 0 else dy[i] * 0
@@ -149,13 +149,13 @@ class ReLU(Layer):
     def forward(self, x, mode):
         self.x = np.ascontiguousarray(x)
         y = np.empty_like(self.x)
-        _relu(self.x.reshape(-1), y.reshape(-1))
+        relu_kernel(self.x.reshape(-1), y.reshape(-1))
         return y
 
     def backward(self, dy):
         dy = np.ascontiguousarray(dy)
         dx = np.empty_like(dy)
-        _relu_backward(dy.reshape(-1), self.x.reshape(-1), dx.reshape(-1))
+        relu_backward_kernel(dy.reshape(-1), self.x.reshape(-1), dx.reshape(-1))
         return dx
 
 

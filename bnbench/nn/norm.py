@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import check_axis, kernel_view
-from .layers import Layer, _relu, _relu_backward
+from .layers import Layer, relu_backward_kernel, relu_kernel
 
 
 class BatchNorm(Layer):
@@ -72,7 +72,7 @@ class BatchNorm(Layer):
         y = self._normalise(x, mode)
         if self.relu:
             if not self.fused:  # a variant without a fused kernel: its output, then ReLU
-                _relu(y.reshape(-1), y.reshape(-1))  # in place: y is this layer's own
+                relu_kernel(y.reshape(-1), y.reshape(-1))  # in place: y is this layer's own
             self.y = y
         return y
 
@@ -148,7 +148,7 @@ class BatchNorm(Layer):
         dy = np.ascontiguousarray(dy)
         if self.relu and not self.fused:  # the ReLU's backward first (mask: its output)
             masked = np.empty_like(dy)
-            _relu_backward(dy.reshape(-1), self.y.reshape(-1), masked.reshape(-1))
+            relu_backward_kernel(dy.reshape(-1), self.y.reshape(-1), masked.reshape(-1))
             dy = masked
         w = self.params["weight"]
         if self.kind == "frozen":  # an affine map with constant statistics

@@ -10,10 +10,11 @@ import numpy as np
 from numba import prange
 
 from ..kernels.cpu import elementwise_kernel
-from .conv2d import _pair, _u, _zero, output_size
+from .conv2d import output_size
+from .flat import int_pair, u64, zero_run
 from .layers import Layer
 
-# Flat arrays, unsigned offsets (``_u``), as in :mod:`bnbench.nn.conv2d`.
+# Flat arrays, unsigned offsets (:data:`bnbench.nn.flat.u64`), as in :mod:`bnbench.nn.conv2d`.
 
 
 @elementwise_kernel
@@ -32,8 +33,8 @@ def _max_pool(x, shape, kh, kw, sh, sw, y, idx):
                 p = ho * sh * W + wo * sw
                 s = (n * H * W + p) * C
                 for c in range(C):
-                    y[_u(o + c)] = x[_u(s + c)]
-                    idx[_u(o + c)] = p
+                    y[u64(o + c)] = x[u64(s + c)]
+                    idx[u64(o + c)] = p
                 for i in range(kh):
                     for j in range(kw):
                         if i == 0 and j == 0:
@@ -41,10 +42,10 @@ def _max_pool(x, shape, kh, kw, sh, sw, y, idx):
                         p = (ho * sh + i) * W + wo * sw + j
                         s, p32 = (n * H * W + p) * C, np.int32(p)
                         for c in range(C):
-                            v, m = x[_u(s + c)], y[_u(o + c)]
+                            v, m = x[u64(s + c)], y[u64(o + c)]
                             take = (v > m) | (v != v)
-                            y[_u(o + c)] = v if take else m
-                            idx[_u(o + c)] = p32 if take else idx[_u(o + c)]
+                            y[u64(o + c)] = v if take else m
+                            idx[u64(o + c)] = p32 if take else idx[u64(o + c)]
 
 
 @elementwise_kernel
@@ -52,11 +53,11 @@ def _max_pool_backward(dx, dy, idx, shape):
     """``dx[n, idx, c] += dy[n, ho, wo, c]`` (flat arrays)."""
     N, H, W, C, H_out, W_out = shape
     for n in prange(N):
-        _zero(dx, _u(n * H * W * C), _u(H * W * C))
+        zero_run(dx, u64(n * H * W * C), u64(H * W * C))
         for q in range(H_out * W_out):
             o = (n * H_out * W_out + q) * C
             for c in range(C):
-                dx[_u((n * H * W + idx[_u(o + c)]) * C + c)] += dy[_u(o + c)]
+                dx[u64((n * H * W + idx[u64(o + c)]) * C + c)] += dy[u64(o + c)]
 
 
 @elementwise_kernel
@@ -68,14 +69,14 @@ def _avg_pool(x, shape, kh, kw, sh, sw, y):
         for ho in range(H_out):
             for wo in range(W_out):
                 o = ((n * H_out + ho) * W_out + wo) * C
-                _zero(y, _u(o), _u(C))
+                zero_run(y, u64(o), u64(C))
                 for i in range(kh):
                     for j in range(kw):
                         s = ((n * H + ho * sh + i) * W + wo * sw + j) * C
                         for c in range(C):
-                            y[_u(o + c)] += x[_u(s + c)]
+                            y[u64(o + c)] += x[u64(s + c)]
                 for c in range(C):
-                    y[_u(o + c)] /= count
+                    y[u64(o + c)] /= count
 
 
 @elementwise_kernel
@@ -84,7 +85,7 @@ def _avg_pool_backward(dx, dy, shape, kh, kw, sh, sw):
     N, H, W, C, H_out, W_out = shape
     count = kh * kw
     for n in prange(N):
-        _zero(dx, _u(n * H * W * C), _u(H * W * C))
+        zero_run(dx, u64(n * H * W * C), u64(H * W * C))
         for ho in range(H_out):
             for wo in range(W_out):
                 o = ((n * H_out + ho) * W_out + wo) * C
@@ -92,14 +93,14 @@ def _avg_pool_backward(dx, dy, shape, kh, kw, sh, sw):
                     for j in range(kw):
                         s = ((n * H + ho * sh + i) * W + wo * sw + j) * C
                         for c in range(C):
-                            dx[_u(s + c)] += dy[_u(o + c)] / count
+                            dx[u64(s + c)] += dy[u64(o + c)] / count
 
 
 class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, channels_last=False):
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else int_pair(stride, "stride")
         for name in ("kernel_size", "stride"):
             if min(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
