@@ -161,9 +161,8 @@ KNOWN_GAPS = {
     "bnbench._mnist_c_ops", "bnbench.claims", "bnbench.evaluate", "bnbench.executors",
     "bnbench.findings", "bnbench.kernels.cpu_fused", "bnbench.kernels.cuda_fused",
     "bnbench.kernels.torch_peer", "bnbench.nn.pool", "bnbench.torch._compat",
-    "bnbench.torch._core", "bnbench.torch._diagnose_checks", "bnbench.torch._diagnose_report",
-    "bnbench.torch.diagnosis", "bnbench.torch.example", "bnbench.torch.merging",
-    "bnbench.torch.overhead", "bnbench.torch.statistics", "bnbench.torch.tracking",
+    "bnbench.torch._core", "bnbench.torch.example", "bnbench.torch.merging",
+    "bnbench.torch.overhead",
 }  # fmt: skip
 
 

@@ -1,12 +1,12 @@
-"""bnbench.torch.diagnose: the gap and its bootstrap interval against direct computations,
-the per-layer table, the recommendation's rule, the model left exactly as it was, bad
-inputs named, and the report folder."""
+"""bnbench.torch.diagnosis: the gap and its bootstrap interval against direct computations,
+the per-layer table, the recommendation's rule, the model left exactly as it was, and the
+factories and the command (bad inputs: test_torch_diagnose_checks.py; the report folder:
+test_torch_diagnose_report.py)."""
 
 import copy
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,10 +15,9 @@ nn = torch.nn
 
 from test_torch_estimators import assert_untouched, snapshot  # noqa: E402
 
-from bnbench.torch import _diagnose_report, jobs  # noqa: E402
+from bnbench.torch import jobs  # noqa: E402
 from bnbench.torch.diagnosis import (  # noqa: E402
     diagnose,
-    format_table,
     main_from_factories,
     paired_bootstrap,
 )
@@ -214,104 +213,16 @@ def test_the_model_is_untouched_after_success_and_after_an_error(setup):
     assert_untouched(model, snap)
 
 
-# bad inputs, by name
-
-
-def _bad_cases(train, test):
-    x, y = test[0]
-    return {
-        "no BN": (nn.Sequential(nn.Linear(8, 4)), train, test, "no BatchNorm layers"),
-        "train shape": (None, [(x[:, :5], y)], test, "train_batches.*forward fails"),
-        "test shape": (None, train, [(x[:, :5], y)], "test_batches.*forward fails"),
-        "empty train": (None, [], test, "train_batches yielded no batch"),
-        "empty test": (None, train, [], "test_batches yielded no batch"),
-        "no labels": (None, train, [x, x], "test_batches must yield \\(input, labels\\)"),
-        "float labels": (None, train, [(x, y.float())], "test_batches must yield"),
-        "label range": (None, train, [(x, y + 4)], "test_batches: labels must lie in \\[0, 4\\)"),
-        "iterator": (None, iter(train), test, "train_batches must be re-iterable"),
-    }
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        "no BN",
-        "train shape",
-        "test shape",
-        "empty train",
-        "empty test",
-        "no labels",
-        "float labels",
-        "label range",
-        "iterator",
-    ],
-)
-def test_bad_inputs_raise_naming_the_argument(setup, case):
-    model, train, test = setup
-    bad_model, tr, te, match = _bad_cases(train, test)[case]
-    target = bad_model if bad_model is not None else model
-    snap = snapshot(target)
-    with pytest.raises((ValueError, TypeError), match=match):
-        diagnose(target, tr, te, resamples=200)
-    assert_untouched(target, snap)
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"precise_samples": [0]}, "precise_samples"), ({"precise_samples": [2.5]}, "precise_samples"),
-    ({"test_batch_size": 1}, "test_batch_size"), ({"resamples": 10}, "resamples"),
-    ({"aggregation": "median"}, "aggregation"), ({"margin": -1}, "margin"),
-])  # fmt: skip
-def test_bad_settings_raise_naming_them(setup, kwargs, match):
-    model, train, test = setup
-    with pytest.raises(ValueError, match=match):
-        diagnose(model, train, test, **kwargs)
-
-
-# the report
-
-
-def test_the_report_folder_and_the_terminal_table(setup, tmp_path):
-    model, train, test = setup
-    result = diagnose(corrupted(model, "1"), train, test, resamples=200, out=tmp_path / "r")
-    out = result.report
-    for name in ("report.md", "report.html", "diagnose.png", "results.csv", "layers.csv",
-                 "findings.json", "provenance.json"):  # fmt: skip
-        assert (out / name).is_file(), name
-    md = (out / "report.md").read_text()
-    assert result.recommendation in md and "| running buffers |" in md
-    assert "data:image/png;base64" in (out / "report.html").read_text()
-    csv = pd.read_csv(out / "results.csv")
-    assert list(csv["estimate"]) == list(result.scores["estimate"])
-    assert csv["accuracy"].tolist() == pytest.approx(result.scores["accuracy"].tolist())
-    found = json.loads((out / "findings.json").read_text())
-    ids = [f["id"] for f in found["findings"]]
-    assert ids == ["statistics-gap", "eval-train-gap", "estimates", "worst-layers",
-                   "recommendation"]  # fmt: skip
-    gap = found["findings"][0]["cells"][0]
-    assert (gap["low"], gap["high"]) == pytest.approx((result.gap.low, result.gap.high))
-    assert "paired bootstrap over n=400 test examples" in found["findings"][0]["text"]
-    import matplotlib.pyplot as plt
-
-    assert plt.imread(out / "diagnose.png").ndim == 3
-    fig = _diagnose_report.figure(result)
-    assert len(fig.axes) == 2 and all(ax.has_data() for ax in fig.axes)
-    plt.close(fig)
-    text = format_table(result)
-    for label in result.scores["label"]:
-        assert label in text
-    assert result.verdict in text and result.recommendation in text
-
-
 def test_main_from_factories(tmp_path):
-    result = main_from_factories("test_torch_diagnose:trained_model",
-                                 "test_torch_diagnose:arrays", tmp_path / "f", batch_size=50,
+    result = main_from_factories("test_torch_diagnosis:trained_model",
+                                 "test_torch_diagnosis:arrays", tmp_path / "f", batch_size=50,
                                  precise_samples=(100,), resamples=200)  # fmt: skip
     assert result.settings["train_samples"] == 1000 and result.settings["test_samples"] == 400
     assert (tmp_path / "f" / "report.md").is_file()
     prov = json.loads((tmp_path / "f" / "provenance.json").read_text())
-    assert prov["diagnose"]["model_factory"] == "test_torch_diagnose:trained_model"
+    assert prov["diagnose"]["model_factory"] == "test_torch_diagnosis:trained_model"
     with pytest.raises(ValueError, match="cannot load factory"):
-        main_from_factories("test_torch_diagnose:nothing", "test_torch_diagnose:arrays")
+        main_from_factories("test_torch_diagnosis:nothing", "test_torch_diagnosis:arrays")
 
 
 def test_the_diagnose_command_on_the_readme_example(tmp_path, capsys):
