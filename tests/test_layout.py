@@ -160,8 +160,7 @@ def _test_files(name):
 KNOWN_GAPS = {
     "bnbench._mnist_c_ops", "bnbench.claims", "bnbench.evaluate", "bnbench.executors",
     "bnbench.findings", "bnbench.kernels.cpu_fused", "bnbench.kernels.cuda_fused",
-    "bnbench.kernels.torch_peer", "bnbench.torch._compat", "bnbench.torch._core",
-    "bnbench.torch.example", "bnbench.torch.merging", "bnbench.torch.overhead",
+    "bnbench.kernels.torch_peer",
 }  # fmt: skip
 
 

@@ -121,14 +121,6 @@ def test_analysis_states_the_known_findings():
         plt.close(fig)
 
 
-def test_overhead_command_reports_every_variant(capsys):
-    from bnbench.torch import overhead
-
-    assert overhead.main(["--batch-sizes", "256", "--repeats", "1"]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("batch size 256: untracked ") and "6 momenta" in line and "%)" in line
-
-
 def test_default_model_job_on_mnist1d():
     """The quick preset's first job with its built-in CNN on MNIST-1D, shortened."""
     from bnbench.torch import jobs as torch_jobs
