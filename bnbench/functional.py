@@ -43,6 +43,7 @@ import numpy as np
 from . import registry
 from ._checks import (
     _DTYPES,
+    _any_negative,
     _c_contiguous,
     _check_channel,
     _check_clip,
@@ -185,7 +186,7 @@ def _affine_args(x, weight, bias, axis, impl):
 def _eval_args(xc, x, mean, var, eps, out, impl):
     mean = _check_channel(mean, "mean", xc, impl)
     var = _check_channel(var, "var", xc, impl)
-    if isinstance(var, np.ndarray) and np.any(var < 0):  # device arrays: not checked
+    if isinstance(var, np.ndarray) and _any_negative(var):  # device arrays: not checked
         raise ValueError(f"var must be non-negative, got minimum {float(var.min())!r}")
     return mean, var, _check_eps(eps), _check_out(out, x, impl)
 
@@ -341,7 +342,7 @@ def batch_renorm_train(
     bias = _check_channel(bias, "bias", xc, impl, default=0.0)
     running_mean = _check_channel(running_mean, "running_mean", xc, impl)
     running_var = _check_channel(running_var, "running_var", xc, impl)
-    if isinstance(running_var, np.ndarray) and np.any(running_var < 0):
+    if isinstance(running_var, np.ndarray) and _any_negative(running_var):
         raise ValueError(
             f"running_var must be non-negative, got minimum {float(running_var.min())!r}"
         )

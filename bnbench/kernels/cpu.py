@@ -368,7 +368,10 @@ def _spatial_grad_sums(dy, x, group_size, splits):
 
 @ParallelKernel
 def _dense_grad_sums(dy, x, splits):
-    # (groups, G, C) views. Two rows per sweep over C, for the reason in _dense_moments.
+    # (groups, G, C) views. Four rows per sweep over C, for the reason in _dense_moments:
+    # against two rows per sweep, float32, 2 threads, interleaved medians: (40960, 64)
+    # 777 -> 506 us, (200704, 16) 1759 -> 1502, (4096, 1024) 767 -> 699, (12544, 256)
+    # 516 -> 522 (unchanged).
     groups, G, C = dy.shape
     sum_dy = np.zeros((groups * splits, C))
     sum_dy_x = np.zeros((groups * splits, C))
@@ -377,12 +380,15 @@ def _dense_grad_sums(dy, x, splits):
         lo, hi = _chunk(u % splits, splits, G)
         s, q = sum_dy[u], sum_dy_x[u]
         n = lo
-        while n + 2 <= hi:
-            g0, g1, v0, v1 = dyg[n], dyg[n + 1], xg[n], xg[n + 1]
+        while n + 4 <= hi:
+            g0, g1, g2, g3 = dyg[n], dyg[n + 1], dyg[n + 2], dyg[n + 3]
+            v0, v1, v2, v3 = xg[n], xg[n + 1], xg[n + 2], xg[n + 3]
             for c in range(C):
-                s[c] += np.float64(g0[c]) + g1[c]
-                q[c] += g0[c] * np.float64(v0[c]) + g1[c] * np.float64(v1[c])
-            n += 2
+                s[c] += (np.float64(g0[c]) + g1[c]) + (np.float64(g2[c]) + g3[c])
+                q[c] += (g0[c] * np.float64(v0[c]) + g1[c] * np.float64(v1[c])) + (
+                    g2[c] * np.float64(v2[c]) + g3[c] * np.float64(v3[c])
+                )
+            n += 4
         for m in range(n, hi):
             for c in range(C):
                 s[c] += dyg[m, c]

@@ -130,15 +130,19 @@ def _dense_grad_sums_relu(dy, y, x, splits, dz):
         lo, hi = _chunk(u % splits, splits, G)
         s, q = sum_dy[u], sum_dy_x[u]
         n = lo
-        while n + 2 <= hi:
-            d0, d1, y0, y1 = dyg[n], dyg[n + 1], yg[n], yg[n + 1]
-            v0, v1, z0, z1 = xg[n], xg[n + 1], zg[n], zg[n + 1]
+        while n + 4 <= hi:
+            z0, z1, z2, z3 = zg[n], zg[n + 1], zg[n + 2], zg[n + 3]
+            v0, v1, v2, v3 = xg[n], xg[n + 1], xg[n + 2], xg[n + 3]
+            for r in range(4):
+                d, yr, z = dyg[n + r], yg[n + r], zg[n + r]
+                for c in range(C):
+                    z[c] = relu_grad(d[c], yr[c])
             for c in range(C):
-                z0[c], z1[c] = relu_grad(d0[c], y0[c]), relu_grad(d1[c], y1[c])
-            for c in range(C):
-                s[c] += np.float64(z0[c]) + z1[c]
-                q[c] += z0[c] * np.float64(v0[c]) + z1[c] * np.float64(v1[c])
-            n += 2
+                s[c] += (np.float64(z0[c]) + z1[c]) + (np.float64(z2[c]) + z3[c])
+                q[c] += (z0[c] * np.float64(v0[c]) + z1[c] * np.float64(v1[c])) + (
+                    z2[c] * np.float64(v2[c]) + z3[c] * np.float64(v3[c])
+                )
+            n += 4
         for m in range(n, hi):
             for c in range(C):
                 zg[m, c] = relu_grad(dyg[m, c], yg[m, c])
