@@ -1,4 +1,5 @@
-"""Test-time adaptation and the evaluation path, against hand computations on a tiny network.
+"""Test-time adaptation, against hand computations on a tiny network (the evaluation path
+itself, population statistics, prediction and exact batches: test_evaluate.py).
 
 The tiny network is Linear(3->4) - BN - ReLU - Linear(4->4) - BN - ReLU - Linear(4->2),
 float64; its forward pass is recomputed here layer by layer in NumPy with the statistics
@@ -9,7 +10,7 @@ the upstream layers' adaptation included.
 import numpy as np
 import pytest
 
-from bnbench import adaptation, evaluate, nn
+from bnbench import adaptation, evaluate
 from bnbench.nn import BatchNorm, Linear, ReLU, Sequential
 
 EPS = 1e-5
@@ -55,26 +56,6 @@ def hand_forward(model, x, stats_of):
 
 def own(h):
     return h.mean(axis=0), h.var(axis=0)
-
-
-def test_population_statistics_are_exact_layer_by_layer(tiny):
-    model, source, target = tiny
-    for x in (source, target):  # source: the population; target: AdaBN on the test set
-        got = evaluate.population_statistics(model, x)
-        expected = []
-        hand_forward(model, x, lambda i, h, seen=expected: seen.append(own(h)) or seen[-1])
-        for (gm, gv), (em, ev) in zip(got, expected, strict=True):
-            np.testing.assert_allclose(gm, em, rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(gv, ev, rtol=1e-10, atol=1e-12)
-
-
-def test_source_and_adabn_predictions(tiny):
-    model, source, target = tiny
-    for stats_x in (source, target):  # source statistics, then AdaBN's
-        stats = evaluate.population_statistics(model, stats_x)
-        got = evaluate.predict(model, target, stats)
-        np.testing.assert_allclose(got, hand_forward(model, target, lambda i, h, s=stats: s[i]),
-                                   rtol=1e-10, atol=1e-12)  # fmt: skip
 
 
 def test_prediction_time_bn_uses_each_batch_own_statistics(tiny):
@@ -141,17 +122,6 @@ def test_online_ema_updates_then_predicts_along_the_stream(tiny, n):
         np.testing.assert_allclose(got[idx[keep]], expected[keep], rtol=1e-9, atol=1e-12)
 
 
-def test_exact_batches_have_exactly_the_stated_size():
-    for n, size in [(10, 3), (10, 10), (10, 1), (1000, 64), (1000, 512), (7, 4)]:
-        batches = evaluate.exact_batches(n, size, "iid", None, np.random.default_rng(0))
-        predicted = np.concatenate([idx[keep] for idx, keep in batches])
-        assert all(len(idx) == size for idx, _ in batches)
-        assert sorted(predicted.tolist()) == list(range(n))  # every example exactly once
-    labels = np.repeat(np.arange(5), 4)
-    (first, _), *_ = evaluate.exact_batches(20, 4, "sorted", labels, np.random.default_rng(0))
-    assert len(set(labels[first])) == 1  # a sorted batch holds one class here
-
-
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -174,24 +144,3 @@ def test_prediction_time_bn_of_one_value_per_channel_is_undefined(tiny):
     model, _, target = tiny
     with pytest.raises(ValueError, match="more than one value per channel"):
         evaluate.predict(model, target[:1], adaptation.normalisers("test_batch", [None, None]))
-
-
-def test_statistics_error_against_a_direct_computation():
-    ref = [(np.array([0.0, 1.0]), np.array([1.0, 4.0]))]
-    est = [(np.array([0.5, 1.0]), np.array([1.0, 1.0]))]
-    (mean_err, var_err), = evaluate.statistics_error(est, ref, eps=0.0)  # fmt: skip
-    assert mean_err == pytest.approx(np.sqrt((0.5**2 + 0.0) / 2))
-    assert var_err == pytest.approx(np.sqrt((0.0 + np.log(1 / 4) ** 2) / 2))
-
-
-def test_test_sets_of_the_wrong_shape_or_dtype_are_refused_by_name():
-    model = nn.build("mlp", 40, 10, np.random.default_rng(0))
-    stats = evaluate.population_statistics(model, np.ones((8, 40), np.float32))
-    for call in (lambda x: evaluate.population_statistics(model, x),
-                 lambda x: evaluate.predict(model, x, stats)):  # fmt: skip
-        with pytest.raises(ValueError, match=r"x must have samples of shape \(40,\), got \(41,\)"):
-            call(np.ones((8, 41), np.float32))
-        with pytest.raises(
-            ValueError, match=r"x must have the model's dtype float32, got float64"
-        ):
-            call(np.ones((8, 40)))
