@@ -154,12 +154,11 @@ def _test_files(name):
 
 
 #: Modules still without a test file of their own name (their behaviour is tested
-#: elsewhere: the fused kernels in test_fused.py, the torch internals through
-#: test_torch_*.py, claims and executors in test_sweep.py, ...). This list may only shrink: a module that gains a
+#: elsewhere: the fused kernels in test_fused.py and tests/cuda/, the torch peer through
+#: the peer-parametrized kernel tests). This list may only shrink: a module that gains a
 #: test file must leave it, and a new module is never added to it.
 KNOWN_GAPS = {
-    "bnbench._mnist_c_ops", "bnbench.kernels.cpu_fused", "bnbench.kernels.cuda_fused",
-    "bnbench.kernels.torch_peer",
+    "bnbench.kernels.cpu_fused", "bnbench.kernels.cuda_fused", "bnbench.kernels.torch_peer",
 }  # fmt: skip
 
 
