@@ -24,7 +24,8 @@ RELU_BACKENDS = ["reference", *backends_for("relu")]
 
 @pytest.fixture
 def compiled_alike(monkeypatch):
-    """The parallel gradient sums, unfused and fused, compiled afresh in this process.
+    """The parallel gradient sums (spatial and dense), unfused and fused, compiled afresh
+    in this process.
 
     Numba's cached machine code of a parallel kernel that reduces inside a loop (with
     ``reassoc``) rounds differently from the same kernel compiled in-process (the
@@ -32,7 +33,9 @@ def compiled_alike(monkeypatch):
     twins agree). So right after an edit of one of the two modules, one kernel is fresh
     and the other cached, and they disagree in the last bits though they run the same
     operations. Both fresh here: the bound holds for kernels compiled alike."""
-    for module, name in ((cpu, "_spatial_grad_sums"), (cpu_fused, "_spatial_grad_sums_relu")):
+    pairs = ((cpu, "_spatial_grad_sums"), (cpu_fused, "_spatial_grad_sums_relu"),
+             (cpu, "_dense_grad_sums"), (cpu_fused, "_dense_grad_sums_relu"))  # fmt: skip
+    for module, name in pairs:
         kernel = getattr(module, name)
         if kernel not in _FRESH:  # one compilation per kernel and session
             _FRESH[kernel] = numba.njit(parallel=True, fastmath=config.FASTMATH)(
