@@ -131,7 +131,7 @@ def _as3d(a):
 def _require(impl, backend, operation, argument):
     """A clear error where a backend (a peer) lacks ``operation``."""
     if not _supports(impl, operation):
-        from .kernels import backends_supporting
+        from .registry import backends_supporting
 
         raise ValueError(
             f"backend {backend!r} has no {operation} kernel ({argument}); backends that "

@@ -89,10 +89,12 @@ ALIASES = {"bn_momenta": ("--momenta",)}
 
 
 def _train_choices():
-    from . import data, streams, tent, train
+    from . import corrupted, data, streams, tent, train
     from .nn import MODELS
 
-    corruptions = sorted({c for d in data.CORRUPTED for c in data.corruptions(d).CORRUPTIONS})
+    corruptions = sorted(
+        {c for d in corrupted.CORRUPTED for c in corrupted.corruptions(d).CORRUPTIONS}
+    )
     return {
         "dataset": sorted(data.DATASETS),
         "model": sorted(MODELS),

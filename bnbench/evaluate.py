@@ -237,7 +237,7 @@ def test_sets(data, config):
     statistics)."""
     yield "test", "none", 0, data.x_test, data.y_test
     if config.corruptions:
-        from .data import corrupted_test_set
+        from .corrupted import corrupted_test_set
 
         for corruption in config.corruptions:
             for severity in config.severities:

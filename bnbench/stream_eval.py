@@ -108,9 +108,10 @@ def test_sets_for(config, split):
     ``"test"`` scores the dataset's corruptions other than its held-out ones (and the
     clean set), ``"heldout"`` the held-out ones, on which hyperparameters are chosen. Each
     set is cut to the same ``config.stream_examples`` examples (a seeded subset)."""
+    from . import corrupted
     from . import data as datasets
 
-    registry = datasets.corruptions(config.dataset)
+    registry = corrupted.corruptions(config.dataset)
     held = config.heldout_corruptions or registry.HELDOUT
     names = [c for c in registry.CORRUPTIONS if (c in held) == (split == "heldout")]
     severities = sorted({config.stream_severity, *range(1, 6)}) if "gradual" in config.streams \
@@ -121,7 +122,7 @@ def test_sets_for(config, split):
     sets = {("none", 0): (clean.x_test[idx], clean.y_test[idx])}
     for c in names:
         for s in severities:
-            x, y = datasets.corrupted_test_set(config.dataset, c, s, config.num_samples)
+            x, y = corrupted.corrupted_test_set(config.dataset, c, s, config.num_samples)
             sets[(c, s)] = (x[idx], y[idx])
     return sets, names
 

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from . import adaptation
+from . import adaptation, corrupted
 from . import data as datasets
 from . import estimators as est
 from .evaluate import AGGREGATIONS, ORDERS  # noqa: F401  (re-exported by train)
@@ -254,12 +254,12 @@ class TrainConfig:
                 f"num_samples applies to datasets {datasets.SIZED}, got dataset {self.dataset!r}"
             )
         if self.corruptions:
-            if self.dataset not in datasets.CORRUPTED:
+            if self.dataset not in corrupted.CORRUPTED:
                 raise ValueError(
                     f"corruptions are MNIST-1D-C or MNIST-C test sets: dataset must be one of "
-                    f"{sorted(datasets.CORRUPTED)}, got {self.dataset!r}"
+                    f"{sorted(corrupted.CORRUPTED)}, got {self.dataset!r}"
                 )
-            registry = datasets.corruptions(self.dataset)
+            registry = corrupted.corruptions(self.dataset)
             unknown = [c for c in self.corruptions if c not in registry.CORRUPTIONS]
             if unknown:
                 raise ValueError(
@@ -293,10 +293,10 @@ class TrainConfig:
             raise ValueError("estimators 'tent' is scored on test streams: name some streams")
         if not self.streams:
             return
-        if self.dataset not in datasets.CORRUPTED:
+        if self.dataset not in corrupted.CORRUPTED:
             raise ValueError(
                 f"streams are built from corrupted test sets: dataset must be one of "
-                f"{sorted(datasets.CORRUPTED)}, got {self.dataset!r}"
+                f"{sorted(corrupted.CORRUPTED)}, got {self.dataset!r}"
             )
         if not any(m in self.estimators for m in METHODS):
             raise ValueError(f"streams need estimators among {sorted(METHODS)}, got "
@@ -329,7 +329,7 @@ class TrainConfig:
             if not self.tent_modes or not set(self.tent_modes) <= set(MODES):
                 raise ValueError(f"tent_modes must be a non-empty subset of {MODES}, got "
                                  f"{self.tent_modes!r}")  # fmt: skip
-        registry = datasets.corruptions(self.dataset)
+        registry = corrupted.corruptions(self.dataset)
         held = self.heldout_corruptions or registry.HELDOUT
         bad = [c for c in held if c not in registry.CORRUPTIONS]
         if bad or len(held) >= len(registry.CORRUPTIONS):

@@ -16,7 +16,8 @@ import sys
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bnbench.data import DESCRIPTIONS, corruptions, models_for
+from bnbench.corrupted import corruptions
+from bnbench.data import DESCRIPTIONS, models_for
 from bnbench.findings import Cell, Finding, cells, render, verdict_lists
 from bnbench.report import lines_with_spread, markdown_table, mean_and_spread, single
 from bnbench.stats import METHOD, compare, holds_from, paired_gap

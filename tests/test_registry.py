@@ -10,7 +10,23 @@ def test_the_host_backends_are_always_available():
     assert names[:2] == ["reference", "cpu"]
     assert set(names) <= set(registry.BACKENDS)
     assert set(registry.available(peers=True)) - set(names) <= set(registry.PEERS)
-    assert registry.get_backend("cpu").__name__ == "bnbench.kernels.cpu"
+    cpu = registry.get_backend("cpu")
+    assert [m.__name__ for m in cpu.modules] == [
+        "bnbench.kernels.cpu",
+        "bnbench.kernels.cpu_fused",
+    ]
+    assert cpu.forward_train.__module__ == "bnbench.kernels.cpu"
+    assert cpu.backward_relu.__module__ == "bnbench.kernels.cpu_fused"
+    with pytest.raises(AttributeError, match="backend 'cpu' has no attribute 'nope'"):
+        _ = cpu.nope
+
+
+def test_a_backends_attributes_are_looked_up_on_every_access(monkeypatch):
+    from bnbench.kernels import cpu_fused
+
+    backend = registry.get_backend("cpu")
+    monkeypatch.setattr(cpu_fused, "backward_relu", "patched")
+    assert backend.backward_relu == "patched"
 
 
 @pytest.mark.parametrize("name", ["gpu", "", None, 3])

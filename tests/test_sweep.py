@@ -14,13 +14,6 @@ def tiny_jobs(n, **extra):
     return [{"kind": "train", "params": {**TINY, "seed": s, **extra}} for s in range(n)]
 
 
-def test_grid_is_the_cartesian_product():
-    g = sweep.grid(a=[1, 2], b=["x", "y", "z"])
-    assert len(g) == 6 and {"a": 2, "b": "z"} in g
-    with pytest.raises(ValueError, match="grid axis 'b' must be a non-empty list"):
-        sweep.grid(a=[1], b=[])
-
-
 def test_cache_key_changes_with_every_parameter():
     base = tiny_jobs(1)[0]
     keys = {sweep.job_key(base)}

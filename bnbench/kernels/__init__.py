@@ -82,11 +82,3 @@ def supports(impl, operation):
     """Whether backend module ``impl`` implements ``operation`` (a key of
     :data:`OPERATIONS`, or one of the plain four)."""
     return all(hasattr(impl, fn) for fn in OPERATIONS.get(operation, (operation,)))
-
-
-def backends_supporting(operation, peers=False):
-    """Names of the available backends (and peers) that implement ``operation``."""
-    from .. import registry
-
-    names = registry.available(peers=peers)
-    return [n for n in names if supports(registry.get_backend(n), operation)]

@@ -417,19 +417,3 @@ def update_running(running_mean, running_var, mean, var, momenta):
     if host:
         rm.copy_to_host(running_mean)
         rv.copy_to_host(running_var)
-
-
-#: Batch norm followed by a ReLU, fused: the kernels live in :mod:`bnbench.kernels.cuda_fused`
-#: (which imports this module's helpers) and are this backend's functions of those names.
-FUSED = ("forward_train_relu", "forward_eval_relu", "backward_relu")
-
-
-def __getattr__(name):
-    """The fused functions (:data:`FUSED`), imported on first use: either module may be
-    imported first."""
-    if name in FUSED:
-        from . import cuda_fused
-
-        globals().update((n, getattr(cuda_fused, n)) for n in FUSED)  # later lookups: direct
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from .. import functional as F
 from .. import registry
-from ..kernels import backends_supporting
+from ..registry import backends_supporting
 from .contenders import (
     BYTE_MODEL,
     api_call,

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import estimators, nn, sweep
+from .. import estimators, nn, specs
 from .timing import interleaved_timings
 
 #: model -> the input values per example it is timed with (MNIST-1D signals, MNIST images)
@@ -44,7 +44,7 @@ def resolve_params(params):
     peer_source = None
     if peer is not None:
         try:  # editing the PyTorch network's file changes the cache key
-            peer_source = sweep.source_hash(peer)
+            peer_source = specs.source_hash(peer)
         except ValueError:  # no torch or no studies package here: bnbench is timed alone
             peer_source = None
     return {
@@ -114,7 +114,7 @@ def run_job(params):
         torch = None
     if torch is not None and params["peer_source"] is not None:
         torch.set_num_threads(threads)
-        network = sweep.load_factory(params["peer"])(model)
+        network = specs.load_factory(params["peer"])(model)
         contenders["torch"] = torch_step(network, batch_size, features=INPUT_FEATURES[model])
     steps = max(20, 2000 // batch_size)
 

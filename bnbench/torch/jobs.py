@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from .. import evaluate as np_evaluate
-from .. import metrics, sweep
-from ..sweep import load_factory, source_hash
+from .. import metrics
+from ..specs import grid, load_factory, source_hash
 from . import evaluation, statistics, tracking
 
 DEFAULTS = {
@@ -42,7 +42,7 @@ DEFAULTS = {
 
 def jobs(**params_lists):
     """Jobs of kind ``"torch"``: every combination of ``params_lists`` (name -> list)."""
-    return [{"kind": "torch", "params": p} for p in sweep.grid(**params_lists)]
+    return [{"kind": "torch", "params": p} for p in grid(**params_lists)]
 
 
 def default_model():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bnbench import registry
-from bnbench.kernels import backends_supporting
 from bnbench.perf import kernels
+from bnbench.registry import backends_supporting
 
 SHAPES = [(64, 8), (6, 3, 10)]
 
