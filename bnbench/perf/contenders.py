@@ -92,32 +92,34 @@ def channels_last(a):
     return np.ascontiguousarray(np.moveaxis(a, 1, -1))
 
 
-def as_channels_last(data):
-    """:func:`inputs`' data with ``x`` and ``dy`` as channels-last copies."""
+def in_layout(data, layout):
+    """:func:`inputs`' data laid out for ``layout``: as it is for ``"first"``; for
+    ``"last"`` with ``x`` and ``dy`` as channels-last copies. Make it once and give the
+    same data to every library, so that all of them time the same memory."""
+    if layout == "first":
+        return data
     x, dy, *rest = data
     return (channels_last(x), channels_last(dy), *rest)
 
 
-#: library -> layout -> setup(op, data, backend, out) -> zero-argument callable
+#: library -> layout -> setup(op, data, backend, out) -> zero-argument callable, with
+#: ``data`` already in the layout's memory order (:func:`in_layout`)
 COMPARISONS = {
     "api": {
         "first": lambda op, data, backend, out: api_call(op, backend, data, out),
-        "last": lambda op, data, backend, out: api_call(
-            op, backend, as_channels_last(data), out, axis=-1
-        ),
+        "last": lambda op, data, backend, out: api_call(op, backend, data, out, axis=-1),
     },
     "aten": {
         "first": lambda op, data, backend, out: aten_call(op, data),
-        "last": lambda op, data, backend, out: aten_call(
-            op, as_channels_last(data), channels_last=True
-        ),
+        "last": lambda op, data, backend, out: aten_call(op, data, channels_last=True),
     },
 }
 
 
 def contender(op, library, layout, data, backend="cpu", out=None):
     """The callable :data:`COMPARISONS` names for ``op`` (a key of :data:`BYTE_MODEL`),
-    ``library`` and ``layout`` on ``data``; ``backend`` and ``out`` apply to ``"api"``."""
+    ``library`` and ``layout`` on ``data`` (laid out by :func:`in_layout`); ``backend``
+    and ``out`` apply to ``"api"``."""
     if op not in BYTE_MODEL:
         raise ValueError(f"op must be one of {sorted(BYTE_MODEL)}, got {op!r}")
     return COMPARISONS[library][layout](op, data, backend, out)

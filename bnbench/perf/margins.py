@@ -16,7 +16,15 @@ import numba
 import numpy as np
 import pandas as pd
 
-from .contenders import BYTE_MODEL, api_call, contender, inputs, layouts, to_channel_first
+from .contenders import (
+    BYTE_MODEL,
+    api_call,
+    contender,
+    in_layout,
+    inputs,
+    layouts,
+    to_channel_first,
+)
 from .timing import (
     OUT_OF_CACHE_BYTES,
     interleaved_timings,
@@ -40,8 +48,9 @@ def _contenders(shape, op, data, has_torch):
         for arrays, d in (("aligned", data), ("numpy default", plain)):
             if layout == "last" and arrays == "aligned":
                 continue  # a channels-last copy is NumPy's default array anyway
+            laid = in_layout(d, layout)  # one copy, timed by every library
             for library in libraries:
-                cases[(library, arrays, layout)] = contender(op, library, layout, d)
+                cases[(library, arrays, layout)] = contender(op, library, layout, laid)
     return cases, {"aligned": x, "numpy default": plain[0]}
 
 

@@ -23,7 +23,7 @@ def test_every_contender_matches_the_reference(op, library, layout, shape):
         pytest.skip("PyTorch is not installed")
     data = contenders.inputs(shape, np.float32, seed=3)
     expected = contenders.api_call(op, "reference", data)()
-    result = contenders.contender(op, library, layout, data)()
+    result = contenders.contender(op, library, layout, contenders.in_layout(data, layout))()
     got = contenders.to_channel_first(result, shape, library, layout)
     assert got.shape == shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
@@ -70,3 +70,13 @@ def test_variant_calls_match_the_reference_variant(variant, direction):
     expected = contenders.variant_call(variant, direction, "reference", data, None, 4, est)()
     got = contenders.variant_call(variant, direction, "cpu", data, None, 4, est)()
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_in_layout_makes_channels_last_copies_of_x_and_dy_only():
+    data = contenders.inputs((2, 3, 4, 5), np.float32, seed=0)
+    assert contenders.in_layout(data, "first") is data
+    x, dy, *rest = contenders.in_layout(data, "last")
+    assert x.shape == (2, 4, 5, 3) and x.flags.c_contiguous
+    np.testing.assert_array_equal(np.moveaxis(x, -1, 1), data[0])
+    np.testing.assert_array_equal(np.moveaxis(dy, -1, 1), data[1])
+    assert all(a is b for a, b in zip(rest, data[2:], strict=True))
