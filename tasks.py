@@ -4,7 +4,7 @@
                              # includes a Sphinx build of the docs with warnings as errors)
     python3 tasks.py docs    # results pages from reports/, the README's generated blocks,
                              # then the documentation site: docs/_build/html/index.html
-    python3 tasks.py study   # the headline study (quick preset): reports/momentum-batch-size/
+    python3 tasks.py study   # the headline study (quick preset): reports/momentum-batch-size-quick/
     python3 tasks.py gpu     # on a machine with an NVIDIA GPU: CUDA tests on the hardware and
                              # the CUDA kernels against PyTorch's: reports/gpu-check/summary.md
 
@@ -62,12 +62,15 @@ TASKS = {
             ["python", "tasks.py", "gpu"],
         ],
     ),
-    # docs/generate.py: docs/results/ from the saved report folders reports/*/ and the
-    # README's <!-- generated:NAME --> blocks from reports/answer.json and findings.json;
-    # then the site (docs/conf.py makes docs/results/ again, so a bare sphinx-build works too)
+    # docs/api/ cleared (autosummary would keep the page of a module since removed);
+    # docs/generate.py: docs/results/ from the saved report folders reports/*/,
+    # reports/answer.json copied to docs/data/answer.json (committed) and the README's
+    # <!-- generated:NAME --> blocks filled from that copy; then the site (docs/conf.py
+    # makes docs/results/ again, so a bare sphinx-build works too)
     "docs": (
         "docs,peers",  # peers: the API reference imports bnbench.torch
         [
+            ["python", "-c", "import shutil; shutil.rmtree('docs/api', ignore_errors=True)"],
             ["python", "docs/generate.py"],
             [
                 "sphinx-build",
@@ -81,8 +84,10 @@ TASKS = {
             ],
         ],
     ),
+    # peers: PyTorch's CPU build, so that `bnbench study all` afterwards runs the PyTorch
+    # studies (rank-merging, torch-estimators, weight-surgery's PyTorch model) too
     "study": (
-        "",
+        "peers",
         [
             ["python", "studies/momentum_batch_size.py", "--preset", "quick", "{args}"],
         ],

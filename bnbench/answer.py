@@ -5,14 +5,17 @@ Each row of :data:`ROWS` is a situation of the forum question, the study whose
 every dataset the row reads the newest report folder of that study (the full preset
 when there is one), takes the cell's paired difference (mean, interval, n, verdict) and
 derives the recommendation from the verdict: the method where it clearly helps, the
-baseline where it clearly hurts, either (the cheaper first) where there is no clear
-difference. A row whose study has not been run says so. :func:`write_index` writes
-``reports/index.md`` and ``index.html``: the answer table, then a gallery of every report
-with its headline figure and findings.
+baseline where it clearly hurts, and where there is no clear difference it says only
+that: at a few seeds that is not evidence that the two are equivalent
+(``docs/guide/statistics.md``). A row whose study has not been run says so.
+:func:`write_index` writes ``reports/index.md`` and ``index.html``: the answer table, then
+a gallery of every report with its headline figure and findings; and ``answer.json``: the
+rows and the time they were computed (what the README's answer is filled from).
 """
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .data import MODELS
@@ -117,7 +120,10 @@ def recommend(row, cell):
     if verdict == "hurts":
         return row.baseline
     if verdict == "no clear difference":
-        return f"either: no clear difference between {row.method} and {row.baseline}"
+        return (
+            f"no clear difference between {row.method} and {row.baseline} "
+            "(neither is shown better, nor shown equivalent)"
+        )
     return "no verdict (fewer than 3 seeds)"
 
 
@@ -132,7 +138,8 @@ def answer(reports="reports", datasets=("mnist1d", "mnist")):
             entry = {"situation": row.situation, "dataset": dataset, "study": row.study,
                      "preset": preset, "link": None, "recommendation": None, "effect": None}  # fmt: skip
             if folder is None:
-                entry["recommendation"] = f"not run yet (bnbench study {row.study})"
+                flag = "" if dataset == "mnist1d" else f" --dataset {dataset}"
+                entry["recommendation"] = f"not run yet (bnbench study {row.study}{flag})"
                 out.append(entry)
                 continue
             findings = json.loads((folder / "findings.json").read_text())["findings"]
@@ -202,5 +209,8 @@ def write_index(reports="reports"):
     ])  # fmt: skip
     write_text(reports / "index.md", text + "\n")
     write_text(reports / "index.html", markdown_to_html(text, reports, embed=False))
-    write_text(reports / "answer.json", json.dumps(rows, indent=2) + "\n")
+    written = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    write_text(
+        reports / "answer.json", json.dumps({"written": written, "rows": rows}, indent=2) + "\n"
+    )
     return reports / "index.md"

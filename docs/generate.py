@@ -8,10 +8,13 @@
   ``reports/index.md``; without report folders, one page naming the command that makes
   them. ``docs/results/`` is git-ignored: it is made anew on every build (``docs/conf.py``
   calls this too, so a bare ``sphinx-build`` on a fresh clone works).
-- :func:`fill_readme`: the README's ``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME
-  -->`` blocks from ``reports/answer.json`` (written by ``bnbench study all``): every number
-  in the README comes from a report, none is typed. Without ``reports/answer.json`` the
-  blocks are left as they are, and it says so.
+- :func:`fill_readme`: copies ``reports/answer.json`` (written by ``bnbench study all``)
+  to ``docs/data/answer.json``, which is committed, then fills the README's ``<!--
+  generated:NAME -->`` ... ``<!-- /generated:NAME -->`` blocks from that copy: every number
+  in the README comes from a report, none is typed, and a fresh clone can check them
+  (``tests/test_docs.py`` renders the block again and compares). Without
+  ``reports/answer.json`` the committed copy is used; without either, the block says the
+  studies have not been run yet.
 
 ``BNBENCH_REPORTS`` names another reports folder (the tests point it at an empty one).
 """
@@ -21,7 +24,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,11 +209,25 @@ def asv_page(out=RESULTS, asv=ASV):
 
 # -- the README's generated blocks
 
+#: the committed copy of ``reports/answer.json`` (``reports/`` is git-ignored): the README's
+#: answer is filled from it, so its numbers can be checked from a fresh clone
+DATA = DOCS / "data" / "answer.json"
+NOT_MEASURED = "the cheaper is not shown to cost accuracy, nor shown not to"
+
+
+def _verdict(r):
+    """What a measured row's verdict supports, in words that do not claim more than it."""
+    if r.get("verdict") == "no clear difference":
+        return f"no clear difference: {NOT_MEASURED}"
+    if r.get("verdict") in ("helps", "hurts"):
+        return f"{r['verdict']}: use {r['recommendation']}"
+    return r["recommendation"]
+
 
 def answer_bullets(rows):
-    """One bullet per situation of the answer page: what to use, then the measured effect
-    on each dataset (method minus baseline: mean [interval], n, verdict) linking its report;
-    a dataset whose study was not run says so."""
+    """One bullet per situation of the answer page: the comparison (method minus baseline,
+    with the model), then on each dataset the measured effect (mean [interval], n), what
+    its verdict supports and its report folder; a dataset whose study was not run says so."""
     by_situation = {}
     for r in rows:
         by_situation.setdefault(r["situation"], []).append(r)
@@ -221,24 +237,15 @@ def answer_bullets(rows):
         if not measured:
             not_run.setdefault(entries[0]["study"], []).append(situation)
             continue
-        uses = []
-        for r in measured:
-            use = r["recommendation"]
-            use = "either (the cheaper first)" if use.startswith("either") else use
-            if use not in uses:
-                uses.append(use)
         parts = []
         for r in entries:
             data = DATASET_NAMES.get(r["dataset"], r["dataset"])
             if r.get("effect"):
-                parts.append(f"{data} [{r['effect']}, {r['verdict']}](reports/{r['link']})")
+                folder = r["link"].rsplit("/", 1)[0] if r.get("link") else r["study"]
+                parts.append(f"{data} {r['effect']}, {_verdict(r)} (`{folder}`)")
             else:
                 parts.append(f"{data} {r['recommendation']}")
-        comparison = measured[0]["comparison"].rsplit(" (", 1)[0]
-        lines.append(
-            f"- **{situation}**: use {' / '.join(uses)}. Measured, {comparison}: "
-            + "; ".join(parts)
-        )
+        lines.append(f"- **{situation}**, {measured[0]['comparison']}: " + "; ".join(parts))
     if not_run:
         situations = [s for group in not_run.values() for s in group]
         lines.append(
@@ -248,19 +255,38 @@ def answer_bullets(rows):
     return lines
 
 
-def block_answer(reports):
-    path = reports / "answer.json"
+def load_answer(path=DATA):
+    """``(rows, written)`` from an ``answer.json`` (``written``: the UTC time
+    ``bnbench.answer.write_index`` computed it; ``None`` in files older than that field);
+    ``(None, None)`` if there is no such file."""
+    path = Path(path)
     if not path.is_file():
-        return None
-    rows = json.loads(path.read_text())
+        return None, None
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        return data, None
+    return data["rows"], data.get("written")
+
+
+def block_answer(path=DATA):
+    """The README's answer block from ``path`` (``docs/data/answer.json``); without it, a
+    block saying the studies have not been run yet."""
+    rows, written = load_answer(path)
+    if rows is None:
+        return (
+            "Not run yet: no `docs/data/answer.json` in this checkout. "
+            f"`.venv/bin/{MAKE_REPORTS}` writes `reports/answer.json`, and `python3 tasks.py "
+            "docs` copies it to `docs/data/answer.json` and fills this block from it."
+        )
     presets = sorted({r["preset"] for r in rows if r.get("preset")})
-    when = time.strftime("%Y-%m-%d", time.gmtime(path.stat().st_mtime))
+    when = f"computed {written}" if written else "date not recorded"
     return "\n".join(
         [
-            f"From `reports/answer.json` of {when} (presets: {', '.join(presets) or 'none'}): "
-            "each effect is a paired difference over seeds, method minus baseline, "
-            "mean [95% interval] and n seeds; [the answer page](reports/index.html) has the "
-            "table and the evidence.",
+            f"From `docs/data/answer.json` ({when}; presets: {', '.join(presets) or 'none'}), "
+            "copied from `reports/answer.json` by `python3 tasks.py docs`: each effect is a "
+            "paired difference over seeds, method minus baseline, mean [95% interval] and n "
+            "seeds; the report folders are under `reports/` (the docs' results pages), and "
+            "[the answer page](reports/index.html) has the table and the evidence.",
             "",
             *answer_bullets(rows),
         ]
@@ -270,27 +296,37 @@ def block_answer(reports):
 BLOCKS = {"answer": block_answer}
 
 
-def fill_readme(readme=README, reports=None):
-    """Fill the README's generated blocks from ``reports``; returns the messages."""
+def copy_answer(reports, data=DATA):
+    """Copy ``reports/answer.json`` to ``data`` (``docs/data/answer.json``, committed);
+    returns a message, or ``None`` when ``reports`` has none (``data`` is kept)."""
+    source = Path(reports) / "answer.json"
+    if not source.is_file():
+        return None
+    data.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, data)
+    return f"{Path(reports).name}/answer.json copied to {data.relative_to(data.parents[2])}"
+
+
+def fill_readme(readme=README, reports=None, data=DATA):
+    """Copy ``reports/answer.json`` to ``data`` where there is one, then fill the README's
+    generated blocks from ``data``; returns the messages."""
     reports = Path(reports) if reports is not None else reports_dir()
+    said = [m for m in [copy_answer(reports, data)] if m]
+    if not said:
+        said.append(
+            f"{reports.name}/answer.json is missing: the README is filled from "
+            + (f"{data.name} as committed" if data.is_file() else "nothing (not run yet)")
+        )
     text = readme.read_text()
-    said = []
 
     def sub(m):
         name = m.group("name")
         make = BLOCKS.get(name)
-        body = make(reports) if make else None
         if make is None:
             said.append(f"README block {name!r}: no generator for it, left as it is")
             return m.group(0)
-        if body is None:
-            said.append(
-                f"README block {name!r} left as it is: {reports.name}/answer.json is missing "
-                f"(run `{MAKE_REPORTS}`)"
-            )
-            return m.group(0)
-        said.append(f"README block {name!r} filled from {reports.name}/")
-        return m.group(1) + body.rstrip("\n") + "\n" + m.group(4)
+        said.append(f"README block {name!r} filled from {data.name}")
+        return m.group(1) + make(data).rstrip("\n") + "\n" + m.group(4)
 
     new = BLOCK.sub(sub, text)
     if new != text:

@@ -2,6 +2,7 @@
 not been run says so; ``bnbench study all`` runs every study then writes the index."""
 
 import json
+import re
 
 from bnbench import answer, cli
 from bnbench.findings import Cell, Finding, to_json
@@ -27,9 +28,16 @@ def test_rows_follow_the_verdicts(tmp_path):
     assert iid["effect"] == f"-2.0 [{hurts.low:+.1f}, {hurts.high:+.1f}] points, n=3"
     assert iid["link"] == "momentum-batch-size-full/report.html" and iid["preset"] == "full"
     small = rows[("small training batches (batch 2)", "mnist1d")]
-    assert small["recommendation"].startswith("either: no clear difference")
+    # no clear difference at n=3 is not equivalence: the row says only what was measured
+    assert small["recommendation"].startswith("no clear difference between")
+    assert (
+        not small["recommendation"].startswith("either")
+        and "cheaper" not in small["recommendation"]
+    )
     mnist = rows[("iid, in-distribution test data after full training (batch 64)", "mnist")]
-    assert mnist["recommendation"] == "not run yet (bnbench study momentum-batch-size)"
+    assert mnist["recommendation"] == (
+        "not run yet (bnbench study momentum-batch-size --dataset mnist)"
+    )
     shift = rows[("covariate shift, test batches of 16", "mnist1d")]
     assert shift["recommendation"].startswith("not run yet")
     # the index: the table, then the gallery with the report's findings
@@ -41,7 +49,9 @@ def test_rows_follow_the_verdicts(tmp_path):
     assert "[momentum-batch-size-full](momentum-batch-size-full/report.html)" in text
     assert ema.text() in text
     assert (tmp_path / "index.html").read_text().startswith("<!DOCTYPE html>")
-    assert json.loads((tmp_path / "answer.json").read_text())[0]["verdict"] == "hurts"
+    saved = json.loads((tmp_path / "answer.json").read_text())
+    assert saved["rows"][0]["verdict"] == "hurts"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", saved["written"])
 
 
 def test_study_all_runs_every_study_then_writes_the_index(studies, tmp_path, monkeypatch, capsys):
@@ -53,3 +63,45 @@ def test_study_all_runs_every_study_then_writes_the_index(studies, tmp_path, mon
     index = (tmp_path / "reports" / "index.md").read_text()
     assert "Which statistics should BN use at test time?" in index and "tiny-quick" in index
     assert "not run yet (bnbench study momentum-batch-size)" in index
+
+
+NEEDS_EXTRA = """
+from bnbench.study import Study
+
+def jobs():
+    try:
+        import a_missing_optional_extra  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"this study needs an extra: pip install 'bnbench[x]' ({err})") from err
+
+STUDY = Study(name="needs-extra", title="Needs an extra", analyse=lambda df: ("", []),
+              presets={"quick": jobs})
+"""
+
+BAD = """
+from bnbench.study import Study
+
+def jobs():
+    raise ValueError("a genuinely bad grid")
+
+STUDY = Study(name="bad", title="Bad", analyse=lambda df: ("", []), presets={"quick": jobs})
+"""
+
+
+def test_study_all_skips_a_study_missing_an_extra_and_fails_a_bad_one(
+    studies, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (studies / "needs_extra.py").write_text(NEEDS_EXTRA)
+    assert cli.main(["study", "all", "--jobs", "1"]) == 0, "a missing extra is no bad argument"
+    captured = capsys.readouterr()
+    assert "needs-extra: skipped: this study needs an extra" in captured.err
+    summary = [line for line in captured.out.splitlines() if line.startswith("skipped")]
+    assert summary == [
+        "skipped (an optional extra is missing): needs-extra: this study needs an extra: "
+        "pip install 'bnbench[x]' (No module named 'a_missing_optional_extra')"
+    ]
+    assert (tmp_path / "reports" / "tiny-quick" / "report.md").is_file()
+    (studies / "bad.py").write_text(BAD)
+    assert cli.main(["study", "all", "--jobs", "1"]) == 2, "a genuine bad argument stays 2"
+    assert "bad: a genuinely bad grid" in capsys.readouterr().err

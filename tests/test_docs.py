@@ -64,14 +64,16 @@ def test_every_generated_block_is_well_formed():
     assert text.count("<!-- /studies-table -->") == 1
 
 
-def test_fill_readme_leaves_blocks_without_reports_and_fills_them_from_answer_json(tmp_path):
+def test_fill_readme_copies_answer_json_and_fills_the_blocks_from_the_copy(tmp_path):
     generate = _generate()
-    readme = tmp_path / "README.md"
-    original = "intro\n<!-- generated:answer -->\nold text\n<!-- /generated:answer -->\nend\n"
-    readme.write_text(original)
-    said = generate.fill_readme(readme, tmp_path / "reports")
-    assert readme.read_text() == original
-    assert "left as it is" in said[0] and "answer.json is missing" in said[0]
+    readme, data = tmp_path / "README.md", tmp_path / "docs" / "data" / "answer.json"
+    readme.write_text(
+        "intro\n<!-- generated:answer -->\nold text\n<!-- /generated:answer -->\nend\n"
+    )
+    # neither reports/answer.json nor the committed copy: the block says so
+    said = generate.fill_readme(readme, tmp_path / "reports", data)
+    assert "answer.json is missing" in said[0] and not data.exists()
+    assert "Not run yet" in readme.read_text() and "old text" not in readme.read_text()
 
     reports = tmp_path / "reports"
     reports.mkdir()
@@ -81,16 +83,54 @@ def test_fill_readme_leaves_blocks_without_reports_and_fills_them_from_answer_js
          "effect": "-1.2 [-2.0, -0.4] points, n=3", "comparison": "EMA minus population (cnn)",
          "verdict": "hurts", "mean": -1.2, "low": -2.0, "high": -0.4, "n": 3},
         {"situation": "iid data", "dataset": "mnist", "study": "s", "preset": None,
-         "link": None, "recommendation": "not run yet (bnbench study s)", "effect": None},
+         "link": None, "recommendation": "not run yet (bnbench study s --dataset mnist)",
+         "effect": None},
+        {"situation": "small batches", "dataset": "mnist1d", "study": "s", "preset": "quick",
+         "link": "s-quick/report.html",
+         "recommendation": "no clear difference between EMA and population",
+         "effect": "+0.1 [-0.4, +0.5] points, n=3", "comparison": "EMA minus population (mlp)",
+         "verdict": "no clear difference", "mean": 0.1, "low": -0.4, "high": 0.5, "n": 3},
     ]  # fmt: skip
-    (reports / "answer.json").write_text(json.dumps(rows))
-    generate.fill_readme(readme, reports)
+    (reports / "answer.json").write_text(
+        json.dumps({"written": "2026-12-03T06:00:00Z", "rows": rows})
+    )
+    generate.fill_readme(readme, reports, data)
+    assert data.read_text() == (reports / "answer.json").read_text(), "the committed copy"
     text = readme.read_text()
     assert "old text" not in text and text.startswith("intro\n") and text.endswith("end\n")
-    assert "[-1.2 [-2.0, -0.4] points, n=3, hurts](reports/s-quick/report.html)" in text
-    assert "use the population statistics" in text and "MNIST not run yet" in text
-    generate.fill_readme(readme, reports)
+    assert "computed 2026-12-03T06:00:00Z" in text
+    # the number, its verdict and its report folder as text: no link into git-ignored reports/
+    assert (
+        "- **iid data**, EMA minus population (cnn): MNIST-1D -1.2 [-2.0, -0.4] points, n=3, "
+        "hurts: use the population statistics (`s-quick`); "
+        "MNIST not run yet (bnbench study s --dataset mnist)\n" in text
+    ), "the model (cnn) stays in the comparison"
+    assert "](reports/s-quick" not in text
+    # no clear difference is rendered as such, with n and the interval, not as advice
+    assert (
+        "- **small batches**, EMA minus population (mlp): MNIST-1D +0.1 [-0.4, +0.5] points, "
+        "n=3, no clear difference: the cheaper is not shown to cost accuracy, nor shown not "
+        "to (`s-quick`)\n" in text
+    )
+    assert "either" not in text.replace("neither", "")
+    generate.fill_readme(readme, reports, data)
     assert readme.read_text() == text, "filling twice changes nothing"
+    # without reports/ (a fresh clone): filled from the committed copy, the same text
+    shutil.rmtree(reports)
+    said = generate.fill_readme(readme, reports, data)
+    assert "as committed" in said[0] and readme.read_text() == text
+
+
+def test_the_readme_answer_is_the_committed_answer_json_rendered():
+    """The README's answer block is exactly what docs/generate.py renders from the committed
+    docs/data/answer.json (or the not-run-yet text without it): a hand edit fails here."""
+    generate = _generate()
+    blocks = {m.group("name"): m.group("body") for m in generate.BLOCK.finditer(_readme())}
+    expected = generate.block_answer(generate.DATA).rstrip("\n") + "\n"
+    assert blocks["answer"] == expected, (
+        "README.md's answer block differs from docs/data/answer.json rendered: run "
+        "`python3 tasks.py docs` (or `python docs/generate.py`), never edit the block by hand"
+    )
 
 
 def _python_blocks(text):
