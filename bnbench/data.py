@@ -31,7 +31,7 @@ def _cached(key, make):
     return cached_arrays(key, make, DATASET_ARRAYS)
 
 
-def _mnist1d_key():
+def mnist1d_key():
     """:func:`generator_key` of MNIST-1D: the mnist1d, NumPy and SciPy versions (its
     generator interpolates with SciPy) and ``get_dataset_args()`` (before
     ``num_samples`` and ``seed``, which the key names)."""
@@ -40,7 +40,8 @@ def _mnist1d_key():
     return generator_key("mnist1d", get_dataset_args(), also=("numpy", "scipy"))
 
 
-def _check_num_samples(num_samples):
+def check_num_samples(num_samples):
+    """Raise ValueError unless ``num_samples`` is an integer >= 10 (bools are not)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
         raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}")
 
@@ -51,7 +52,7 @@ def mnist1d(num_samples=5000, seed=42):
     ``num_samples`` (default 5000: 4000 train, 1000 test) and ``seed`` (the package's
     default 42) go to ``mnist1d.data.make_dataset``.
     """
-    _check_num_samples(num_samples)
+    check_num_samples(num_samples)
     seed = check_seed(seed)
 
     def make():
@@ -67,7 +68,7 @@ def mnist1d(num_samples=5000, seed=42):
             "y_test": d["y_test"].astype(np.int64),
         }
 
-    arrays = _cached(f"mnist1d-n{num_samples}-s{seed}-g{_mnist1d_key()}", make)
+    arrays = _cached(f"mnist1d-n{num_samples}-s{seed}-g{mnist1d_key()}", make)
     return Dataset("mnist1d", **arrays)
 
 
@@ -142,7 +143,7 @@ def mnist1d_raw_test(num_samples=5000, seed=42):
     must agree), so a change in the mnist1d package raises ``RuntimeError`` here rather
     than silently giving corrupted sets whose severity 0 differs from the clean data.
     """
-    _check_num_samples(num_samples)
+    check_num_samples(num_samples)
     seed = check_seed(seed)
 
     def make():
@@ -157,7 +158,7 @@ def mnist1d_raw_test(num_samples=5000, seed=42):
         return {"x_test_raw": x, "y_test": y, "shear_test": shear,
                 "mean": np.float64(mean), "std": np.float64(std)}  # fmt: skip
 
-    key = f"mnist1d-raw-n{num_samples}-s{seed}-g{_mnist1d_key()}"
+    key = f"mnist1d-raw-n{num_samples}-s{seed}-g{mnist1d_key()}"
     a = cached_arrays(key, make, _RAW_ARRAYS)
     return RawTest(
         a["x_test_raw"], a["y_test"], a["shear_test"], float(a["mean"]), float(a["std"])

@@ -126,7 +126,7 @@ def _arrays(seed):
     return cache.cached_arrays(f"mnist-f{FORMAT}-s{seed}-{source}", make, _ARRAYS)
 
 
-def _cache_token(seed=0):
+def cache_token(seed=0):
     """What identifies the clean data of ``seed`` (for the keys of derived caches)."""
     return f"f{FORMAT}-s{cache.check_seed(seed)}-{_source()[1]}"
 

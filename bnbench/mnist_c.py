@@ -210,7 +210,7 @@ def corrupted_test_set(corruption, severity, seed=0, corruption_seed=0):
 
     key = (
         f"mnist-c-v{VERSION}-{corruption}-{severity}-c{corruption_seed}-scipy{scipy.__version__}"
-        f"-{mnist._cache_token(seed)}"
+        f"-{mnist.cache_token(seed)}"
     )
     arrays = data.cached_arrays(key, make, ("x", "y"))
     return TestSet(arrays["x"], arrays["y"])

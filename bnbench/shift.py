@@ -119,7 +119,7 @@ def _check(corruption, severity, num_samples, seed, corruption_seed):
             f"severity must be an integer in {SEVERITIES.start}..{SEVERITIES.stop - 1}, "
             f"got {severity!r}"
         )
-    data._check_num_samples(num_samples)
+    data.check_num_samples(num_samples)
     data.check_seed(seed, "seed")
     data.check_seed(corruption_seed, "corruption_seed")
 
@@ -197,7 +197,7 @@ def corrupted_test_set(corruption, severity, num_samples=5000, seed=42, corrupti
 
     key = (
         f"mnist1d-c-v{VERSION}-{corruption}-{severity}-n{num_samples}-s{seed}"
-        f"-c{corruption_seed}-g{data._mnist1d_key()}"
+        f"-c{corruption_seed}-g{data.mnist1d_key()}"
     )
     arrays = data.cached_arrays(key, make, ("x", "y"))
     return TestSet(arrays["x"], arrays["y"])

@@ -55,7 +55,8 @@ DEFAULTS = {
 }  # fmt: skip
 
 
-def _int(v):
+def is_int(v):
+    """Whether ``v`` is a Python or NumPy integer (bools are not)."""
     return not isinstance(v, bool) and isinstance(v, (int, np.integer))
 
 
@@ -70,7 +71,7 @@ def check_sparsity(sparsity):
 
 
 def check_bits(bits):
-    if not _int(bits) or bits not in BITS:
+    if not is_int(bits) or bits not in BITS:
         raise ValueError(f"bits must be an integer in {BITS[0]}-{BITS[-1]}, got {bits!r}")
     return int(bits)
 
@@ -194,7 +195,7 @@ class ScheduledEMA:
 
 def check_schedule(schedule):
     if not isinstance(schedule, (list, tuple)) or not schedule or any(
-        not isinstance(s, (list, tuple)) or len(s) != 2 or not _int(s[0]) or s[0] < 1
+        not isinstance(s, (list, tuple)) or len(s) != 2 or not is_int(s[0]) or s[0] < 1
         or isinstance(s[1], bool) or not isinstance(s[1], (int, float)) or not 0 < s[1] <= 1
         for s in schedule
     ):  # fmt: skip
@@ -239,9 +240,9 @@ def check_grid(p):
     names = _listed(p, "surgeries", lambda v: v in SURGERIES, f"distinct names in {SURGERIES}")
     if len(set(names)) != len(names):
         raise ValueError(f"surgeries must be distinct names in {SURGERIES}, got {names!r}")
-    _listed(p, "average_last", lambda k: _int(k) and k >= 2, "integers >= 2 (checkpoints)")
+    _listed(p, "average_last", lambda k: is_int(k) and k >= 2, "integers >= 2 (checkpoints)")
     every = p.get("average_every")
-    if every is not None and (not _int(every) or every < 1):
+    if every is not None and (not is_int(every) or every < 1):
         raise ValueError(f"average_every must be None or an integer >= 1, got {every!r}")
     for v in _listed(p, "sparsities", lambda v: True, "sparsities"):
         check_sparsity(v)
@@ -250,7 +251,7 @@ def check_grid(p):
     for b in _listed(p, "bits", lambda v: True, "bits"):
         check_bits(b)
     bs = p["batch_size"]
-    _listed(p, "precise_samples", lambda k: _int(k) and (k == 0 or k >= bs),
+    _listed(p, "precise_samples", lambda k: is_int(k) and (k == 0 or k >= bs),
             f"integers >= batch_size ({bs}) or 0 (all)")  # fmt: skip
     check_schedule(p["forget_schedule"])
 

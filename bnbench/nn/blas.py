@@ -77,7 +77,8 @@ def _single_threaded_blas():
     return _numba_blas
 
 
-def _parallel(kernel, *args):
+def run_parallel(kernel, *args):
+    """Run a parallel ``kernel`` with Numba's BLAS held at one thread (no oversubscription)."""
     libs = _single_threaded_blas()
     with _lock:
         before = [lib.num_threads for lib in libs]
@@ -105,7 +106,7 @@ def matmul(a, b):
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
     out = np.empty((a.shape[0], b.shape[1]), a.dtype)
-    _parallel(_rows_product, np.ascontiguousarray(a), b, out, nchunks)
+    run_parallel(_rows_product, np.ascontiguousarray(a), b, out, nchunks)
     return out
 
 
@@ -116,7 +117,7 @@ def matmul_tn(a, b):
     if nchunks == 1:
         return a.T @ b
     partial = np.empty((nchunks, a.shape[1], b.shape[1]), a.dtype)
-    _parallel(_shared_rows_product, np.ascontiguousarray(a), np.ascontiguousarray(b),
+    run_parallel(_shared_rows_product, np.ascontiguousarray(a), np.ascontiguousarray(b),
               partial, nchunks)  # fmt: skip
     return partial.sum(axis=0)
 
@@ -135,7 +136,7 @@ def linear_gradients(dy, x, w):
         return matmul_tn(dy, x), matmul(dy, w)
     dy, x, w = (np.ascontiguousarray(a) for a in (dy, x, w))
     dw, dx = np.empty((N, K), dy.dtype), np.empty((M, K), dy.dtype)
-    _parallel(_two_products, dy.T, x, dw, dy, w, dx)
+    run_parallel(_two_products, dy.T, x, dw, dy, w, dx)
     return dw, dx
 
 

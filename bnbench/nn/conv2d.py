@@ -262,7 +262,7 @@ class Conv2d(Layer):
         else:
             y = np.empty((N * out[0] * out[1], self.w.shape[0]), x.dtype)
             kernel, *plan = self._plan(_forward, self.x.shape, out)
-            blas._parallel(kernel, y, self.x.reshape(-1), np.ascontiguousarray(self.w.T), *plan)
+            blas.run_parallel(kernel, y, self.x.reshape(-1), np.ascontiguousarray(self.w.T), *plan)
         if "bias" in self.params:
             add_bias(y, self.params["bias"], self.relu)
         y = y.reshape(N, *out, -1)
@@ -285,7 +285,7 @@ class Conv2d(Layer):
             kernel, *plan = self._plan(_backward, self.x.shape, (H_out, W_out))
             dw = np.empty((plan[2], *self.w.shape), dy.dtype)
             dx = np.empty(self.x.shape, dy.dtype) if input_grad else np.empty(0, dy.dtype)
-            blas._parallel(kernel, dy2, self.x.reshape(-1), self.w, dx.reshape(-1), dw,
+            blas.run_parallel(kernel, dy2, self.x.reshape(-1), self.w, dx.reshape(-1), dw,
                            *plan, input_grad)  # fmt: skip
             dw = dw.sum(axis=0) if len(dw) > 1 else dw[0]
         kh, kw = self.kernel_size

@@ -138,7 +138,8 @@ def _scored(scores):
             "test_ece": scores["ece"]}  # fmt: skip
 
 
-def _score(model, test, stats, reference):
+def score(model, test, stats, reference):
+    """The evaluation row of ``model`` with ``stats``, and their error against ``reference``."""
     row = _scored(evaluation.evaluate(model, test, stats))
     if isinstance(stats, dict):
         row["mean_error"], row["var_error"] = evaluation.statistics_error(
@@ -176,7 +177,7 @@ def run_job(params):
 
     def add(estimator, stats, seconds, **fields):
         rows.append({"estimator": estimator, **fields, "estimator_seconds": seconds,
-                     **_score(model, test, stats, population)})  # fmt: skip
+                     **score(model, test, stats, population)})  # fmt: skip
 
     per_update = tracker.seconds  # shared by every running estimator and momentum
     for name in ("ema", "ema_debiased"):

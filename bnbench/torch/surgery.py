@@ -144,7 +144,7 @@ def evaluate_statistics(net, train, test, stale, p):
     def add(statistic, stats, samples, seconds, **extra):
         out.append({"statistic": statistic, "samples": int(samples), "precise_samples": None,
                     **extra, "statistic_seconds": seconds,
-                    **torch_jobs._score(net, test, stats, population)})  # fmt: skip
+                    **torch_jobs.score(net, test, stats, population)})  # fmt: skip
 
     add("stale", stale, 0, 0.0)
     loader = shuffled(5)
@@ -195,7 +195,7 @@ def resolve_params(params):
         raise ValueError(f"unknown torch_surgery job parameter(s) {sorted(unknown)}")
     p = {**DEFAULTS, **params}
     for name in ("batch_size", "epochs"):
-        if not np_surgery._int(p[name]) or p[name] < (2 if name == "batch_size" else 1):
+        if not np_surgery.is_int(p[name]) or p[name] < (2 if name == "batch_size" else 1):
             raise ValueError(f"{name} must be an integer >= {2 if name == 'batch_size' else 1}, "
                              f"got {p[name]!r}")  # fmt: skip
     np_surgery.check_grid(p)
