@@ -240,7 +240,8 @@ def batch_norm_relu_train(x, weight=None, bias=None, *, eps=1e-5, axis=1, backen
     functions). The pre-activation is never stored. ``relu(v) = v if v > 0 else v * 0``:
     NaN stays NaN.
 
-    Bound (all three fused functions; tests/test_fused.py): bit for bit the unfused pair
+    Bound (all three fused functions; tests/kernels/test_cpu_fused.py,
+    tests/cuda/test_cuda_fused.py, tests/test_fused.py): bit for bit the unfused pair
     (this backend's batch norm, then :class:`bnbench.nn.ReLU`) on the CPU backend, the
     float64 reference and the CUDA backend in the simulator; elsewhere within the
     rounding of one extra operation (see the module docstring).
@@ -261,7 +262,8 @@ def batch_norm_relu_eval(
     """``relu(batch_norm_eval(x, ...))`` in one pass, with the arguments and checks of
     :func:`batch_norm_eval`.
 
-    Bound (all three fused functions; tests/test_fused.py): bit for bit the unfused pair
+    Bound (all three fused functions; tests/kernels/test_cpu_fused.py,
+    tests/cuda/test_cuda_fused.py, tests/test_fused.py): bit for bit the unfused pair
     (this backend's batch norm, then :class:`bnbench.nn.ReLU`) on the CPU backend, the
     float64 reference and the CUDA backend in the simulator; elsewhere within the
     rounding of one extra operation (see the module docstring).
@@ -290,7 +292,8 @@ def batch_norm_relu_backward(
     (``yData``). ``mean``, ``invstd``, ``weight`` and ``axis`` as in
     :func:`batch_norm_backward`. Returns ``BackwardResult(dx, dweight, dbias)``.
 
-    Bound (all three fused functions; tests/test_fused.py): bit for bit the unfused pair
+    Bound (all three fused functions; tests/kernels/test_cpu_fused.py,
+    tests/cuda/test_cuda_fused.py, tests/test_fused.py): bit for bit the unfused pair
     (this backend's batch norm, then :class:`bnbench.nn.ReLU`) on the CPU backend, the
     float64 reference and the CUDA backend in the simulator; elsewhere within the
     rounding of one extra operation (see the module docstring).

@@ -235,9 +235,9 @@ def test_size_threshold_picks_the_twin(dtype, rng, monkeypatch):
     thresholds(monkeypatch, 160)
     bn.batch_norm_train(x, weight, bias, backend="cpu")
     assert calls and {w for _, w in calls} == {"parallel"}, calls
-    assert cpu._threads(x) == numba.get_num_threads()
+    assert cpu.thread_count(x) == numba.get_num_threads()
     thresholds(monkeypatch, 161)
-    assert cpu._threads(x) == 1
+    assert cpu.thread_count(x) == 1
 
 
 def test_conftest_runs_the_parallel_kernels():

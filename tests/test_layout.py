@@ -30,28 +30,75 @@ def _modules():
 MODULES = _modules()
 
 
+def _source(node, package):
+    """The module an ``ImportFrom`` reads, relative imports resolved against ``package``."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _package(name, path):
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
 def _imports(name, path):
     """``(module imported, name imported from it or None)`` for every import of bnbench
     code in the module ``name``; ``from pkg import sub`` of a submodule is the submodule."""
-    is_package = path.name == "__init__.py"
-    package = name if is_package else name.rpartition(".")[0]
+    package = _package(name, path)
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == "bnbench":
                     yield alias.name, None
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
+            source = _source(node, package)
             if source.split(".")[0] != "bnbench":
                 continue
             for alias in node.names:
                 sub = f"{source}.{alias.name}"
                 yield (sub, None) if sub in MODULES else (source, alias.name)
+
+
+def _attribute_uses(name, path):
+    """``(module, attribute)`` for every ``alias.attr`` in the module ``name`` whose
+    ``alias`` an import bound to a bnbench module (``from . import data``, ``import
+    bnbench.kernels.cpu as cpu``, ``import bnbench.data``, so ``bnbench.data.x``);
+    dotted chains through submodules are followed."""
+    package = _package(name, path)
+    tree = ast.parse(path.read_text(), str(path))
+    bound = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] != "bnbench":
+                    continue
+                if alias.asname:
+                    bound[alias.asname] = alias.name
+                else:
+                    bound["bnbench"] = "bnbench"
+        elif isinstance(node, ast.ImportFrom):
+            source = _source(node, package)
+            for alias in node.names:
+                sub = f"{source}.{alias.name}"
+                if sub in MODULES:
+                    bound[alias.asname or alias.name] = sub
+
+    def module_of(expr):
+        if isinstance(expr, ast.Name):
+            return bound.get(expr.id)
+        if isinstance(expr, ast.Attribute):
+            outer = module_of(expr.value)
+            if outer and f"{outer}.{expr.attr}" in MODULES:
+                return f"{outer}.{expr.attr}"
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            module = module_of(node.value)
+            if module and f"{module}.{node.attr}" not in MODULES:
+                yield module, node.attr
 
 
 def _named(path):
@@ -101,48 +148,80 @@ def test_the_graph_sees_relative_and_lazy_imports():
 
 
 #: The rule: a private *module* (``bnbench._checks``, ``bnbench.torch._core``) is its
-#: package's internals, so a module of the same package may import any of its names
+#: package's internals, so a module of the same package may use any of its names
 #: (``functional`` takes ``_check_tensor`` from ``_checks``); from any other module a
-#: leading-underscore name is never imported: what is shared is public where it belongs.
-#: Found when this test was written (importer, source), to be made public; only shrinks.
-KNOWN_PRIVATE_IMPORTS = {
-    ("bnbench.kernels.cpu_fused", "bnbench.kernels.cpu"),
-    ("bnbench.kernels.cuda_fused", "bnbench.kernels.cuda"),
-}
+#: leading-underscore name is never used, neither imported (``from .cpu import _x``) nor
+#: read off the module (``cpu._x``): what is shared is public where it belongs.
+
+
+def _private(name):
+    return name.startswith("_") and not name.startswith("__")
 
 
 def _private_imports():
+    """``{(importer, source): [private names]}``, from ``from source import _name`` and
+    from ``source._name`` on a name bound to the module ``source``."""
     found = {}
     for name, path in MODULES.items():
-        for source, imported in _imports(name, path):
-            if not imported or not imported.startswith("_") or imported.startswith("__"):
+        uses = [(s, n) for s, n in _imports(name, path) if n]
+        uses += list(_attribute_uses(name, path))
+        for source, imported in uses:
+            if not _private(imported) or source == name:
                 continue
             private_module = source.rpartition(".")[2].startswith("_")
             if private_module and source.rpartition(".")[0] == name.rpartition(".")[0]:
                 continue  # a private module's names, inside its own package
-            found.setdefault((name, source), []).append(imported)
+            names = found.setdefault((name, source), [])
+            if imported not in names:
+                names.append(imported)
     return found
 
 
-def test_no_module_imports_a_private_name_of_another():
+def test_no_module_uses_a_private_name_of_another():
     found = _private_imports()
-    new = {k: v for k, v in found.items() if k not in KNOWN_PRIVATE_IMPORTS}
-    assert not new, "\n".join(f"{a} imports {', '.join(v)} from {b}" for (a, b), v in new.items())
-    stale = sorted(KNOWN_PRIVATE_IMPORTS - set(found))
-    assert not stale, f"fixed: remove from KNOWN_PRIVATE_IMPORTS: {stale}"
+    assert not found, "\n".join(
+        f"{a} uses {', '.join(v)} of {b}" for (a, b), v in sorted(found.items())
+    )
+
+
+def test_the_rule_sees_attribute_uses(tmp_path, monkeypatch):
+    """``from . import data`` then ``data._x``, ``import bnbench.data as d`` then ``d._x``,
+    ``import bnbench.kernels.cpu`` then ``bnbench.kernels.cpu._x``: private uses; a
+    dunder, a public name and a submodule are not."""
+    path = tmp_path / "probe.py"
+    path.write_text(
+        "from . import data\n"
+        "import bnbench.nn.blas as b\n"
+        "import bnbench.kernels.cpu\n"
+        "def f():\n"
+        "    from .kernels import cuda\n"
+        "    return (data._x, b._y, bnbench.kernels.cpu._z, cuda._w, data.__doc__,\n"
+        "            data.public, bnbench.kernels.cpu.SERIAL_BELOW)\n"
+    )
+    monkeypatch.setitem(MODULES, "bnbench.probe", path)
+    uses = {(m, a) for m, a in _attribute_uses("bnbench.probe", path) if _private(a)}
+    assert uses == {
+        ("bnbench.data", "_x"), ("bnbench.nn.blas", "_y"),
+        ("bnbench.kernels.cpu", "_z"), ("bnbench.kernels.cuda", "_w"),
+    }  # fmt: skip
+    assert ("bnbench.probe", "bnbench.data") in _private_imports()
 
 
 def _test_files(name):
     """The names a maintainer looks for: ``bnbench/[sub/]stem.py`` is tested in
     ``tests/[sub/]test_<stem>.py``, ``tests/test_<sub>_<stem>.py`` (the flat form of
     ``tests/test_torch_jobs.py``) or a topic split of one, ``test_<stem>_<topic>.py``;
-    a private ``_stem`` by the same names without the underscore."""
+    a private ``_stem`` by the same names without the underscore. A CUDA module
+    (``cuda`` in its stem) may also be tested in ``tests/cuda/``, the folder that runs in a
+    pytest process of its own under the simulator (``tests/cuda/test_cuda_fused.py``)."""
     parts = name.split(".")[1:]
     stem, subs = parts[-1].lstrip("_"), parts[:-1]
     prefixes = [f"test_{stem}"]
     dirs = [TESTS] + ([TESTS / "/".join(subs)] if subs else [])
     if subs:
         prefixes.append(f"test_{'_'.join(subs)}_{stem}")
+    if "cuda" in stem:
+        dirs.append(TESTS / "cuda")
     return [
         p
         for d in dirs
@@ -152,18 +231,7 @@ def _test_files(name):
     ]
 
 
-#: Modules still without a test file of their own name (their behaviour is tested
-#: elsewhere: the fused kernels in test_fused.py and tests/cuda/, the torch peer through
-#: the peer-parametrized kernel tests). This list may only shrink: a module that gains a
-#: test file must leave it, and a new module is never added to it.
-KNOWN_GAPS = {
-    "bnbench.kernels.cpu_fused", "bnbench.kernels.cuda_fused", "bnbench.kernels.torch_peer",
-}  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "name", [n for n, p in MODULES.items() if p.name != "__init__.py" and n not in KNOWN_GAPS]
-)
+@pytest.mark.parametrize("name", [n for n, p in MODULES.items() if p.name != "__init__.py"])
 def test_every_module_has_tests_found_by_its_name(name):
     assert _test_files(name), (
         f"{name} has no tests/{'/'.join(name.split('.')[1:-1]) or '.'}/test_<stem>.py "
@@ -171,8 +239,9 @@ def test_every_module_has_tests_found_by_its_name(name):
     )
 
 
-def test_the_known_gaps_only_shrink():
-    closed = sorted(n for n in KNOWN_GAPS if n in MODULES and _test_files(n))
-    gone = sorted(n for n in KNOWN_GAPS if n not in MODULES)
-    assert not closed, f"these have tests now, remove them from KNOWN_GAPS: {closed}"
-    assert not gone, f"these modules are gone, remove them from KNOWN_GAPS: {gone}"
+def test_the_names_the_rule_accepts():
+    assert _test_files("bnbench.kernels.cpu_fused") == [TESTS / "kernels/test_cpu_fused.py"]
+    assert TESTS / "cuda/test_cuda_fused.py" in _test_files("bnbench.kernels.cuda_fused")
+    assert TESTS / "test_torch_jobs.py" in _test_files("bnbench.torch.jobs")
+    assert TESTS / "test_mnist_c_ops.py" in _test_files("bnbench._mnist_c_ops")
+    assert not any(p.parent.name == "cuda" for p in _test_files("bnbench.kernels.cpu"))

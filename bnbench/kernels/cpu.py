@@ -81,7 +81,7 @@ def twin(fn, jit_options):
     return numba.njit(**jit_options)(copy)
 
 
-def _threads(x, elementwise=False):
+def thread_count(x, elementwise=False):
     """Threads a kernel uses on ``x``: Numba's count, or 1 below :data:`SERIAL_BELOW`
     (:data:`ELEMENTWISE_SERIAL_BELOW` for elementwise passes)."""
     below = ELEMENTWISE_SERIAL_BELOW if elementwise else SERIAL_BELOW
@@ -90,7 +90,7 @@ def _threads(x, elementwise=False):
 
 class ParallelKernel:
     """A ``prange`` kernel and its serial twin, chosen by the size of the first argument
-    (``x`` or ``dy``) with :func:`_threads`, the same rule that sets its chunk counts."""
+    (``x`` or ``dy``) with :func:`thread_count`, the same rule that sets its chunk counts."""
 
     def __init__(self, fn, elementwise=False):
         self.parallel = numba.njit(**_PJIT)(fn)
@@ -98,7 +98,7 @@ class ParallelKernel:
         self.elementwise = elementwise
 
     def __call__(self, *args):
-        serial = _threads(args[0], self.elementwise) == 1
+        serial = thread_count(args[0], self.elementwise) == 1
         return (self.serial if serial else self.parallel)(*args)
 
 
@@ -109,22 +109,24 @@ def elementwise_kernel(fn):
 
 
 @numba.njit(inline="always")
-def _chunk(k, nchunks, total):
+def chunk_span(k, nchunks, total):
+    """Chunk ``k`` of ``nchunks`` near-equal chunks of ``range(total)`` as ``(lo, hi)``."""
     return k * total // nchunks, (k + 1) * total // nchunks
 
 
 @numba.njit(inline="always")
-def _row_span(k, nchunks, N, C):
+def row_span(k, nchunks, N, C):
     """Chunk ``k`` of the ``N * C`` rows as ``(n0, c0, n1, c1)``: from row (n0, c0) up to,
-    not including, (n1, c1). Kernels walk it as ``for n: for c in _channels(...)``:
+    not including, (n1, c1). Kernels walk it as ``for n: for c in channel_span(...)``:
     nested loops over (n, c) with direct indexing ran the (128, 32, 40) gradient sums in
     27.7 us against 30.8 us for one flat loop over rows (2 threads, float32)."""
-    lo, hi = _chunk(k, nchunks, N * C)
+    lo, hi = chunk_span(k, nchunks, N * C)
     return lo // C, lo % C, hi // C, hi % C
 
 
 @numba.njit(inline="always")
-def _channels(n, n0, c0, n1, c1, C):
+def channel_span(n, n0, c0, n1, c1, C):
+    """The channels ``(lo, hi)`` of row ``n`` inside the :func:`row_span` ``(n0, c0, n1, c1)``."""
     return (c0 if n == n0 else 0), (c1 if n == n1 else C)
 
 
@@ -144,12 +146,12 @@ def _spatial_moments(x, group_size, splits):
     m2 = np.zeros((groups * splits, C))
     for u in prange(groups * splits):
         first = (u // splits) * G
-        n0, c0, n1, c1 = _row_span(u % splits, splits, G, C)
+        n0, c0, n1, c1 = row_span(u % splits, splits, G, C)
         shift = np.zeros(C)
         s = np.zeros(C)
         q = np.zeros(C)
         for n in range(first + n0, first + min(n1 + 1, G)):
-            cs, ce = _channels(n - first, n0, c0, n1, c1, C)
+            cs, ce = channel_span(n - first, n0, c0, n1, c1, C)
             for c in range(cs, ce):
                 if count[u, c] == 0:
                     shift[c] = x[n, c, 0]
@@ -181,7 +183,7 @@ def _dense_moments(x, splits):
     m2 = np.zeros((groups * splits, C))
     for u in prange(groups * splits):
         xg = x[u // splits]
-        lo, hi = _chunk(u % splits, splits, G)
+        lo, hi = chunk_span(u % splits, splits, G)
         shift = xg[lo].astype(np.float64)
         s = np.zeros(C)
         q = np.zeros(C)
@@ -244,7 +246,8 @@ _affine_coefficients_parallel = twin(_affine_coefficients_py, {"parallel": True,
 PARALLEL_PAIRS = 8192
 
 
-def _affine_coefficients(weight, bias, mean, var, eps):
+def group_affine_coefficients(weight, bias, mean, var, eps):
+    """``(scale, shift, invstd)`` per (group, channel) of ``(groups, C)`` statistics."""
     parallel = mean.size >= PARALLEL_PAIRS
     fn = _affine_coefficients_parallel if parallel else _affine_coefficients_serial
     return fn(weight, bias, mean, var, eps)
@@ -278,7 +281,7 @@ def _group_sums(sums, splits):
 
 
 @numba.njit(**_EXACT)
-def _grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, count):
+def group_grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, count):
     """Per (group, channel) dx coefficients ``a, b, d``; dweight and dbias ``(C,)`` summed
     over the groups in order."""
     s_dy, s_dy_x = _group_sums(sum_dy, splits), _group_sums(sum_dy_x, splits)
@@ -314,16 +317,16 @@ def _renorm_grad_coefficients(sum_dy, sum_dy_x, splits, weight, mean, invstd, r,
 def _spatial_affine(x, group_size, a, b, out, nchunks):
     """``out[n, c] = x[n, c] * a[g, c] + b[g, c]`` with ``g = n // group_size``.
 
-    Chunks of the N * C rows walked as nested (n, c) loops (see :func:`_row_span`): no
+    Chunks of the N * C rows walked as nested (n, c) loops (see :func:`row_span`): no
     division per row. A flat prange over rows with ``g = n // group_size`` per row took
     the (128, 32, 40) float32 pass from 11.9 to 15.0 us against plain batch norm's flat
     loop without groups (2 threads); this form takes 9.8-11 us where that flat loop
     takes 12.4-14 (same runs, noisy VM)."""
     N, C, L = x.shape
     for k in prange(nchunks):
-        n0, c0, n1, c1 = _row_span(k, nchunks, N, C)
+        n0, c0, n1, c1 = row_span(k, nchunks, N, C)
         for n in range(n0, min(n1 + 1, N)):
-            cs, ce = _channels(n, n0, c0, n1, c1, C)
+            cs, ce = channel_span(n, n0, c0, n1, c1, C)
             ag, bg = a[n // group_size], b[n // group_size]
             for c in range(cs, ce):
                 ac, bc = ag[c], bg[c]
@@ -351,9 +354,9 @@ def _spatial_grad_sums(dy, x, group_size, splits):
     sum_dy_x = np.zeros((groups * splits, C))
     for u in prange(groups * splits):
         first = (u // splits) * G
-        n0, c0, n1, c1 = _row_span(u % splits, splits, G, C)
+        n0, c0, n1, c1 = row_span(u % splits, splits, G, C)
         for n in range(first + n0, first + min(n1 + 1, G)):
-            cs, ce = _channels(n - first, n0, c0, n1, c1, C)
+            cs, ce = channel_span(n - first, n0, c0, n1, c1, C)
             for c in range(cs, ce):
                 s = 0.0
                 q = 0.0
@@ -377,7 +380,7 @@ def _dense_grad_sums(dy, x, splits):
     sum_dy_x = np.zeros((groups * splits, C))
     for u in prange(groups * splits):
         dyg, xg = dy[u // splits], x[u // splits]
-        lo, hi = _chunk(u % splits, splits, G)
+        lo, hi = chunk_span(u % splits, splits, G)
         s, q = sum_dy[u], sum_dy_x[u]
         n = lo
         while n + 4 <= hi:
@@ -401,9 +404,9 @@ def _spatial_grad_input(dy, x, group_size, a, b, d, out, nchunks):
     # the loop order of _spatial_affine
     N, C, L = x.shape
     for k in prange(nchunks):
-        n0, c0, n1, c1 = _row_span(k, nchunks, N, C)
+        n0, c0, n1, c1 = row_span(k, nchunks, N, C)
         for n in range(n0, min(n1 + 1, N)):
-            cs, ce = _channels(n, n0, c0, n1, c1, C)
+            cs, ce = channel_span(n, n0, c0, n1, c1, C)
             g = n // group_size
             ag, bg, dg = a[g], b[g], d[g]
             for c in range(cs, ce):
@@ -448,7 +451,7 @@ def _dense_ghost_train(x, weight, bias, eps, out, mean, var, invstd, nchunks):
     than the data pass. Statistics are written in x's dtype (no cast afterwards)."""
     groups, G, C = x.shape
     for k in prange(nchunks):
-        lo, hi = _chunk(k, nchunks, groups)
+        lo, hi = chunk_span(k, nchunks, groups)
         s, q, a, b = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
         for g in range(lo, hi):
             xg, og = x[g], out[g]
@@ -499,7 +502,7 @@ def _dense_ghost_backward(dy, x, weight, mean, invstd, out, nchunks):
     dweight = np.zeros((nchunks, C))
     dbias = np.zeros((nchunks, C))
     for k in prange(nchunks):
-        lo, hi = _chunk(k, nchunks, groups)
+        lo, hi = chunk_span(k, nchunks, groups)
         s, q = np.empty(C), np.empty(C)
         a, b, d = np.empty(C), np.empty(C), np.empty(C)
         for g in range(lo, hi):
@@ -528,36 +531,37 @@ def _ema_update(running_mean, running_var, mean, var, momenta):
             running_var[k, c] = ema_step(running_var[k, c], var[c], m)
 
 
-def _dense(x):
+def is_dense(x):
+    """Whether ``x`` ``(N, C, L)`` is dense input (``L == 1``), which loops over rows."""
     return x.shape[2] == 1
 
 
-def _layout(*arrays):
+def loop_layout(*arrays):
     """The arrays as the loop order wants them: 2-D ``(N, C)`` views for dense input."""
-    return [a.reshape(a.shape[:2]) for a in arrays] if _dense(arrays[0]) else list(arrays)
+    return [a.reshape(a.shape[:2]) for a in arrays] if is_dense(arrays[0]) else list(arrays)
 
 
-def _grouped(group_size, *arrays):
+def grouped(group_size, *arrays):
     """``(groups, G, ...)`` views of the layout's arrays (no copies)."""
     return [a.reshape(a.shape[0] // group_size, group_size, *a.shape[1:]) for a in arrays]
 
 
-def _nchunks(x):
+def chunk_count(x):
     """One chunk per thread, never more chunks than rows in the layout's loop order."""
-    rows = x.shape[0] if _dense(x) else x.shape[0] * x.shape[1]
-    return max(1, min(_threads(x, elementwise=True), rows))
+    rows = x.shape[0] if is_dense(x) else x.shape[0] * x.shape[1]
+    return max(1, min(thread_count(x, elementwise=True), rows))
 
 
-def _splits(x, group_size):
+def group_splits(x, group_size):
     """Chunks per group: one unit of work per thread while there are fewer groups than
     threads, never more chunks than a group has rows in the layout's loop order. Plain
     batch norm (one group) splits into one chunk per thread."""
     groups = x.shape[0] // group_size
-    rows = group_size if _dense(x) else group_size * x.shape[1]
-    return max(1, min(rows, _threads(x) // groups))
+    rows = group_size if is_dense(x) else group_size * x.shape[1]
+    return max(1, min(rows, thread_count(x) // groups))
 
 
-def _group_moments(x, group_size):
+def group_moments(x, group_size):
     """Per (group, channel) mean and biased variance, ``(groups, C)`` float64. With one
     chunk per group the partials are the groups' statistics: no merge."""
     count, mean, m2, splits = _moment_partials(x, group_size)
@@ -567,27 +571,27 @@ def _group_moments(x, group_size):
 
 
 def _moment_partials(x, group_size):
-    splits = _splits(x, group_size)
-    if _dense(x):
-        return (*_dense_moments(*_grouped(group_size, *_layout(x)), splits), splits)
+    splits = group_splits(x, group_size)
+    if is_dense(x):
+        return (*_dense_moments(*grouped(group_size, *loop_layout(x)), splits), splits)
     return (*_spatial_moments(x, group_size, splits), splits)
 
 
 def moments(x):
     """Per-channel mean and biased variance of ``x`` ``(N, C, L)``, both float64 ``(C,)``."""
-    mean, var = _group_moments(x, x.shape[0])
+    mean, var = group_moments(x, x.shape[0])
     return mean[0], var[0]
 
 
 def affine(x, a, b, out, group_size=None):
     """``out = x * a[g, c] + b[g, c]`` elementwise, ``g = n // group_size``; ``a``, ``b``
     float64 ``(groups, C)`` (``(1, C)`` without groups)."""
-    x2, out2 = _layout(x, out)
+    x2, out2 = loop_layout(x, out)
     G = group_size or x.shape[0]
-    if _dense(x):
+    if is_dense(x):
         _dense_affine(x2, G, a, b, out2)
     else:
-        _spatial_affine(x2, G, a, b, out2, _nchunks(x))
+        _spatial_affine(x2, G, a, b, out2, chunk_count(x))
 
 
 def _fused_ghost(x, group_size):
@@ -595,19 +599,19 @@ def _fused_ghost(x, group_size):
     per thread. One group (plain batch norm) always takes the general path, which Batch
     Renorm shares, so that ``rmax = 1, dmax = 0`` stays plain batch norm bit for bit."""
     groups = x.shape[0] // group_size
-    return _dense(x) and groups > 1 and groups >= _threads(x)
+    return is_dense(x) and groups > 1 and groups >= thread_count(x)
 
 
 def forward_train_ghost(x, weight, bias, eps, group_size, out):
     if _fused_ghost(x, group_size):
-        x3, out3 = _grouped(group_size, *_layout(x, out))
+        x3, out3 = grouped(group_size, *loop_layout(x, out))
         shape = (x3.shape[0], x3.shape[2])
         mean, var, invstd = (np.empty(shape, x.dtype) for _ in range(3))
-        nchunks = min(_threads(x), x3.shape[0])
+        nchunks = min(thread_count(x), x3.shape[0])
         _dense_ghost_train(x3, weight, bias, eps, out3, mean, var, invstd, nchunks)
         return mean, var, invstd
-    mean, var = _group_moments(x, group_size)
-    scale, shift, invstd = _affine_coefficients(weight, bias, mean, var, eps)
+    mean, var = group_moments(x, group_size)
+    scale, shift, invstd = group_affine_coefficients(weight, bias, mean, var, eps)
     affine(x, scale, shift, out, group_size)
     return mean, var, invstd
 
@@ -618,7 +622,7 @@ def forward_train(x, weight, bias, eps, out):
 
 
 def forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax, eps, out):
-    mean, var = _group_moments(x, x.shape[0])
+    mean, var = group_moments(x, x.shape[0])
     scale, shift, invstd, r, d = _renorm_coefficients(
         weight, bias, mean, var, running_mean, running_var, rmax, dmax, eps
     )
@@ -627,35 +631,37 @@ def forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax,
 
 
 def forward_eval(x, weight, bias, mean, var, eps, out):
-    scale, shift, _ = _affine_coefficients(weight, bias, mean[None], var[None], eps)
+    scale, shift, _ = group_affine_coefficients(weight, bias, mean[None], var[None], eps)
     affine(x, scale, shift, out)
 
 
-def _grad_sums(dy, x, group_size):
-    splits = _splits(x, group_size)
-    if _dense(x):
-        return (*_dense_grad_sums(*_grouped(group_size, *_layout(dy, x)), splits), splits)
+def grad_sums(dy, x, group_size):
+    """Per-chunk ``sum(dy)`` and ``sum(dy * x)`` of every (group, channel), and the splits."""
+    splits = group_splits(x, group_size)
+    if is_dense(x):
+        return (*_dense_grad_sums(*grouped(group_size, *loop_layout(dy, x)), splits), splits)
     return (*_spatial_grad_sums(dy, x, group_size, splits), splits)
 
 
-def _grad_input(dy, x, group_size, a, b, d, out):
-    dy2, x2, out2 = _layout(dy, x, out)
-    if _dense(x):
+def grad_input(dy, x, group_size, a, b, d, out):
+    """``out = dy * a + x * b + d`` per (group, channel): the input gradient pass."""
+    dy2, x2, out2 = loop_layout(dy, x, out)
+    if is_dense(x):
         _dense_grad_input(dy2, x2, group_size, a, b, d, out2)
     else:
-        _spatial_grad_input(dy2, x2, group_size, a, b, d, out2, _nchunks(x))
+        _spatial_grad_input(dy2, x2, group_size, a, b, d, out2, chunk_count(x))
 
 
 def backward_ghost(dy, x, weight, mean, invstd, group_size, out):
     if _fused_ghost(x, group_size):
-        dy3, x3, out3 = _grouped(group_size, *_layout(dy, x, out))
-        nchunks = min(_threads(x), x3.shape[0])
+        dy3, x3, out3 = grouped(group_size, *loop_layout(dy, x, out))
+        nchunks = min(thread_count(x), x3.shape[0])
         dw, db = _dense_ghost_backward(dy3, x3, weight, mean, invstd, out3, nchunks)
         return dw.sum(axis=0), db.sum(axis=0)
-    a, b, d, dweight, dbias = _grad_coefficients(
-        *_grad_sums(dy, x, group_size), weight, mean, invstd, group_size * x.shape[2]
+    a, b, d, dweight, dbias = group_grad_coefficients(
+        *grad_sums(dy, x, group_size), weight, mean, invstd, group_size * x.shape[2]
     )
-    _grad_input(dy, x, group_size, a, b, d, out)
+    grad_input(dy, x, group_size, a, b, d, out)
     return dweight, dbias
 
 
@@ -666,9 +672,9 @@ def backward(dy, x, weight, mean, invstd, out):
 def backward_renorm(dy, x, weight, mean, invstd, r, d, out):
     N = x.shape[0]
     a, b, dc, dweight, dbias = _renorm_grad_coefficients(
-        *_grad_sums(dy, x, N), weight, mean, invstd, r, d, N * x.shape[2]
+        *grad_sums(dy, x, N), weight, mean, invstd, r, d, N * x.shape[2]
     )
-    _grad_input(dy, x, N, a, b, dc, out)
+    grad_input(dy, x, N, a, b, dc, out)
     return dweight, dbias
 
 

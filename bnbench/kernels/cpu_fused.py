@@ -25,11 +25,11 @@ order. Where the unfused kernel reduces within a row (the spatial gradient sums,
 that LLVM vectorises with ``reassoc`` and whose lane count it picks by the loop body's
 cost) the masked row is first written to ``dz`` and then reduced by the same
 loop as the unfused kernel's, so the summation order is the same one (a single fused loop
-risks other lanes, hence other last bits; tests/test_fused.py checks the bits). With the
-mask inline in the input-gradient pass, LLVM moved the multiply into the select and
-contracted ``g * a + x * b + d`` into other fused multiply-adds than the unfused kernel's
-(float64 spatial dx: 1 ulp off on some elements), one more reason to run that pass as
-the unfused kernel itself.
+risks other lanes, hence other last bits; tests/kernels/test_cpu_fused.py checks the
+bits). With the mask inline in the input-gradient pass, LLVM moved the multiply into the
+select and contracted ``g * a + x * b + d`` into other fused multiply-adds than the
+unfused kernel's (float64 spatial dx: 1 ulp off on some elements), one more reason to run
+that pass as the unfused kernel itself.
 
 "The same operations" holds for kernels compiled alike: a parallel kernel that reduces
 inside a loop (``_spatial_grad_sums``, fused or not) loaded from Numba's on-disk cache
@@ -44,21 +44,21 @@ from numba import prange
 
 from .cpu import (
     ParallelKernel,
-    _affine_coefficients,
-    _channels,
-    _chunk,
-    _dense,
-    _grad_coefficients,
-    _grad_input,
-    _grad_sums,
-    _group_moments,
-    _grouped,
-    _layout,
-    _nchunks,
-    _row_span,
-    _splits,
-    _threads,
+    channel_span,
+    chunk_count,
+    chunk_span,
     elementwise_kernel,
+    grad_input,
+    grad_sums,
+    group_affine_coefficients,
+    group_grad_coefficients,
+    group_moments,
+    group_splits,
+    grouped,
+    is_dense,
+    loop_layout,
+    row_span,
+    thread_count,
 )
 from .scalar import relu, relu_grad
 
@@ -68,9 +68,9 @@ def _spatial_affine_relu(x, group_size, a, b, out, nchunks):
     """:func:`~bnbench.kernels.cpu._spatial_affine` storing ``relu(x * a + b)``."""
     N, C, L = x.shape
     for k in prange(nchunks):
-        n0, c0, n1, c1 = _row_span(k, nchunks, N, C)
+        n0, c0, n1, c1 = row_span(k, nchunks, N, C)
         for n in range(n0, min(n1 + 1, N)):
-            cs, ce = _channels(n, n0, c0, n1, c1, C)
+            cs, ce = channel_span(n, n0, c0, n1, c1, C)
             ag, bg = a[n // group_size], b[n // group_size]
             for c in range(cs, ce):
                 ac, bc = ag[c], bg[c]
@@ -99,9 +99,9 @@ def _spatial_grad_sums_relu(dy, y, x, group_size, splits, dz):
     sum_dy_x = np.zeros((groups * splits, C))
     for u in prange(groups * splits):
         first = (u // splits) * G
-        n0, c0, n1, c1 = _row_span(u % splits, splits, G, C)
+        n0, c0, n1, c1 = row_span(u % splits, splits, G, C)
         for n in range(first + n0, first + min(n1 + 1, G)):
-            cs, ce = _channels(n - first, n0, c0, n1, c1, C)
+            cs, ce = channel_span(n - first, n0, c0, n1, c1, C)
             for c in range(cs, ce):
                 gr, yr, row = dy[n, c], y[n, c], dz[n, c]
                 for i in range(L):
@@ -127,7 +127,7 @@ def _dense_grad_sums_relu(dy, y, x, splits, dz):
     sum_dy_x = np.zeros((groups * splits, C))
     for u in prange(groups * splits):
         dyg, yg, xg, zg = dy[u // splits], y[u // splits], x[u // splits], dz[u // splits]
-        lo, hi = _chunk(u % splits, splits, G)
+        lo, hi = chunk_span(u % splits, splits, G)
         s, q = sum_dy[u], sum_dy_x[u]
         n = lo
         while n + 4 <= hi:
@@ -161,22 +161,22 @@ def _relu_grad_pass(dy, y, dz):
 
 def affine_relu(x, a, b, out):
     """``out = relu(x * a[0, c] + b[0, c])``; ``a``, ``b`` float64 ``(1, C)``."""
-    x2, out2 = _layout(x, out)
-    if _dense(x):
+    x2, out2 = loop_layout(x, out)
+    if is_dense(x):
         _dense_affine_relu(x2, x.shape[0], a, b, out2)
     else:
-        _spatial_affine_relu(x2, x.shape[0], a, b, out2, _nchunks(x))
+        _spatial_affine_relu(x2, x.shape[0], a, b, out2, chunk_count(x))
 
 
 def forward_train_relu(x, weight, bias, eps, out):
-    mean, var = _group_moments(x, x.shape[0])
-    scale, shift, invstd = _affine_coefficients(weight, bias, mean, var, eps)
+    mean, var = group_moments(x, x.shape[0])
+    scale, shift, invstd = group_affine_coefficients(weight, bias, mean, var, eps)
     affine_relu(x, scale, shift, out)
     return mean[0], var[0], invstd[0]
 
 
 def forward_eval_relu(x, weight, bias, mean, var, eps, out):
-    scale, shift, _ = _affine_coefficients(weight, bias, mean[None], var[None], eps)
+    scale, shift, _ = group_affine_coefficients(weight, bias, mean[None], var[None], eps)
     affine_relu(x, scale, shift, out)
 
 
@@ -186,22 +186,22 @@ def backward_relu(dy, y, x, weight, mean, invstd, out):
     coefficients and input-gradient pass on it: one pass over the data fewer than the
     ReLU backward and the BN backward, and those kernels' arithmetic by construction."""
     N, L = x.shape[0], x.shape[2]
-    splits = _splits(x, N)
+    splits = group_splits(x, N)
     dz = np.empty_like(dy)
-    if _threads(x) == 1 < _threads(x, elementwise=True):
+    if thread_count(x) == 1 < thread_count(x, elementwise=True):
         # the sums run serially at this size while elementwise passes run in parallel:
         # masking inside the sums would serialise the mask too (the MLP's (256, 100) and
         # (512, 100) backward: 0.92x the unfused time), so the mask runs as its own
         # parallel pass, then the unfused sums: the unfused pair exactly
         _relu_grad_pass(dy.reshape(-1), y.reshape(-1), dz.reshape(-1))
-        sums = _grad_sums(dz, x, N)[:2]
-    elif _dense(x):
-        dy3, y3, x3, dz3 = _grouped(N, *_layout(dy, y, x, dz))
+        sums = grad_sums(dz, x, N)[:2]
+    elif is_dense(x):
+        dy3, y3, x3, dz3 = grouped(N, *loop_layout(dy, y, x, dz))
         sums = _dense_grad_sums_relu(dy3, y3, x3, splits, dz3)
     else:
         sums = _spatial_grad_sums_relu(dy, y, x, N, splits, dz)
-    a, b, d, dweight, dbias = _grad_coefficients(
+    a, b, d, dweight, dbias = group_grad_coefficients(
         *sums, splits, weight, mean[None], invstd[None], N * L
     )
-    _grad_input(dz, x, N, a, b, d, out)
+    grad_input(dz, x, N, a, b, d, out)
     return dweight, dbias

@@ -46,17 +46,17 @@ def available():
         return False, f"CUDA error: {err}"
 
 
-def _device(fn):
+def device_function(fn):
     """A device-function copy of one of :mod:`bnbench.kernels.scalar`'s helpers."""
     return cuda.jit(device=True, inline=True)(fn.py_func)
 
 
-_chan_merge = _device(scalar.chan_merge)
-_ema_step = _device(scalar.ema_step)
-_affine_coefficients = _device(scalar.affine_coefficients)
-_grad_coefficients = _device(scalar.grad_coefficients)
-_renorm_affine_coefficients = _device(scalar.renorm_affine_coefficients)
-_renorm_grad_coefficients = _device(scalar.renorm_grad_coefficients)
+_chan_merge = device_function(scalar.chan_merge)
+_ema_step = device_function(scalar.ema_step)
+_affine_coefficients = device_function(scalar.affine_coefficients)
+_grad_coefficients = device_function(scalar.grad_coefficients)
+_renorm_affine_coefficients = device_function(scalar.renorm_affine_coefficients)
+_renorm_grad_coefficients = device_function(scalar.renorm_grad_coefficients)
 
 
 @functools.cache
@@ -256,14 +256,16 @@ def kernels(tpb):
     return SimpleNamespace(**{k: v for k, v in locals().items() if k in names})
 
 
-def _k():
+def configured_kernels():
+    """The :func:`kernels` for :data:`bnbench.config.CUDA_THREADS_PER_BLOCK`."""
     return kernels(config.CUDA_THREADS_PER_BLOCK)
 
 
 is_device = is_device_array
 
 
-def _dev(a):
+def on_device(a):
+    """``a`` as a device array: itself if on the device, else a contiguous copy."""
     return a if is_device(a) else cuda.to_device(np.ascontiguousarray(a))
 
 
@@ -271,7 +273,7 @@ def empty_like(a):
     return cuda.device_array(a.shape, a.dtype)
 
 
-def _blocks_per_channel(M, C):
+def blocks_per_channel(M, C):
     """Enough blocks to fill the GPU when C is small, one when C alone is enough.
     ``M`` values per channel (of one group); ``C``: channels times groups."""
     tpb = config.CUDA_THREADS_PER_BLOCK
@@ -281,17 +283,19 @@ def _blocks_per_channel(M, C):
     return nb, math.ceil(M / nb)
 
 
-def _elementwise_grid(size):
+def elementwise_grid(size):
+    """``(blocks, threads per block)`` of an elementwise pass over ``size`` values."""
     tpb = config.CUDA_THREADS_PER_BLOCK
     return min(math.ceil(size / tpb), config.CUDA_TARGET_BLOCKS * 4), tpb
 
 
-def _channel_grid(C):
+def channel_grid(C):
+    """``(blocks, threads per block)`` of a pass with one thread per channel."""
     tpb = config.CUDA_THREADS_PER_BLOCK
     return math.ceil(C / tpb), tpb
 
 
-def _deliver(host, out_dev, out, *arrays):
+def deliver(host, out_dev, out, *arrays):
     """The results on the caller's side: for host input, ``out_dev`` is copied into the
     caller's ``out`` and the per-channel ``arrays`` come back as NumPy arrays."""
     if not host:
@@ -300,30 +304,30 @@ def _deliver(host, out_dev, out, *arrays):
     return tuple(a.copy_to_host() for a in arrays)
 
 
-def _moment_partials(dx, group_size):
+def moment_partials(dx, group_size):
     """Launch the partial statistics of every (group, channel): ``(groups, C, nb)`` x 3."""
     N, C, L = dx.shape
     groups = N // group_size
-    nb, per_block = _blocks_per_channel(group_size * L, C * groups)
+    nb, per_block = blocks_per_channel(group_size * L, C * groups)
     parts = [cuda.device_array((groups, C, nb)) for _ in range(3)]
     grid = (nb * groups, C), config.CUDA_THREADS_PER_BLOCK
-    _k().moments_partial[grid](dx, group_size, per_block, *parts)
+    configured_kernels().moments_partial[grid](dx, group_size, per_block, *parts)
     return parts
 
 
 def forward_train_ghost(x, weight, bias, eps, group_size, out):
-    k, host = _k(), not is_device(x)
-    dx, dout = _dev(x), (empty_like(x) if host else out)
+    k, host = configured_kernels(), not is_device(x)
+    dx, dout = on_device(x), (empty_like(x) if host else out)
     N, C, _ = x.shape
     groups = N // group_size
-    parts = _moment_partials(dx, group_size)
+    parts = moment_partials(dx, group_size)
     mean, var, invstd = (cuda.device_array((groups, C), x.dtype) for _ in range(3))
     scale, shift = cuda.device_array((groups, C)), cuda.device_array((groups, C))
-    k.moments_finish[_channel_grid(groups * C)](
-        *parts, _dev(weight), _dev(bias), eps, mean, var, invstd, scale, shift
+    k.moments_finish[channel_grid(groups * C)](
+        *parts, on_device(weight), on_device(bias), eps, mean, var, invstd, scale, shift
     )
-    k.affine[_elementwise_grid(x.size)](dx, group_size, scale, shift, dout)
-    return _deliver(host, dout, out, mean, var, invstd)
+    k.affine[elementwise_grid(x.size)](dx, group_size, scale, shift, dout)
+    return deliver(host, dout, out, mean, var, invstd)
 
 
 def forward_train(x, weight, bias, eps, out):
@@ -331,88 +335,90 @@ def forward_train(x, weight, bias, eps, out):
 
 
 def forward_train_renorm(x, weight, bias, running_mean, running_var, rmax, dmax, eps, out):
-    k, host = _k(), not is_device(x)
-    dx, dout = _dev(x), (empty_like(x) if host else out)
+    k, host = configured_kernels(), not is_device(x)
+    dx, dout = on_device(x), (empty_like(x) if host else out)
     N, C, _ = x.shape
-    parts = _moment_partials(dx, N)
+    parts = moment_partials(dx, N)
     stats = [cuda.device_array(C, x.dtype) for _ in range(5)]  # mean, var, invstd, r, d
     scale, shift = cuda.device_array((1, C)), cuda.device_array((1, C))
-    k.renorm_finish[_channel_grid(C)](
-        *parts, _dev(weight), _dev(bias), _dev(running_mean), _dev(running_var),
+    k.renorm_finish[channel_grid(C)](
+        *parts, on_device(weight), on_device(bias),
+        on_device(running_mean), on_device(running_var),
         rmax, dmax, eps, *stats, scale, shift,
     )  # fmt: skip
-    k.affine[_elementwise_grid(x.size)](dx, N, scale, shift, dout)
-    return _deliver(host, dout, out, *stats)
+    k.affine[elementwise_grid(x.size)](dx, N, scale, shift, dout)
+    return deliver(host, dout, out, *stats)
 
 
 def forward_eval(x, weight, bias, mean, var, eps, out):
-    k, host = _k(), not is_device(x)
-    dx, dout = _dev(x), (empty_like(x) if host else out)
+    k, host = configured_kernels(), not is_device(x)
+    dx, dout = on_device(x), (empty_like(x) if host else out)
     C = x.shape[1]
     scale, shift = cuda.device_array((1, C)), cuda.device_array((1, C))
-    k.eval_coefficients[_channel_grid(C)](
-        _dev(weight), _dev(bias), _dev(mean), _dev(var), eps, scale, shift
+    k.eval_coefficients[channel_grid(C)](
+        on_device(weight), on_device(bias), on_device(mean), on_device(var), eps, scale, shift
     )
-    k.affine[_elementwise_grid(x.size)](dx, x.shape[0], scale, shift, dout)
-    _deliver(host, dout, out)
+    k.affine[elementwise_grid(x.size)](dx, x.shape[0], scale, shift, dout)
+    deliver(host, dout, out)
 
 
 def _grad_sums(ddy, dx, group_size):
     N, C, L = dx.shape
     groups = N // group_size
-    nb, per_block = _blocks_per_channel(group_size * L, C * groups)
+    nb, per_block = blocks_per_channel(group_size * L, C * groups)
     sums = [cuda.device_array((groups, C, nb)) for _ in range(2)]
     grid = (nb * groups, C), config.CUDA_THREADS_PER_BLOCK
-    _k().grad_partial[grid](ddy, dx, group_size, per_block, *sums)
+    configured_kernels().grad_partial[grid](ddy, dx, group_size, per_block, *sums)
     return sums
 
 
 def backward_ghost(dy, x, weight, mean, invstd, group_size, out):
-    k, host = _k(), not is_device(x)
-    ddy, dx, dout = _dev(dy), _dev(x), (empty_like(x) if host else out)
+    k, host = configured_kernels(), not is_device(x)
+    ddy, dx, dout = on_device(dy), on_device(x), (empty_like(x) if host else out)
     N, C, L = x.shape
     groups = N // group_size
     sums = _grad_sums(ddy, dx, group_size)
     a, b, d = (cuda.device_array((groups, C)) for _ in range(3))
     dweight, dbias = cuda.device_array(C, x.dtype), cuda.device_array(C, x.dtype)
-    k.grad_finish[_channel_grid(C)](
-        *sums, _dev(weight), _dev(mean), _dev(invstd), float(group_size * L),
+    k.grad_finish[channel_grid(C)](
+        *sums, on_device(weight), on_device(mean), on_device(invstd), float(group_size * L),
         a, b, d, dweight, dbias,
     )  # fmt: skip
-    k.grad_input[_elementwise_grid(x.size)](ddy, dx, group_size, a, b, d, dout)
-    return _deliver(host, dout, out, dweight, dbias)
+    k.grad_input[elementwise_grid(x.size)](ddy, dx, group_size, a, b, d, dout)
+    return deliver(host, dout, out, dweight, dbias)
 
 
-def _row(a):
+def as_row(a):
     """A ``(C,)`` statistic as ``(1, C)``, host or device, without a copy."""
     return a.reshape(1, a.shape[0])
 
 
 def backward(dy, x, weight, mean, invstd, out):
-    return backward_ghost(dy, x, weight, _row(mean), _row(invstd), x.shape[0], out)
+    return backward_ghost(dy, x, weight, as_row(mean), as_row(invstd), x.shape[0], out)
 
 
 def backward_renorm(dy, x, weight, mean, invstd, r, d, out):
-    k, host = _k(), not is_device(x)
-    ddy, dx, dout = _dev(dy), _dev(x), (empty_like(x) if host else out)
+    k, host = configured_kernels(), not is_device(x)
+    ddy, dx, dout = on_device(dy), on_device(x), (empty_like(x) if host else out)
     N, C, L = x.shape
     sums = _grad_sums(ddy, dx, N)
     a, b, dc = (cuda.device_array((1, C)) for _ in range(3))
     dweight, dbias = cuda.device_array(C, x.dtype), cuda.device_array(C, x.dtype)
-    k.renorm_grad_finish[_channel_grid(C)](
-        *sums, _dev(weight), _dev(mean), _dev(invstd), _dev(r), _dev(d), float(N * L),
+    k.renorm_grad_finish[channel_grid(C)](
+        *sums, on_device(weight), on_device(mean), on_device(invstd),
+        on_device(r), on_device(d), float(N * L),
         a, b, dc, dweight, dbias,
     )  # fmt: skip
-    k.grad_input[_elementwise_grid(x.size)](ddy, dx, N, a, b, dc, dout)
-    return _deliver(host, dout, out, dweight, dbias)
+    k.grad_input[elementwise_grid(x.size)](ddy, dx, N, a, b, dc, dout)
+    return deliver(host, dout, out, dweight, dbias)
 
 
 def update_running(running_mean, running_var, mean, var, momenta):
-    k, host = _k(), not is_device(running_mean)
-    rm, rv = _dev(running_mean), _dev(running_var)
+    k, host = configured_kernels(), not is_device(running_mean)
+    rm, rv = on_device(running_mean), on_device(running_var)
     tpb = config.CUDA_THREADS_PER_BLOCK
     k.ema_update[math.ceil(running_mean.size / tpb), tpb](
-        rm, rv, _dev(mean), _dev(var), _dev(momenta)
+        rm, rv, on_device(mean), on_device(var), on_device(momenta)
     )
     if host:
         rm.copy_to_host(running_mean)

@@ -18,21 +18,21 @@ from numba import cuda
 from .. import config
 from . import scalar
 from .cuda import (
-    _blocks_per_channel,
-    _channel_grid,
-    _deliver,
-    _dev,
-    _device,
-    _elementwise_grid,
-    _k,
-    _moment_partials,
-    _row,
+    as_row,
+    blocks_per_channel,
+    channel_grid,
+    configured_kernels,
+    deliver,
+    device_function,
+    elementwise_grid,
     empty_like,
     is_device,
+    moment_partials,
+    on_device,
 )
 
-_relu = _device(scalar.relu)
-_relu_grad = _device(scalar.relu_grad)
+_relu = device_function(scalar.relu)
+_relu_grad = device_function(scalar.relu_grad)
 
 
 @functools.cache
@@ -102,45 +102,45 @@ def _f():
 
 
 def forward_train_relu(x, weight, bias, eps, out):
-    k, host = _k(), not is_device(x)
-    dx, dout = _dev(x), (empty_like(x) if host else out)
+    k, host = configured_kernels(), not is_device(x)
+    dx, dout = on_device(x), (empty_like(x) if host else out)
     N, C, _ = x.shape
-    parts = _moment_partials(dx, N)
+    parts = moment_partials(dx, N)
     mean, var, invstd = (cuda.device_array((1, C), x.dtype) for _ in range(3))
     scale, shift = cuda.device_array((1, C)), cuda.device_array((1, C))
-    k.moments_finish[_channel_grid(C)](
-        *parts, _dev(weight), _dev(bias), eps, mean, var, invstd, scale, shift
+    k.moments_finish[channel_grid(C)](
+        *parts, on_device(weight), on_device(bias), eps, mean, var, invstd, scale, shift
     )
-    _f().affine_relu[_elementwise_grid(x.size)](dx, N, scale, shift, dout)
-    return tuple(s[0] for s in _deliver(host, dout, out, mean, var, invstd))
+    _f().affine_relu[elementwise_grid(x.size)](dx, N, scale, shift, dout)
+    return tuple(s[0] for s in deliver(host, dout, out, mean, var, invstd))
 
 
 def forward_eval_relu(x, weight, bias, mean, var, eps, out):
-    k, host = _k(), not is_device(x)
-    dx, dout = _dev(x), (empty_like(x) if host else out)
+    k, host = configured_kernels(), not is_device(x)
+    dx, dout = on_device(x), (empty_like(x) if host else out)
     C = x.shape[1]
     scale, shift = cuda.device_array((1, C)), cuda.device_array((1, C))
-    k.eval_coefficients[_channel_grid(C)](
-        _dev(weight), _dev(bias), _dev(mean), _dev(var), eps, scale, shift
+    k.eval_coefficients[channel_grid(C)](
+        on_device(weight), on_device(bias), on_device(mean), on_device(var), eps, scale, shift
     )
-    _f().affine_relu[_elementwise_grid(x.size)](dx, x.shape[0], scale, shift, dout)
-    _deliver(host, dout, out)
+    _f().affine_relu[elementwise_grid(x.size)](dx, x.shape[0], scale, shift, dout)
+    deliver(host, dout, out)
 
 
 def backward_relu(dy, y, x, weight, mean, invstd, out):
-    k, f, host = _k(), _f(), not is_device(x)
-    ddy, dyy, dx = _dev(dy), _dev(y), _dev(x)
+    k, f, host = configured_kernels(), _f(), not is_device(x)
+    ddy, dyy, dx = on_device(dy), on_device(y), on_device(x)
     dout = empty_like(x) if host else out
     N, C, L = x.shape
-    nb, per_block = _blocks_per_channel(N * L, C)
+    nb, per_block = blocks_per_channel(N * L, C)
     sums = [cuda.device_array((1, C, nb)) for _ in range(2)]
     grid = (nb, C), config.CUDA_THREADS_PER_BLOCK
     f.grad_partial_relu[grid](ddy, dyy, dx, N, per_block, *sums)
     a, b, d = (cuda.device_array((1, C)) for _ in range(3))
     dweight, dbias = cuda.device_array(C, x.dtype), cuda.device_array(C, x.dtype)
-    k.grad_finish[_channel_grid(C)](
-        *sums, _dev(weight), _dev(_row(mean)), _dev(_row(invstd)), float(N * L),
+    k.grad_finish[channel_grid(C)](
+        *sums, on_device(weight), on_device(as_row(mean)), on_device(as_row(invstd)), float(N * L),
         a, b, d, dweight, dbias,
     )  # fmt: skip
-    f.grad_input_relu[_elementwise_grid(x.size)](ddy, dyy, dx, N, a, b, d, dout)
-    return _deliver(host, dout, out, dweight, dbias)
+    f.grad_input_relu[elementwise_grid(x.size)](ddy, dyy, dx, N, a, b, d, dout)
+    return deliver(host, dout, out, dweight, dbias)

@@ -54,7 +54,7 @@ def _coefficients(bn, stats):
     w, b = (bn.params[k] for k in ("weight", "bias"))
     # rounded to the layer's dtype first, as the BN layer's inference mode does
     mean, var = (np.asarray(a, w.dtype).astype(np.float64) for a in stats)
-    s, t, _ = cpu._affine_coefficients(w, b, mean[None], var[None], float(bn.eps))
+    s, t, _ = cpu.group_affine_coefficients(w, b, mean[None], var[None], float(bn.eps))
     return s[0], t[0]
 
 

@@ -28,7 +28,7 @@ def test_small_inputs_span_several_blocks_under_the_simulator():
     from bnbench.kernels import cuda as kc
 
     assert config.CUDA_THREADS_PER_BLOCK == 8
-    blocks, per_block = kc._blocks_per_channel(3 * 7, 2)  # (3, 2, 7): 21 values a channel
+    blocks, per_block = kc.blocks_per_channel(3 * 7, 2)  # (3, 2, 7): 21 values a channel
     assert blocks > 1 and per_block < 21
 
 

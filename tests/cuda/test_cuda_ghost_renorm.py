@@ -39,7 +39,7 @@ def test_ghost_groups_span_several_blocks_under_the_simulator():
     from bnbench.kernels import cuda as kc
 
     # (9, 2, 7) in groups of 3: 21 values per (group, channel), 3 * 2 (group, channel)s
-    blocks, per_block = kc._blocks_per_channel(3 * 7, 2 * 3)
+    blocks, per_block = kc.blocks_per_channel(3 * 7, 2 * 3)
     assert blocks > 1 and per_block < 21
 
 
