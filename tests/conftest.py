@@ -19,6 +19,37 @@ def parallel_cpu_kernels(monkeypatch):
 
 
 @pytest.fixture
+def compiled_alike(monkeypatch):
+    """The parallel gradient sums (spatial and dense), unfused and fused, compiled afresh
+    in this process.
+
+    Numba's cached machine code of a parallel kernel that reduces inside a loop (with
+    ``reassoc``) rounds differently from the same kernel compiled in-process (the
+    spatial gradient sums of (16, 8, 33) float64: the last bits of sum(dy); the serial
+    twins agree). So right after an edit of one of the two modules, one kernel is fresh
+    and the other cached, and they disagree in the last bits though they run the same
+    operations. Both fresh here: the bound holds for kernels compiled alike. Used by
+    tests/kernels/test_cpu_fused.py and tests/nn/test_models.py."""
+    import numba
+
+    from bnbench import config
+    from bnbench.kernels import cpu, cpu_fused
+
+    pairs = ((cpu, "_spatial_grad_sums"), (cpu_fused, "_spatial_grad_sums_relu"),
+             (cpu, "_dense_grad_sums"), (cpu_fused, "_dense_grad_sums_relu"))  # fmt: skip
+    for module, name in pairs:
+        kernel = getattr(module, name)
+        if kernel not in _FRESH:  # one compilation per kernel and session
+            _FRESH[kernel] = numba.njit(parallel=True, fastmath=config.FASTMATH)(
+                kernel.parallel.py_func
+            )
+        monkeypatch.setattr(kernel, "parallel", _FRESH[kernel])
+
+
+_FRESH = {}
+
+
+@pytest.fixture
 def studies(tmp_path, monkeypatch):
     """A studies folder holding ``tiny.py`` (presets ``quick``: 2 runs, ``many``: 12,
     ``slow``: 8 runs of about a second, ``empty``), found through ``$BNBENCH_STUDIES_DIR``."""

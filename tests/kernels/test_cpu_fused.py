@@ -1,42 +1,16 @@
 """The CPU backend's fused kernels (:mod:`bnbench.kernels.cpu_fused`): bit for bit the
 unfused pair, batch norm then a ReLU, where the arithmetic is the same (the parallel
 kernels, the serial twins, both mixed; the reference's fused functions by the same check),
-on hard inputs too. Every backend's fused functions against the oracle: tests/test_fused.py."""
+on hard inputs too (the fixture ``compiled_alike``: tests/conftest.py). Every backend's
+fused functions against the oracle: tests/test_fused.py."""
 
-import numba
 import numpy as np
 import pytest
 from test_fused import CASES, DTYPES, assert_bitwise, fused, inputs, unfused
 
-from bnbench import config
 from bnbench.kernels import cpu, cpu_fused
 
 BITWISE = ["reference", "cpu"]
-
-
-@pytest.fixture
-def compiled_alike(monkeypatch):
-    """The parallel gradient sums (spatial and dense), unfused and fused, compiled afresh
-    in this process.
-
-    Numba's cached machine code of a parallel kernel that reduces inside a loop (with
-    ``reassoc``) rounds differently from the same kernel compiled in-process (the
-    spatial gradient sums of (16, 8, 33) float64: the last bits of sum(dy); the serial
-    twins agree). So right after an edit of one of the two modules, one kernel is fresh
-    and the other cached, and they disagree in the last bits though they run the same
-    operations. Both fresh here: the bound holds for kernels compiled alike."""
-    pairs = ((cpu, "_spatial_grad_sums"), (cpu_fused, "_spatial_grad_sums_relu"),
-             (cpu, "_dense_grad_sums"), (cpu_fused, "_dense_grad_sums_relu"))  # fmt: skip
-    for module, name in pairs:
-        kernel = getattr(module, name)
-        if kernel not in _FRESH:  # one compilation per kernel and session
-            _FRESH[kernel] = numba.njit(parallel=True, fastmath=config.FASTMATH)(
-                kernel.parallel.py_func
-            )
-        monkeypatch.setattr(kernel, "parallel", _FRESH[kernel])
-
-
-_FRESH = {}
 
 
 @pytest.mark.parametrize("backend", BITWISE)

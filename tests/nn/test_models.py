@@ -6,7 +6,6 @@ import functools
 import numpy as np
 import pytest
 from helpers import check_layer, numeric_grad
-from test_fused import compiled_alike  # noqa: F401  (a fixture, used by name)
 
 import bnbench as bn
 from bnbench import adaptation, evaluate, nn, tent, train
