@@ -143,8 +143,9 @@ def analyse(df):
         "softmax cross-entropy, backward and SGD (momentum 0.9, weight decay 5e-4) on one "
         "fixed batch of inputs (40 values for the MNIST-1D networks, 28 x 28 images for "
         "cnn2d); bnbench's BN layers feed an EMA estimator each, as in a training run. "
-        "Both libraries are warmed up, then timed in interleaved repeats of `max(20, 2000 // batch size)` steps; the table gives the median per "
-        "step. The PyTorch networks are `torch_network` in this study's script.",
+        "Both libraries are warmed up, then timed in interleaved repeats of "
+        "`max(20, 2000 // batch size)` steps; the table gives the median per step. The "
+        "PyTorch networks are `torch_network` in this study's script.",
         "![training steps](steps.png)",
         "## Milliseconds per training step",
         report.markdown_table(table),
