@@ -231,11 +231,13 @@ def answer_bullets(rows):
     by_situation = {}
     for r in rows:
         by_situation.setdefault(r["situation"], []).append(r)
-    lines, not_run = [], {}
+    lines, not_run, not_in_preset = [], {}, {}
     for situation, entries in by_situation.items():
         measured = [r for r in entries if r.get("effect")]
         if not measured:
-            not_run.setdefault(entries[0]["study"], []).append(situation)
+            ran = any(r.get("link") for r in entries)  # run, but its preset lacks the cell
+            group = not_in_preset if ran else not_run
+            group.setdefault(entries[0]["study"], []).append(situation)
             continue
         parts = []
         for r in entries:
@@ -246,6 +248,12 @@ def answer_bullets(rows):
             else:
                 parts.append(f"{data} {r['recommendation']}")
         lines.append(f"- **{situation}**, {measured[0]['comparison']}: " + "; ".join(parts))
+    if not_in_preset:
+        situations = [s for group in not_in_preset.values() for s in group]
+        lines.append(
+            f"- Not measured by the preset that ran ({', '.join(not_in_preset)}; its full "
+            "preset scores them): " + "; ".join(situations)
+        )
     if not_run:
         situations = [s for group in not_run.values() for s in group]
         lines.append(
