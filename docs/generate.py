@@ -103,6 +103,74 @@ def _retitle(text, suffix):
     return f"# {suffix}\n\n{text}"
 
 
+#: MNIST's network for each MNIST-1D network (bnbench.data.MODELS), to pair findings
+TWIN = {"cnn2d": "cnn", "resnet2d": "resnet"}
+
+
+def _pair_key(finding):
+    """A finding's id and scope with the dataset's network named by its MNIST-1D twin."""
+    head, sep, rest = finding["scope"].partition(",")
+    return finding["id"], TWIN.get(head, head) + sep + rest
+
+
+def agreement(a, b):
+    """Whether two verdicts agree: both the same clear direction, opposite directions, or
+    not decided on one or both datasets."""
+    clear = ("helps", "hurts")
+    if a in clear and b in clear:
+        return "agree" if a == b else "**disagree**"
+    if a in clear or b in clear:
+        return "clear on one only"
+    return "neither clear"
+
+
+def _cell_text(c):
+    if c.get("verdict") is None or c.get("mean") is None:
+        return "n/a"
+    return f"{c['mean']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}] {c['verdict']}, n={c['n']}"
+
+
+def both_datasets(folders):
+    """Markdown: every finding measured on MNIST-1D and MNIST (the same study and preset),
+    cell by cell side by side, with whether the verdicts agree; ``None`` if no study has
+    both."""
+    by_name = {f.name: f for f in folders}
+    sections, counts = [], {}
+    for name, folder in sorted(by_name.items()):
+        study, _, preset = name.rpartition("-")
+        twin = by_name.get(f"{study}-mnist-{preset}")
+        if study.endswith("-mnist") or twin is None:
+            continue
+        load = [json.loads((f / "findings.json").read_text())["findings"] for f in (folder, twin)]
+        other = {(_pair_key(f), c["label"]): c for f in load[1] for c in f["cells"]}
+        rows = []
+        for f in load[0]:
+            for c in f["cells"]:
+                d = other.get((_pair_key(f), c["label"]))
+                if d is None or c.get("verdict") is None or d.get("verdict") is None:
+                    continue
+                agree = agreement(c["verdict"], d["verdict"])
+                counts[agree] = counts.get(agree, 0) + 1
+                rows.append(f"| {f['scope']}: {f['claim']} | {c['label']} | {_cell_text(c)} "
+                            f"| {_cell_text(d)} | {agree} |")  # fmt: skip
+        if rows:
+            table = ["| finding (MNIST-1D's network; on MNIST its image twin) | cell | "
+                     "MNIST-1D | MNIST | verdicts |", "|---|---|---|---|---|", *rows]  # fmt: skip
+            sections += [f"## {study} ({preset})", "\n".join(table)]
+    if not sections:
+        return None
+    kinds = ("agree", "**disagree**", "clear on one only", "neither clear")
+    summary = ", ".join(f"{counts.get(k, 0)} {k.strip('*')}" for k in kinds)
+    return "\n\n".join([
+        "# MNIST-1D and MNIST side by side",
+        "Every finding cell measured on both datasets by the same study and preset, paired by "
+        "finding and cell label (MNIST's cnn2d and resnet2d stand for MNIST-1D's cnn and "
+        "resnet; corruption cells are paired where MNIST-1D-C and MNIST-C share a name, e.g. "
+        "shear and scale). Each cell: mean [interval] verdict, n seeds, from the two reports' "
+        f"findings.json. In all: {summary}.", *sections,
+    ]) + "\n"  # fmt: skip
+
+
 def results_pages(reports=None, out=RESULTS):
     """Write ``out`` (``docs/results/``) from ``reports``; returns the pages written."""
     reports = Path(reports) if reports is not None else reports_dir()
@@ -146,6 +214,11 @@ def results_pages(reports=None, out=RESULTS):
         (dest / "report.md").write_text(text)
         pages.append(dest / "report.md")
     toc = [f"{n}/report" for n in names] + ["asv"]
+    side_by_side = both_datasets(folders)
+    if side_by_side:
+        (out / "both-datasets.md").write_text(side_by_side)
+        pages.append(out / "both-datasets.md")
+        toc.insert(0, "both-datasets")
     if index.is_file():
         text = _relink(index.read_text(), Path("reports"), out, known)
         (out / "answer.md").write_text(
@@ -167,6 +240,8 @@ def results_pages(reports=None, out=RESULTS):
         + ("- [The answer page](answer.md): which statistics BN should use at test time\n"
            if index.is_file() else
            "The answer page is missing: `" + MAKE_REPORTS + "` writes it.\n\n")
+        + ("- [MNIST-1D and MNIST side by side](both-datasets.md): every finding on both "
+           "datasets, with whether the verdicts agree\n" if side_by_side else "")
         + listing
         + "\n\n```{toctree}\n:hidden:\n\n" + "\n".join(toc) + "\n```\n"
     )  # fmt: skip

@@ -236,3 +236,28 @@ def test_the_asv_page_links_the_published_history_when_there_is_one(tmp_path):
     text = generate.asv_page(out, asv).read_text()
     assert 'href="../asv/index.html"' in text and "asv publish" in text
     assert (out / "_extra" / "asv" / "index.html").read_text() == "<html>asv</html>"
+
+
+def _findings(folder, dataset, model, verdicts):
+    """A report folder whose one finding has cells A and B with ``verdicts``."""
+    folder.mkdir(parents=True)
+    cells = [{"label": label, "mean": 1.0, "low": 0.5, "high": 1.5, "n": 3, "verdict": v}
+             for label, v in zip("AB", verdicts, strict=True)]  # fmt: skip
+    finding = {"id": "x-vs-y", "scope": f"{model}, clean", "claim": "X minus Y",
+               "cells": cells, "dataset": dataset, "text": ""}  # fmt: skip
+    (folder / "findings.json").write_text(json.dumps({"findings": [finding]}))
+
+
+def test_both_datasets_pairs_cells_by_finding_and_twin_network(tmp_path):
+    generate = _generate()
+    _findings(tmp_path / "s-quick", "mnist1d", "cnn", ["helps", "no clear difference"])
+    _findings(tmp_path / "s-mnist-quick", "mnist", "cnn2d", ["hurts", "no clear difference"])
+    _findings(tmp_path / "alone-quick", "mnist1d", "cnn", ["helps", "helps"])
+    text = generate.both_datasets(sorted(tmp_path.iterdir()))
+    assert "## s (quick)" in text and "alone" not in text
+    assert "| cnn, clean: X minus Y | A |" in text and "| **disagree** |" in text
+    assert "| B |" in text and "neither clear" in text
+    assert "0 agree, 1 disagree, 0 clear on one only, 1 neither clear" in text
+    assert generate.both_datasets([tmp_path / "alone-quick"]) is None
+    assert generate.agreement("helps", "helps") == "agree"
+    assert generate.agreement("helps", "no clear difference") == "clear on one only"
