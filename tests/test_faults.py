@@ -134,8 +134,12 @@ def test_disk_full_when_a_write_fails(studies, tmp_path, capsys):
 
 def test_ctrl_c_keeps_finished_runs_and_writes_a_partial_report(studies, tmp_path):
     out = tmp_path / "out"
-    # runs of about a second: the interrupt lands mid-study however loaded the machine is
-    proc = run_study(studies, out, popen=True, start_new_session=True, preset="slow")
+    # runs of about a second: the interrupt lands mid-study however loaded the machine is;
+    # SIGINT restored to its default in the child, as a terminal's Ctrl-C finds it (a test
+    # runner started in the background by a non-interactive shell ignores SIGINT, and a
+    # child would inherit that)
+    proc = run_study(studies, out, popen=True, start_new_session=True, preset="slow",
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         wait_for_records(out, 2)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
