@@ -60,3 +60,19 @@ def studies(tmp_path, monkeypatch):
     (folder / "tiny.py").write_text(TINY_STUDY.format(tiny=TINY))
     monkeypatch.setenv("BNBENCH_STUDIES_DIR", str(folder))
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """One thread for torch and Numba, for tests of tiny inputs: on a loaded 2-core machine,
+    with 2 threads each, torch.conv2d took 15 ms a call and the Numba moments kernel 32 ms
+    (their thread pools spinning against each other), against 80 us on one thread."""
+    import numba
+    import torch
+
+    threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads[0])
+    numba.set_num_threads(threads[1])

@@ -25,17 +25,7 @@ from bnbench.torch.diagnosis import (  # noqa: E402
 RESAMPLES = 1000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs on a shared 2-core machine: one thread for torch and Numba."""
-    import numba
-
-    threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads[0])
-    numba.set_num_threads(threads[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def arrays(seed=0):

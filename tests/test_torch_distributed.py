@@ -25,19 +25,7 @@ nn = torch.nn
 TIMEOUT = 90
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs: on a loaded 2-core machine, with 2 threads each, torch.conv2d took 15 ms
-    a call and the Numba moments kernel 32 ms (their thread pools spinning against each
-    other), against 80 us on one thread."""
-    import numba
-
-    threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads[0])
-    numba.set_num_threads(threads[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shards(rng, sizes, offset=1e4):
