@@ -7,10 +7,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("bnbench.torch")
 nn = torch.nn
 
-from test_torch_diagnosis import one_thread, setup  # noqa: E402, F401
+from test_torch_diagnosis import setup  # noqa: E402, F401
 from test_torch_estimators import assert_untouched, snapshot  # noqa: E402
 
 from bnbench.torch.diagnosis import diagnose  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bad_cases(train, test):

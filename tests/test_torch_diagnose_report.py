@@ -9,10 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("bnbench.torch")
 
-from test_torch_diagnosis import corrupted, one_thread, setup  # noqa: E402, F401
+from test_torch_diagnosis import corrupted, setup  # noqa: E402, F401
 
 from bnbench.torch import _diagnose_report  # noqa: E402
 from bnbench.torch.diagnosis import diagnose, format_table  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_report_folder_and_the_terminal_table(setup, tmp_path):  # noqa: F811 (the fixture)

@@ -7,10 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("bnbench.torch")
-from test_torch_distributed import cnn, one_thread, rank_batches, snapshot, untouched  # noqa: E402, F401
+from test_torch_distributed import cnn, rank_batches, snapshot, untouched  # noqa: E402, F401
 
 from bnbench.torch import distributed as bd  # noqa: E402
 from bnbench.torch import shard_errors as se  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_merging_errors_grow_as_shards_become_uneven():
