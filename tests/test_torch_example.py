@@ -10,13 +10,7 @@ bt = pytest.importorskip("bnbench.torch")
 
 from bnbench.torch import example, jobs  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_data_is_mnist1d_as_one_channel_signals():
