@@ -262,6 +262,38 @@ def _prior_findings(shifted, tb, common, top):
     return out
 
 
+def _paper_comparison(df, findings):
+    """Where the held-out-chosen prior at a single test sample stands against Schneider et
+    al. (2020), whose abstract reports that with their prior "even adapting to a single
+    sample improves robustness" of ResNet-50 on ImageNet-C."""
+    lines = []
+    for f in findings:
+        if f.id != "prior-heldout-vs-source":
+            continue
+        cell = next((c for c in f.cells if c.condition.get("test_batch_size") == 1), None)
+        if cell is None:
+            scored = 1 in set(df[df.model == f.model].B)
+            why = ("its BN layers see one value per channel, so the batch variance of one "
+                   "sample, and with it the prior, is undefined" if scored
+                   else "this preset does not score B=1")  # fmt: skip
+            lines.append(f"- **{f.model}**: not tested at B=1 ({why}).")
+            continue
+        d = cell.difference
+        verdict = {"helps": "the same direction here", "hurts": "the opposite direction "
+                   "here"}.get(d.verdict, "no clear difference here, so this dataset neither "
+                   "confirms nor contradicts it")  # fmt: skip
+        lines.append(
+            f"- **{f.model}**: at B=1 the prior (N chosen on held-out corruptions) minus the "
+            f"source statistics, {f.scope.split(', ', 1)[1]}, is {d.text()} "
+            f"({d.verdict}; the B=1 cell of the finding above). Schneider et al. (2020) "
+            "report that with their prior even a single sample improves the robustness of "
+            f"ResNet-50 on ImageNet-C: {verdict}."
+        )  # fmt: skip
+    return (
+        ["### Against Schneider et al.'s single-sample claim", "\n".join(lines)] if lines else []
+    )
+
+
 def _findings(df, model):
     sub = df[df.model == model]
     top = int(sub.severity.max())
@@ -404,6 +436,7 @@ def analyse(df):
         "are never chosen on the numbers they are scored on: the prior strength N is chosen "
         "for each corruption on the other corruptions (leave one corruption out); the "
         "strength that is best on the test results themselves is shown only as *oracle*.",
+        *_paper_comparison(df, findings),
         "## Results", *sections,
         "## Corruptions" + (" (MNIST-1D-C)" if dataset == "mnist1d" else " (MNIST-C)"),
         markdown_table(_corruption_table(df)),

@@ -282,6 +282,33 @@ def test_held_out_choice_never_uses_the_scored_corruption():
     assert len(picked) == 9 and set(picked.prior_strength) == {4}
 
 
+def test_covariate_shift_compares_the_single_sample_prior_with_schneider():
+    """The B=1 cell of the held-out prior's finding decides the sentence: the same
+    direction as Schneider et al. when it helps, the opposite when it hurts, and a network
+    whose prior is undefined at B=1 is said to be so."""
+    from bnbench.findings import Cell, Finding
+    from bnbench.stats import paired_difference
+
+    cs = import_module_from_studies("covariate_shift")
+
+    def prior(model, gains):
+        cell = Cell("B=1", paired_difference(gains), condition={"test_batch_size": 1})
+        return Finding("prior-heldout-vs-source", f"{model}, severity 5, mean over corruptions",
+                       "prior minus source", [cell], model=model)  # fmt: skip
+
+    df = pd.DataFrame({"model": ["cnn", "mlp", "mlp"], "B": [1.0, 1.0, 4.0]})
+    undefined = Finding("prior-heldout-vs-source", "mlp, severity 5", "prior minus source",
+                        [Cell("B=4", paired_difference([1.0, 2.0, 3.0]),
+                              condition={"test_batch_size": 4})], model="mlp")  # fmt: skip
+    text = "\n".join(cs._paper_comparison(df, [prior("cnn", [-3.0, -2.5, -3.5]), undefined]))
+    assert "-3.0 [-4.2, -1.8] points, n=3 (hurts" in text
+    assert "ImageNet-C: the opposite direction here" in text
+    assert "**mlp**: not tested at B=1 (its BN layers see one value per channel" in text
+    text = "\n".join(cs._paper_comparison(df, [prior("cnn", [3.0, 2.5, 3.5])]))
+    assert "ImageNet-C: the same direction here" in text
+    assert cs._paper_comparison(df, []) == []
+
+
 def import_module_from_studies(name):
     import importlib.util
 
