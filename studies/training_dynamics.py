@@ -90,6 +90,7 @@ SHOWN = ["population", "precise 1024", "precise all", "ema m=0.01", "ema m=0.1",
 
 def _during_figure(df):
     sub = df[(df.part == "during") & df.label.isin(SHOWN)]
+    model = next(iter(sub.model.unique()), "cnn")
     sizes = sorted(sub.batch_size.unique())
     fig, axes = plt.subplots(2, len(sizes), figsize=(7 * len(sizes), 8.5), squeeze=False,
                              layout="constrained")  # fmt: skip
@@ -103,7 +104,9 @@ def _during_figure(df):
                               logx=False)  # fmt: skip
             axes[i, j].set_xlabel("training step")
             axes[i, j].set_ylabel(ylabel)
-            axes[i, j].set_title(f"cnn, batch size {bs}: {ylabel.split(' (')[0]} during training")
+            axes[i, j].set_title(
+                f"{model}, batch size {bs}: {ylabel.split(' (')[0]} during training"
+            )
         axes[1, j].set_yscale("log")
     axes[0, 0].legend(fontsize=7)
     return fig
@@ -111,9 +114,10 @@ def _during_figure(df):
 
 def _final_figure(df):
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), squeeze=False, layout="constrained")
-    for ax, (part, x, xlabel) in zip(axes[0], [("depth", "depth", "BN layers (resnet depth)"),
-                                               ("length", "epochs", "training epochs (cnn)")],
-                                     strict=True):  # fmt: skip
+    name = {p: next(iter(df[df.part == p].model.unique()), p) for p in ("depth", "length")}
+    panels = [("depth", "depth", f"BN layers ({name['depth']} depth)"),
+              ("length", "epochs", f"training epochs ({name['length']})")]  # fmt: skip
+    for ax, (part, x, xlabel) in zip(axes[0], panels, strict=True):
         sub = df[(df.part == part) & (df.step == df.steps) & df.label.isin(SHOWN[1:])]
         curves = mean_and_spread(sub, ["label", x], "gap")
         curves["order"] = curves.label.map(SHOWN.index)
@@ -187,7 +191,7 @@ def _findings(df):
         sub = final[final.part == part]
         if sub.empty:
             continue
-        what = "BN layers of the resnet" if part == "depth" else "training epochs of the cnn"
+        what = f"BN layers of the {resnet}" if part == "depth" else f"training epochs of the {cnn}"
         for label in ("ema m=0.1", "ema m=0.01", "cumulative", "precise 1024"):
             at = sub[sub.label == label]
             if at.empty:
