@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from bnbench import study, sweep
+from bnbench.findings import Cell, Finding
+from bnbench.stats import paired_difference
 from bnbench.train import TrainConfig
 
 NAMES = [
@@ -263,6 +265,7 @@ def test_covariate_shift_findings_are_computed():
     # one prior strength only: chosen on the held-out corruption, the same as the oracle
     assert "N chosen on held-out corruptions: 16 (2 of 2); held-out choice 54.1%" in findings
     assert "| gain_offset | 60.1 | 60.1 | 90.1 |" in body  # severity 3: source, EMA, AdaBN
+    assert "single-sample claim" not in body  # no B=1 scored: no comparison with Schneider
     for _, fig in figures:
         plt.close(fig)
 
@@ -283,30 +286,38 @@ def test_held_out_choice_never_uses_the_scored_corruption():
 
 
 def test_covariate_shift_compares_the_single_sample_prior_with_schneider():
-    """The B=1 cell of the held-out prior's finding decides the sentence: the same
-    direction as Schneider et al. when it helps, the opposite when it hurts, and a network
-    whose prior is undefined at B=1 is said to be so."""
-    from bnbench.findings import Cell, Finding
-    from bnbench.stats import paired_difference
-
+    """The B=1 cell of the held-out prior-vs-source finding decides the sentence (not
+    another cell, not another finding's B=1 cell): the same direction as Schneider et al.
+    when it helps, the opposite when it hurts; a network whose prior failed at B=1 gets
+    the recorded reason, and a preset without B=1 gets no section."""
     cs = import_module_from_studies("covariate_shift")
 
-    def prior(model, gains):
-        cell = Cell("B=1", paired_difference(gains), condition={"test_batch_size": 1})
-        return Finding("prior-heldout-vs-source", f"{model}, severity 5, mean over corruptions",
-                       "prior minus source", [cell], model=model)  # fmt: skip
+    def finding(fid, model, gains_by_b):
+        return Finding(fid, f"{model}, severity 5, mean over corruptions", "x minus y", [
+            Cell(f"B={b}", paired_difference(g), condition={"test_batch_size": b})
+            for b, g in gains_by_b.items()], model=model)  # fmt: skip
 
-    df = pd.DataFrame({"model": ["cnn", "mlp", "mlp"], "B": [1.0, 1.0, 4.0]})
-    undefined = Finding("prior-heldout-vs-source", "mlp, severity 5", "prior minus source",
-                        [Cell("B=4", paired_difference([1.0, 2.0, 3.0]),
-                              condition={"test_batch_size": 4})], model="mlp")  # fmt: skip
-    text = "\n".join(cs._paper_comparison(df, [prior("cnn", [-3.0, -2.5, -3.5]), undefined]))
-    assert "-3.0 [-4.2, -1.8] points, n=3 (hurts" in text
-    assert "ImageNet-C: the opposite direction here" in text
-    assert "**mlp**: not tested at B=1 (its BN layers see one value per channel" in text
-    text = "\n".join(cs._paper_comparison(df, [prior("cnn", [3.0, 2.5, 3.5])]))
-    assert "ImageNet-C: the same direction here" in text
-    assert cs._paper_comparison(df, []) == []
+    hurts, helps = [-3.0, -2.5, -3.5], [3.0, 2.5, 3.5]
+    failed = pd.DataFrame({"model": ["mlp"], "estimator": ["prior"], "test_batch_size": [1.0],
+                           "error": ["needs more than one value per channel"]})  # fmt: skip
+    found = [
+        finding("prior-heldout-vs-test-batch", "cnn", {1: helps}),  # not the finding compared
+        finding("prior-heldout-vs-source", "cnn", {4: helps, 1: hurts}),
+        finding("prior-heldout-vs-source", "mlp", {4: helps}),
+    ]
+    heading, text = cs._paper_comparison(found, failed, 5)
+    assert heading == "### Schneider et al.'s single-sample claim"
+    assert "source statistics: -3.0 [-4.2, -1.8] points, n=3, hurts" in text
+    assert "with N chosen on held-out corruptions, the opposite direction here" in text
+    assert text.count("**cnn**") == 1 and "same direction" not in text
+    assert "**mlp**: not tested at B=1 (needs more than one value per channel)" in text
+    found[1] = finding("prior-heldout-vs-source", "cnn", {1: helps})
+    assert "the same direction here" in cs._paper_comparison(found, failed, 5)[1]
+    found[1] = finding("prior-heldout-vs-source", "cnn", {1: [1.0, -1.0, 0.5]})
+    assert "neither confirms nor contradicts" in cs._paper_comparison(found, failed, 5)[1]
+    found[1] = finding("prior-heldout-vs-source", "cnn", {1: [1.0, 2.0]})
+    assert "too few seeds here to tell" in cs._paper_comparison(found, failed, 5)[1]
+    assert cs._paper_comparison(found[2:], failed.iloc[:0], 5) == []  # no B=1 scored
 
 
 def import_module_from_studies(name):
