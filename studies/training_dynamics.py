@@ -88,9 +88,16 @@ SHOWN = ["population", "precise 1024", "precise all", "ema m=0.01", "ema m=0.1",
          "ema_debiased m=0.1", "cumulative"]  # fmt: skip
 
 
+def _network(df, depth=False):
+    """The name of the network that ran: the resnet of the depth part (``depth=True``) or
+    the CNN of the others (e.g. ``cnn2d`` on MNIST); the MNIST-1D name if it did not run."""
+    rows = df[(df.part == "depth") == depth]
+    return next(iter(rows.model.unique()), "resnet" if depth else "cnn")
+
+
 def _during_figure(df):
     sub = df[(df.part == "during") & df.label.isin(SHOWN)]
-    model = next(iter(sub.model.unique()), "cnn")
+    model = _network(df)
     sizes = sorted(sub.batch_size.unique())
     fig, axes = plt.subplots(2, len(sizes), figsize=(7 * len(sizes), 8.5), squeeze=False,
                              layout="constrained")  # fmt: skip
@@ -114,9 +121,8 @@ def _during_figure(df):
 
 def _final_figure(df):
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), squeeze=False, layout="constrained")
-    name = {p: next(iter(df[df.part == p].model.unique()), p) for p in ("depth", "length")}
-    panels = [("depth", "depth", f"BN layers ({name['depth']} depth)"),
-              ("length", "epochs", f"training epochs ({name['length']})")]  # fmt: skip
+    panels = [("depth", "depth", f"BN layers ({_network(df, True)} depth)"),
+              ("length", "epochs", f"training epochs ({_network(df)})")]  # fmt: skip
     for ax, (part, x, xlabel) in zip(axes[0], panels, strict=True):
         sub = df[(df.part == part) & (df.step == df.steps) & df.label.isin(SHOWN[1:])]
         curves = mean_and_spread(sub, ["label", x], "gap")
@@ -149,8 +155,7 @@ def _findings(df):
     out = []
     common = {"dataset": single(df, "dataset"), "baseline": "population"}
     sizes = sorted(int(b) for b in df[df.part == "during"].batch_size.unique())
-    cnn = next(iter(df[df.part != "depth"].model.unique()), "cnn")
-    resnet = next(iter(df[df.part == "depth"].model.unique()), "resnet")
+    cnn, resnet = _network(df), _network(df, depth=True)
     mid = {bs: _mid_training(df, bs) for bs in sizes}
     shown = ("ema m=0.1", "ema m=0.01", "precise 1024", "cumulative")
     for label in shown:
