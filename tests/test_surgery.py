@@ -248,16 +248,7 @@ def test_training_is_that_of_bnbench_train(monkeypatch):
     assert rows[("average 3", "stale")]["weight_change"] > 0
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny tensors: more threads only wait on each other (on a busy machine, seconds)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_torch_path_leaves_the_model_as_it_was(one_torch_thread):
+def test_torch_path_leaves_the_model_as_it_was(one_thread):
     torch.manual_seed(0)
     model = tsurgery.torch_jobs.default_model()
     x = torch.randn(96, 1, 40)

@@ -17,15 +17,7 @@ SHAPES = [(16, 5), (8, 3, 7), (4, 3, 5, 6)]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's own small ops on two OpenMP threads took 10-70 ms each on the shared
-    2-core test machine under load (spinning threads; 50 us on one thread): one thread
-    here, restored after the module. Results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results do not depend on it
 
 
 def inputs(shape, dtype, device="cpu", affine=True, seed=0):
