@@ -319,10 +319,14 @@ def answer_bullets(rows):
             data = DATASET_NAMES.get(r["dataset"], r["dataset"])
             if r.get("effect"):
                 folder = r["link"].rsplit("/", 1)[0] if r.get("link") else r["study"]
-                parts.append(f"{data} {r['effect']}, {_verdict(r)} (`{folder}`)")
+                net = r["comparison"].rsplit(" (", 1)[1].rstrip(")")
+                parts.append(f"{data} ({net}) {r['effect']}, {_verdict(r)} (`{folder}`)")
             else:
                 parts.append(f"{data} {r['recommendation']}")
-        lines.append(f"- **{situation}**, {measured[0]['comparison']}: " + "; ".join(parts))
+        # bnbench.answer ends each comparison with its network in parentheses; the network
+        # differs by dataset (cnn on MNIST-1D, cnn2d on MNIST), so each dataset names its own
+        comparison = measured[0]["comparison"].rsplit(" (", 1)[0]
+        lines.append(f"- **{situation}**, {comparison}: " + "; ".join(parts))
     if not_in_preset:
         situations = [s for group in not_in_preset.values() for s in group]
         lines.append(
@@ -367,8 +371,8 @@ def block_answer(path=DATA):
         [
             f"From `docs/data/answer.json` ({when}; presets: {', '.join(presets) or 'none'}), "
             "copied from `reports/answer.json` by `python3 tasks.py docs`: each effect is a "
-            "paired difference over seeds, method minus baseline, mean [95% interval] and n "
-            "seeds; the report folders are under `reports/` (the docs' results pages), and "
+            "paired difference over seeds, method minus baseline (network), mean [95% t interval, "
+            "simultaneous over its finding's cells] and n seeds; the report folders are under `reports/` (the docs' results pages), and "
             "[the answer page](reports/index.html) has the table and the evidence.",
             "",
             *answer_bullets(rows),

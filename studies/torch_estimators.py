@@ -148,6 +148,8 @@ def _findings(df):
     out += _by_batch(df, "cumulative", common, "cumulative-vs-population", "the cumulative "
                      "average (PyTorch momentum=None) minus the population statistics, by "
                      "training batch size")  # fmt: skip
+    pooled = (f"n counts networks: {df.batch_size.nunique()} training batch sizes x "
+              f"{df.seed.nunique()} seeds")  # fmt: skip
     precise = df[df.estimator == "precise"]
     for n in sorted({s.split()[1] for s in precise.setting}, key=lambda n: (n != "all", n)):
         t, mv = (df[df.setting == f"precise {n} {a}"] for a in ("total", "mean-var"))
@@ -161,7 +163,7 @@ def _findings(df):
                 "the mean of batch variances (old fvcore, swa_utils.update_bn) minus that of "
                 "fvcore's current total variance (positive: the total variance is closer to "
                 f"the population statistics; {t.var_error.mean():.4f} vs "
-                f"{mv.var_error.mean():.4f})", [Cell("every batch size", d)],
+                f"{mv.var_error.mean():.4f})", [Cell(f"every batch size ({pooled})", d)],
                 unit="RMS log-variance error", digits=4, method="precise total",
                 **{**common, "baseline": "precise mean-var"},
             ))  # fmt: skip
@@ -172,7 +174,7 @@ def _findings(df):
         out.append(Finding(
             "test-batch-vs-population", "", "prediction-time BN (each test batch with its own "
             "statistics) minus the population statistics, by test batch size, over every "
-            "training batch size", cells(diffs, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
+            f"training batch size ({pooled})", cells(diffs, lambda k: f"B={int(k[0])}", ["test_batch_size"]),
             method="test_batch", **common,
         ))  # fmt: skip
     if {"ema m=0.1", "running_buffers"} <= set(df.setting):

@@ -90,6 +90,10 @@ def test_fill_readme_copies_answer_json_and_fills_the_blocks_from_the_copy(tmp_p
          "recommendation": "no clear difference between EMA and population",
          "effect": "+0.1 [-0.4, +0.5] points, n=3", "comparison": "EMA minus population (mlp)",
          "verdict": "no clear difference", "mean": 0.1, "low": -0.4, "high": 0.5, "n": 3},
+        {"situation": "small batches", "dataset": "mnist", "study": "s", "preset": "full",
+         "link": "s-mnist-full/report.html", "recommendation": "the population statistics",
+         "effect": "-0.5 [-0.9, -0.1] points, n=5", "comparison": "EMA minus population (cnn2d)",
+         "verdict": "hurts", "mean": -0.5, "low": -0.9, "high": -0.1, "n": 5},
     ]  # fmt: skip
     (reports / "answer.json").write_text(
         json.dumps({"written": "2026-12-03T06:00:00Z", "rows": rows})
@@ -101,16 +105,17 @@ def test_fill_readme_copies_answer_json_and_fills_the_blocks_from_the_copy(tmp_p
     assert "computed 2026-12-03T06:00:00Z" in text
     # the number, its verdict and its report folder as text: no link into git-ignored reports/
     assert (
-        "- **iid data**, EMA minus population (cnn): MNIST-1D -1.2 [-2.0, -0.4] points, n=3, "
+        "- **iid data**, EMA minus population: MNIST-1D (cnn) -1.2 [-2.0, -0.4] points, n=3, "
         "hurts: use the population statistics (`s-quick`); "
         "MNIST not run yet (bnbench study s --dataset mnist)\n" in text
-    ), "the model (cnn) stays in the comparison"
+    ), "each dataset names the network it measured"
     assert "](reports/s-quick" not in text
     # no clear difference is rendered as such, with n and the interval, not as advice
     assert (
-        "- **small batches**, EMA minus population (mlp): MNIST-1D +0.1 [-0.4, +0.5] points, "
+        "- **small batches**, EMA minus population: MNIST-1D (mlp) +0.1 [-0.4, +0.5] points, "
         "n=3, no clear difference: the cheaper is not shown to cost accuracy, nor shown not "
-        "to (`s-quick`)\n" in text
+        "to (`s-quick`); MNIST (cnn2d) -0.5 [-0.9, -0.1] points, n=5, hurts: use the "
+        "population statistics (`s-mnist-full`)\n" in text
     )
     assert "either" not in text.replace("neither", "")
     generate.fill_readme(readme, reports, data)

@@ -105,7 +105,12 @@ def test_analysis_states_the_known_findings():
     assert "m=0.9 (worst at batch 8): -10.0 [-10.0, -10.0] hurts" in findings
     assert "Momenta with no clear loss at any batch size: none" in findings
     assert "8: -3.0 [-3.0, -3.0] hurts; 128: -3.0 [-3.0, -3.0] hurts" in findings  # cumulative
-    assert "the population statistics; 0.0010 vs 0.0500): every batch size: +0.0490" in findings
+    pooled = "n counts networks: 2 training batch sizes x 3 seeds"  # n=6 pairs, not 6 seeds
+    assert (
+        f"the population statistics; 0.0010 vs 0.0500): every batch size ({pooled}): +0.0490"
+        in findings
+    )
+    assert f"over every training batch size ({pooled}): B=16: -20.0" in findings
     assert (
         "B=16: -20.0 [-20.0, -20.0] hurts; B=128: +0.0 [+0.0, +0.0] no clear difference"
         in findings
